@@ -1,0 +1,40 @@
+"""Labelled image sources: the embedded Fashion-MNIST subset, its shifted copy, image folders,
+CoOp/Dassl benchmarks, and few-shot / base-to-new sampling."""
+
+from pyro_clip.data.arrays import ArrayImages
+from pyro_clip.data.base import LabeledImages, SubsetImages
+from pyro_clip.data.dassl import DasslSplitImages, validate_dassl_layout
+from pyro_clip.data.dassl_specs import DASSL_DATASETS, dassl_names
+from pyro_clip.data.embedded import FASHION_MNIST_CLASSNAMES, load_embedded
+from pyro_clip.data.fewshot import (
+    FewShotSplit,
+    base_new_classes,
+    make_few_shot,
+    sample_few_shot,
+    subsample_classes,
+)
+from pyro_clip.data.folders import ImageFolderImages
+from pyro_clip.data.registry import known_datasets, load_dataset
+from pyro_clip.data.shifted import CORRUPTIONS, load_shifted
+
+__all__ = [
+    "CORRUPTIONS",
+    "DASSL_DATASETS",
+    "FASHION_MNIST_CLASSNAMES",
+    "ArrayImages",
+    "DasslSplitImages",
+    "FewShotSplit",
+    "ImageFolderImages",
+    "LabeledImages",
+    "SubsetImages",
+    "base_new_classes",
+    "dassl_names",
+    "known_datasets",
+    "load_dataset",
+    "load_embedded",
+    "load_shifted",
+    "make_few_shot",
+    "sample_few_shot",
+    "subsample_classes",
+    "validate_dassl_layout",
+]

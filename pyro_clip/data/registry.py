@@ -1,0 +1,74 @@
+"""One entry point for every data source: ``load_dataset(name, split, root, **kw)``.
+
+Names: ``"fashion-mnist"`` (embedded, offline), ``"fashion-mnist-c"`` (its corrupted copy;
+keywords ``corruption``, ``severity``), ``"folder"`` (``root/<split>/<class>/<images>`` if
+``root/<split>`` exists, else ``root/<class>/<images>`` for every split) and the CoOp/Dassl
+benchmarks (``root`` = the folder holding them; see :mod:`pyro_clip.data.dassl`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyro_clip.data.base import LabeledImages
+from pyro_clip.data.dassl import DasslSplitImages
+from pyro_clip.data.dassl_specs import dassl_names, resolve_dassl
+from pyro_clip.data.embedded import load_embedded
+from pyro_clip.data.folders import ImageFolderImages
+from pyro_clip.data.shifted import load_shifted
+from pyro_clip.errors import DataError
+
+SPLITS = ("train", "val", "test")
+_BUILTIN = ("fashion-mnist", "fashion-mnist-c", "folder")
+
+
+def known_datasets() -> list[str]:
+    """Every name ``load_dataset`` accepts (canonical spelling)."""
+    return [*_BUILTIN, *dassl_names()]
+
+
+def _require_root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        raise DataError(f"data set {name!r} reads images from disk; pass root=<folder>")
+    return Path(root).expanduser()
+
+
+def _reject_extra(name: str, kw: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
+    extra = sorted(set(kw) - set(allowed))
+    if extra:
+        raise DataError(
+            f"data set {name!r} does not take {extra}; it accepts {sorted(allowed) or 'none'}"
+        )
+
+
+def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: Any) -> LabeledImages:
+    """Load one split of a named data set (see the module docstring for the names).
+
+    Args:
+        name: one of :func:`known_datasets` (Dassl aliases such as ``"Caltech101"`` work).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        root: folder with the images; required for ``"folder"`` and the Dassl benchmarks.
+        **kw: passed on: ``invert`` (Fashion-MNIST), ``corruption`` / ``severity``
+            (Fashion-MNIST-C), ``skip_corrupt`` (folder), ``image_dir`` / ``split_file``
+            (Dassl).
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    key = name.lower()
+    if key == "fashion-mnist":
+        _reject_extra(name, kw, ("invert",))
+        return load_embedded(split, **kw)
+    if key == "fashion-mnist-c":
+        _reject_extra(name, kw, ("corruption", "severity", "invert"))
+        return load_shifted(split, **kw)
+    if key == "folder":
+        _reject_extra(name, kw, ("skip_corrupt",))
+        base = _require_root(name, root)
+        split_dir = base / split
+        folder = split_dir if split_dir.is_dir() else base
+        return ImageFolderImages(folder, split_name=split, **kw)
+    if resolve_dassl(name) is not None:
+        _reject_extra(name, kw, ("image_dir", "split_file"))
+        return DasslSplitImages(_require_root(name, root), name, split, **kw)
+    raise DataError(f"unknown data set {name!r}; known: {known_datasets()}")
