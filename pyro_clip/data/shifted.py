@@ -105,22 +105,33 @@ def _check_severity(severity: int) -> None:
 
 
 def load_shifted(
-    split: str = "test", corruption: str = "all", severity: int = 3, invert: bool = True
+    split: str = "test", corruption: str = "mixed", severity: int = 3, invert: bool = True
 ) -> ArrayImages:
     """A corrupted copy of the embedded Fashion-MNIST split (see the module docstring).
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"`` (shift evaluation normally uses test).
-        corruption: one of :data:`CORRUPTIONS` or ``"all"`` (every corruption, concatenated).
+        corruption: one of :data:`CORRUPTIONS`, ``"all"`` (every corruption, concatenated) or
+            ``"mixed"`` (default: image ``i`` gets corruption ``i mod 4``, so the shifted set has
+            the size of the split and each corruption a quarter of every class).
         severity: 1 (mild) .. 5 (severe).
         invert: dark-on-light pixels, as :func:`~pyro_clip.data.embedded.load_embedded`.
     """
-    if corruption != "all" and corruption not in CORRUPTIONS:
-        raise DataError(f"unknown corruption {corruption!r}; choose one of {[*CORRUPTIONS, 'all']}")
+    if corruption not in ("all", "mixed") and corruption not in CORRUPTIONS:
+        raise DataError(
+            f"unknown corruption {corruption!r}; choose one of {[*CORRUPTIONS, 'all', 'mixed']}"
+        )
     _check_severity(severity)
     images, labels = embedded_arrays(split)
     names = list(CORRUPTIONS) if corruption == "all" else [corruption]
-    shifted = np.concatenate([corrupt(images, n, severity, split) for n in names])
+    if corruption == "mixed":
+        names = ["mixed"]
+        which = np.arange(len(images)) % len(CORRUPTIONS)
+        shifted = images.copy()
+        for k, n in enumerate(CORRUPTIONS):
+            shifted[which == k] = corrupt(images[which == k], n, severity, split)
+    else:
+        shifted = np.concatenate([corrupt(images, n, severity, split) for n in names])
     if invert:
         shifted = 255 - shifted
     name = f"fashion-mnist-c/{corruption}-{severity}"

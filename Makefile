@@ -1,0 +1,15 @@
+# The README's commands. `make demo`: set up and run the offline demo. `make test`: set up and test.
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/pyro-clip demo --out runs/demo
+
+test: setup
+	.venv/bin/ruff check pyro_clip tests benchmarks scripts
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check pyro_clip tests benchmarks scripts

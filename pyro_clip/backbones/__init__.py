@@ -1,0 +1,6 @@
+"""Dual-encoder backbones: open_clip models and the offline ConSE default."""
+
+from pyro_clip.backbones.base import DualEncoder, PromptTokens, cosine_logits
+from pyro_clip.backbones.registry import create_backbone, known_backbones
+
+__all__ = ["DualEncoder", "PromptTokens", "cosine_logits", "create_backbone", "known_backbones"]

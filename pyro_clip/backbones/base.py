@@ -1,0 +1,104 @@
+"""The dual-encoder interface shared by every backbone.
+
+A backbone maps images and texts into one embedding space; zero-shot logits are
+``logit_scale * cos(image, text)`` (CLIP, Radford et al. 2021, eq. in Fig. 3). Prompt learners
+use three hooks: :meth:`tokenize` (ids cut after the longest prompt's end-of-text token),
+:meth:`token_embeddings` (ids -> input embeddings) and :meth:`encode_token_embeddings`
+(embeddings -> text features), so learnable context vectors can replace placeholder tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class PromptTokens:
+    """Tokenised prompts, truncated after the longest sequence's end-of-text token.
+
+    ``ids``: (N, L) token ids; ``attention_mask``: (N, L) 1 for real tokens; ``eot_index``: (N,)
+    position of each prompt's end-of-text token (the feature read out by causal text towers).
+    Position 0 holds the start token, so context vectors go in positions ``1..n_ctx``.
+    """
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    eot_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class DualEncoder(nn.Module, ABC):
+    """Frozen image and text towers with a shared embedding space."""
+
+    #: registry name, e.g. ``"conse"`` or ``"open_clip:ViT-B-32:openai"``
+    name: str
+    #: dimension of the joint image-text embedding space
+    embed_dim: int
+    #: width of the text tower's token embeddings (size of a learnable context vector)
+    ctx_dim: int
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """Temperature multiplying cosine similarities (CLIP: ``exp(t)``, about 100)."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> (3, H, W) float tensor ready for :meth:`encode_images`."""
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) pixels -> feature kinds; ``"joint"`` (B, embed_dim) is always present."""
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> PromptTokens:
+        """Tokenise and cut every sequence after the longest one's end-of-text token."""
+
+    @abstractmethod
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, L) ids -> (N, L, ctx_dim) input token embeddings."""
+
+    @abstractmethod
+    def encode_token_embeddings(
+        self, embeddings: torch.Tensor, tokens: PromptTokens
+    ) -> torch.Tensor:
+        """(N, L, ctx_dim) input embeddings -> (N, embed_dim) text features (unnormalised)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies weights and preprocessing; part of every feature-cache key."""
+
+    #: feature kinds :meth:`encode_images` returns (first is the joint space)
+    image_feature_kinds: tuple[str, ...] = ("joint",)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> (N, embed_dim) text features through the prompt hooks (unnormalised)."""
+        tokens = self.tokenize(texts)
+        return self.encode_token_embeddings(self.token_embeddings(tokens.ids), tokens)
+
+    @torch.no_grad()
+    def zero_shot_weights(
+        self, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)
+    ) -> torch.Tensor:
+        """Zero-shot classifier (C, embed_dim): normalised mean of normalised template embeddings."""
+        weights = []
+        for name in classnames:
+            feats = F.normalize(self.encode_text([t.format(name) for t in templates]), dim=-1)
+            weights.append(F.normalize(feats.mean(0), dim=-1))
+        return torch.stack(weights)
+
+
+def cosine_logits(
+    image_features: torch.Tensor, text_features: torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """``scale * <x/|x|, w/|w|>`` for each image x and class weight w -> (B, C)."""
+    return scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T

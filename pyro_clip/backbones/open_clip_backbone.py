@@ -1,0 +1,148 @@
+"""open_clip models as :class:`DualEncoder` backbones (any model name, pretrained tag or file).
+
+Prompt hooks follow CoOp: learnable vectors replace token embeddings, then the text transformer
+runs with its causal mask. Because attention is causal, cutting all sequences after the longest
+end-of-text token leaves every feature unchanged and saves most of the 77-token cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pyro_clip.backbones.base import DualEncoder, PromptTokens
+from pyro_clip.errors import BackboneError
+
+
+def _load_open_clip(model_name: str, pretrained: str | None, image_size: int | None):
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise BackboneError(
+            f"unknown open_clip model {model_name!r}; see open_clip.list_models(), "
+            "e.g. ViT-B-32, ViT-B-16, ViT-L-14, RN50"
+        )
+    kwargs = {}
+    if image_size is not None:
+        kwargs["force_image_size"] = image_size
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, **kwargs
+        )
+    except Exception as exc:  # hub / file errors have many types; re-raise one clear line
+        if pretrained and os.path.exists(pretrained):
+            raise BackboneError(
+                f"checkpoint {pretrained} does not load into open_clip {model_name}: "
+                f"{type(exc).__name__}: {exc}. Pass the model name the checkpoint was trained with."
+            ) from exc
+        raise BackboneError(
+            f"could not get weights {model_name}/{pretrained} (offline or unknown tag: "
+            f"{type(exc).__name__}); download them where there is internet and pass "
+            f"--backbone open_clip:{model_name}:/path/to/open_clip_model.safetensors"
+        ) from exc
+    return model, preprocess
+
+
+class OpenClipBackbone(DualEncoder):
+    """An open_clip model; ``pretrained=None`` builds it with random weights (tests only)."""
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = None,
+        image_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        import open_clip
+
+        torch.manual_seed(seed)  # random-init models must be reproducible
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self._seed = seed
+        self.model, self._preprocess = _load_open_clip(model_name, pretrained, image_size)
+        self.model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.name = f"open_clip:{model_name}:{pretrained or 'random'}"
+        self._text = self._text_tower()
+        self.embed_dim = int(self.encode_text(["a"]).shape[-1])
+        self.ctx_dim = int(self._text["token_embedding"].weight.shape[-1])
+
+    def _text_tower(self) -> dict:
+        """Parts of the text tower (built-in CLIP tower or open_clip ``TextTransformer``)."""
+        m = self.model
+        tower = m if hasattr(m, "token_embedding") else getattr(m, "text", None)
+        if tower is None or not hasattr(tower, "token_embedding"):
+            raise BackboneError(
+                f"{self.model_name}: prompt learning needs an open_clip text transformer; "
+                "Hugging Face text towers are not supported, pick a CLIP/ViT model"
+            )
+        if getattr(tower, "cls_emb", None) is not None:
+            raise BackboneError(f"{self.model_name}: CoCa-style text towers are not supported")
+        pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+        if pool not in ("argmax", "eos"):
+            raise BackboneError(f"{self.model_name}: text pool type {pool!r} is not supported")
+        return {
+            "token_embedding": tower.token_embedding,
+            "positional_embedding": tower.positional_embedding,
+            "transformer": tower.transformer,
+            "attn_mask": getattr(tower, "attn_mask", None),
+            "ln_final": tower.ln_final,
+            "text_projection": tower.text_projection,
+            "pool": pool,
+            "eos_id": getattr(tower, "text_eos_id", getattr(tower, "eos_id", None)),
+        }
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"joint": self.model.encode_image(pixels)}
+
+    def tokenize(self, texts: Sequence[str]) -> PromptTokens:
+        ids = self.tokenizer(list(texts))
+        if self._text["pool"] == "eos":
+            eot = (ids == self._text["eos_id"]).int().argmax(dim=-1)
+        else:  # the end-of-text token has the largest id in CLIP's vocabulary
+            eot = ids.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        ids = ids[:, :length]
+        return PromptTokens(ids=ids, attention_mask=(ids != 0).long(), eot_index=eot)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._text["token_embedding"](ids)
+
+    def encode_token_embeddings(
+        self, embeddings: torch.Tensor, tokens: PromptTokens
+    ) -> torch.Tensor:
+        t = self._text
+        length = embeddings.shape[1]
+        x = embeddings + t["positional_embedding"][:length].to(embeddings.dtype)
+        mask = t["attn_mask"]
+        mask = mask[:length, :length] if mask is not None else None
+        x = t["ln_final"](t["transformer"](x, attn_mask=mask))
+        x = x[torch.arange(x.shape[0]), tokens.eot_index]
+        proj = t["text_projection"]
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        if self.pretrained and Path(self.pretrained).exists():
+            stat = Path(self.pretrained).stat()
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        if self.pretrained is None:
+            h.update(f"seed={self._seed}".encode())
+        h.update(repr(self._preprocess).encode())
+        return h.hexdigest()

@@ -1,0 +1,151 @@
+"""Command-line interface: ``pyro-clip demo | fit | evaluate | report | list``.
+
+Every ``fit`` flag can also come from ``--config file.yaml`` (flags win over the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_clip.config import RunConfig, load_yaml_config, parse_option
+from pyro_clip.errors import PyroClipError
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of run options (flags override it)")
+    p.add_argument("--method", help="adaptation method (pyro-clip list methods)")
+    p.add_argument("--backbone", help="'conse' or 'open_clip:<model>[:<tag or checkpoint>]'")
+    p.add_argument("--dataset", help="data set name (pyro-clip list datasets)")
+    p.add_argument("--data-root", dest="data_root", help="folder holding the images")
+    p.add_argument("--eval-dataset", dest="eval_datasets", action="append",
+                   help="extra evaluation set, repeatable (default: fashion-mnist-c)")
+    p.add_argument("--no-eval-datasets", action="store_true", help="evaluate on test only")
+    p.add_argument("--protocol", choices=["few-shot", "base-to-new"])
+    p.add_argument("--shots", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--template", dest="templates", action="append", help="prompt with '{}'")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter, repeatable")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--cache-dir", dest="cache_dir")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """YAML file (if any), then command-line flags on top."""
+    data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
+    options = dict(data.pop("options", {}) or {})
+    for field in RunConfig.__dataclass_fields__:
+        value = getattr(args, field, None)
+        if value is not None and field != "options":
+            data[field] = value
+    if getattr(args, "no_eval_datasets", False):
+        data["eval_datasets"] = []
+    options.update(parse_option(o) for o in args.opt)
+    data["options"] = options
+    return RunConfig.from_dict(data).validate()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from pyro_clip.runner import run
+
+    result = run(build_config(args))
+    from pyro_clip.tables import markdown_table, run_summary
+
+    print(markdown_table([run_summary(result.out)]))
+    print(f"outputs in {result.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pyro_clip.evaluation import evaluate_run
+
+    metrics = evaluate_run(args.run, args.dataset, args.out, data_root=args.data_root)
+    print(f"{args.dataset}: accuracy {100 * metrics['accuracy']:.1f}%, ECE {metrics['ece']:.3f}, "
+          f"NLL {metrics['nll']:.3f}; outputs in {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pyro_clip.report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pyro_clip.demo import run_demo
+
+    run_demo(Path(args.out), methods=args.methods, shots=args.shots, seed=args.seed,
+             cache_dir=args.cache_dir)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from pyro_clip.methods import known_methods
+
+        names = known_methods()
+    elif args.what == "datasets":
+        from pyro_clip.data import known_datasets
+
+        names = known_datasets()
+    else:
+        from pyro_clip.backbones import known_backbones
+
+        names = known_backbones()
+    print("\n".join(names))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-clip", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="every method on the embedded data, offline; prints a table")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--methods", nargs="*", help="subset of methods (default: all demo methods)")
+    demo.add_argument("--shots", type=int, default=16)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--cache-dir", dest="cache_dir")
+    demo.set_defaults(func=cmd_demo)
+
+    fit = sub.add_parser("fit", help="fit one method and evaluate it")
+    _add_run_flags(fit)
+    fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser("evaluate", help="evaluate a fitted run on another data set")
+    ev.add_argument("run", help="run folder written by 'pyro-clip fit'")
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--data-root", dest="data_root")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="compare run folders side by side")
+    rep.add_argument("runs", nargs="+")
+    rep.add_argument("--out", default="runs/report")
+    rep.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="list known methods, data sets or backbones")
+    ls.add_argument("what", choices=["methods", "datasets", "backbones"])
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PyroClipError as exc:  # user errors: one clear line, no traceback
+        print(f"pyro-clip: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

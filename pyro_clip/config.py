@@ -1,0 +1,77 @@
+"""Run configuration: one dataclass, settable from YAML and overridden by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pyro_clip.errors import ConfigError
+
+PROTOCOLS = ("few-shot", "base-to-new")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a run (written to ``config.json``)."""
+
+    method: str = "zero-shot"
+    backbone: str = "conse"
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    #: extra evaluation sets, e.g. ``["fashion-mnist-c"]`` (their test split is used)
+    eval_datasets: list[str] = field(default_factory=lambda: ["fashion-mnist-c"])
+    protocol: str = "few-shot"
+    shots: int = 16
+    seed: int = 1
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    #: method hyper-parameters (``--opt key=value``)
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    cache_dir: str | None = None
+    out: str = "runs/latest"
+    progress: bool = True
+
+    def validate(self) -> RunConfig:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.shots < 1:
+            raise ConfigError(f"shots must be >= 1 (Dassl uses 1, 2, 4, 8, 16), got {self.shots}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ConfigError("every prompt template needs a '{}' for the class name")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**data)
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of :class:`RunConfig` fields (dashes allowed in keys)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"lr=0.01"`` -> ``("lr", 0.01)``; the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"--opt expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(value)

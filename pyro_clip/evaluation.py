@@ -1,0 +1,38 @@
+"""``pyro-clip evaluate``: a fitted run on another data set (cross-data-set / domain shift)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyro_clip.config import RunConfig
+from pyro_clip.errors import DataError
+from pyro_clip.io import read_json, save_npz, write_json
+from pyro_clip.runner import evaluate, get_backbone, load_features, load_trained_method
+
+
+def evaluate_run(
+    run_dir: str | Path, dataset: str, out: str | Path, data_root: str | None = None
+) -> dict[str, Any]:
+    """Evaluate the method of ``run_dir`` on the test split of ``dataset``; write the contract."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "config.json").exists():
+        raise DataError(f"{run_dir} is not a run folder (no config.json); pass a 'fit' --out folder")
+    cfg_data = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__})
+    cfg.data_root = data_root
+    backbone = get_backbone(cfg.backbone)
+    method = load_trained_method(run_dir, backbone)
+    test = load_features(cfg, backbone, dataset, "test")
+    ev = evaluate(method, dataset, test)
+    write_json(
+        out / "config.json",
+        {**cfg_data, "evaluated_run": str(run_dir), "eval_dataset": dataset, "data_root": data_root},
+    )
+    write_json(out / "metrics.json", {dataset: ev.metrics})
+    save_npz(
+        out / "predictions.npz",
+        **{f"{dataset}/probs": ev.prediction.probs.float().numpy(),
+           f"{dataset}/labels": ev.labels.numpy()},
+    )
+    return ev.metrics

@@ -1,0 +1,145 @@
+"""The interface every adaptation method implements, and the method registry.
+
+Life cycle (cf. laplace-torch's single ``fit`` / predictive API):
+``m = create_method(name, **options)``; ``m.setup(context)``; ``m.fit(train, val)``;
+``m.predict(features, classnames)``. Methods must predict for *any* class names: text-based
+methods (prompt learners) embed them; methods with per-class weights fall back to the
+zero-shot classifier for classes they never saw (base-to-new protocol).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from pyro_clip.backbones.base import DualEncoder, cosine_logits
+from pyro_clip.errors import ConfigError
+from pyro_clip.features import FeatureSet
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass
+class MethodContext:
+    """What a method may use besides the data: the frozen backbone, prompts, seed, work dir."""
+
+    backbone: DualEncoder
+    templates: Sequence[str] = DEFAULT_TEMPLATES
+    seed: int = 1
+    work_dir: Path | None = None
+    progress: bool = True
+    _text_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def text_classifier(self, classnames: Sequence[str]) -> torch.Tensor:
+        """Zero-shot class weights (C, D), normalised, cached per class list."""
+        key = tuple(classnames)
+        if key not in self._text_cache:
+            self._text_cache[key] = self.backbone.zero_shot_weights(classnames, self.templates)
+        return self._text_cache[key]
+
+    def zero_shot_logits(self, image_features: torch.Tensor, classnames: Sequence[str]):
+        """Frozen pre-trained logits ``s * cos(x, w_c)``: the prior mean of the Bayesian methods."""
+        weights = self.text_classifier(classnames)
+        return cosine_logits(image_features.to(weights.dtype), weights, self.backbone.logit_scale)
+
+
+@dataclass
+class Prediction:
+    """``probs`` (N, C) predictive probabilities; ``logit_samples`` (S, N, C) when Bayesian."""
+
+    probs: torch.Tensor
+    logit_samples: torch.Tensor | None = None
+
+
+class Method(ABC):
+    """Base class; subclasses set ``name`` and register with :func:`register_method`."""
+
+    name: ClassVar[str]
+    #: which cached image features the method consumes ("joint" = shared embedding space)
+    feature_kind: ClassVar[str] = "joint"
+    #: options for ``pyro-clip demo``; ``None`` keeps the method out of the demo
+    demo_options: ClassVar[dict[str, Any] | None] = None
+    #: whether the method has trained weights (a checkpoint is written)
+    has_weights: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.default_options())
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no option(s) {sorted(unknown)}; "
+                f"known: {sorted(self.default_options())}"
+            )
+        self.options: dict[str, Any] = {**self.default_options(), **options}
+        self.context: MethodContext | None = None
+        #: hyper-parameters chosen during fit (on validation data), recorded in config.json
+        self.selected: dict[str, Any] = {}
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {}
+
+    def setup(self, context: MethodContext) -> Method:
+        self.context = context
+        return self
+
+    @property
+    def ctx(self) -> MethodContext:
+        if self.context is None:
+            raise RuntimeError(f"{self.name}: call setup(context) before fit/predict")
+        return self.context
+
+    @abstractmethod
+    def fit(self, train: FeatureSet, val: FeatureSet) -> None:
+        """Adapt to the few-shot ``train`` set; choose hyper-parameters on ``val`` only."""
+
+    @abstractmethod
+    def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
+        """Predictive distribution for image features (N, D) over ``classnames``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Trained state for the checkpoint (tensors and plain Python)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (after :meth:`setup`)."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding ``cls`` to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every module of ``pyro_clip.methods`` so that each registers its methods."""
+    import pyro_clip.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def known_methods() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    _discover()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(known_methods())}")
+    return _REGISTRY[name]
+
+
+def create_method(name: str, **options: Any) -> Method:
+    return get_method_class(name)(**options)

@@ -1,0 +1,186 @@
+"""One run end to end: data -> cached features -> few-shot split -> fit -> evaluate -> outputs.
+
+Output contract in ``out``: ``config.json`` (all needed to reproduce), ``metrics.json``,
+``predictions.npz`` (probabilities and labels per evaluation set) and ``checkpoint.pt`` when
+the method has weights. Extra writers (e.g. ArviZ diagnostics) hook in via ``RUN_HOOKS``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import pyro_clip
+from pyro_clip.backbones import DualEncoder, create_backbone
+from pyro_clip.config import RunConfig
+from pyro_clip.data import base_new_classes, load_dataset, sample_few_shot
+from pyro_clip.errors import BackboneError
+from pyro_clip.features import FeatureCache, FeatureSet
+from pyro_clip.io import read_json, save_npz, save_torch, write_json
+from pyro_clip.methods import Method, MethodContext, Prediction, create_method
+from pyro_clip.metrics import classification_metrics, harmonic_mean
+from pyro_clip.seeding import seed_everything
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one method on one labelled feature set."""
+
+    name: str
+    prediction: Prediction
+    labels: torch.Tensor
+    classnames: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    method: Method
+    evaluations: dict[str, Evaluation]
+    metrics: dict[str, Any]
+    out: Path
+
+
+#: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
+RUN_HOOKS: list[Callable[[RunResult], None]] = []
+
+_BACKBONES: dict[str, DualEncoder] = {}
+
+
+def get_backbone(spec: str) -> DualEncoder:
+    """Backbones are expensive to build; one instance per spec per process."""
+    if spec not in _BACKBONES:
+        _BACKBONES[spec] = create_backbone(spec)
+    return _BACKBONES[spec]
+
+
+def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
+    root = cfg.data_root if dataset not in ("fashion-mnist", "fashion-mnist-c") else None
+    images = load_dataset(dataset, split, root=root)
+    cache = FeatureCache(cfg.cache_dir)
+    return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
+
+
+def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
+    pred = method.predict(data.features[method.feature_kind], data.classnames)
+    ev = Evaluation(name, pred, data.labels, list(data.classnames))
+    ev.metrics = classification_metrics(pred.probs, data.labels)
+    return ev
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Execute ``cfg`` and write the output contract; returns everything in memory too."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    started = time.time()
+    backbone = get_backbone(cfg.backbone)
+    train_all = load_features(cfg, backbone, cfg.dataset, "train")
+    val_all = load_features(cfg, backbone, cfg.dataset, "val")
+    test = load_features(cfg, backbone, cfg.dataset, "test")
+
+    train = train_all.subset(sample_few_shot(train_all.labels.numpy(), cfg.shots, cfg.seed))
+    val = val_all.subset(sample_few_shot(val_all.labels.numpy(), min(cfg.shots, 4), cfg.seed))
+    eval_sets: dict[str, FeatureSet] = {}
+    if cfg.protocol == "base-to-new":
+        base_ids, new_ids = base_new_classes(len(train_all.classnames))
+        train, val = train.restrict_classes(base_ids), val.restrict_classes(base_ids)
+        eval_sets["base"] = test.restrict_classes(base_ids)
+        eval_sets["new"] = test.restrict_classes(new_ids)
+    else:
+        eval_sets["test"] = test
+    for extra in cfg.eval_datasets:
+        eval_sets[extra] = load_features(cfg, backbone, extra, "test")
+        if cfg.protocol == "base-to-new":
+            eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
+
+    method = create_method(cfg.method, **cfg.options)
+    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress))
+    fit_start = time.time()
+    method.fit(train, val)
+    fit_seconds = time.time() - fit_start
+
+    evaluations = {name: evaluate(method, name, data) for name, data in eval_sets.items()}
+    metrics: dict[str, Any] = {name: ev.metrics for name, ev in evaluations.items()}
+    if cfg.protocol == "base-to-new":
+        b, n = metrics["base"]["accuracy"], metrics["new"]["accuracy"]
+        metrics["base_to_new"] = {"base": b, "new": n, "h": harmonic_mean(b, n)}
+    metrics["fit_seconds"] = fit_seconds
+    metrics["total_seconds"] = time.time() - started
+
+    result = RunResult(cfg, method, evaluations, metrics, out)
+    write_outputs(result, backbone, train)
+    for hook in RUN_HOOKS:
+        hook(result)
+    return result
+
+
+def write_outputs(result: RunResult, backbone: DualEncoder, train: FeatureSet) -> None:
+    cfg, method, out = result.config, result.method, result.out
+    config = {
+        **cfg.to_dict(),
+        "resolved_options": method.options,
+        "selected_hyperparameters": method.selected,
+        "backbone_fingerprint": backbone.fingerprint(),
+        "train_classnames": train.classnames,
+        "n_train": len(train),
+        "versions": {
+            "pyro_clip": pyro_clip.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    write_json(out / "config.json", config)
+    write_json(out / "metrics.json", result.metrics)
+    arrays: dict[str, np.ndarray] = {}
+    for name, ev in result.evaluations.items():
+        arrays[f"{name}/probs"] = ev.prediction.probs.float().numpy()
+        arrays[f"{name}/labels"] = ev.labels.numpy()
+    save_npz(out / "predictions.npz", **arrays)
+    if method.has_weights:
+        save_checkpoint(out / "checkpoint.pt", method, backbone, train.classnames)
+
+
+def save_checkpoint(path: Path, method: Method, backbone: DualEncoder, classnames) -> None:
+    save_torch(
+        path,
+        {
+            "method": method.name,
+            "options": method.options,
+            "selected": method.selected,
+            "backbone": backbone.name,
+            "backbone_fingerprint": backbone.fingerprint(),
+            "classnames": list(classnames),
+            "state": method.state_dict(),
+        },
+    )
+
+
+def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None) -> Method:
+    """Rebuild a fitted method from a run folder (config + checkpoint), checking the backbone."""
+    run_dir = Path(run_dir)
+    cfg_data = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__})
+    backbone = backbone or get_backbone(cfg.backbone)
+    method = create_method(cfg.method, **cfg.options)
+    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress))
+    method.selected = dict(cfg_data.get("selected_hyperparameters", {}))
+    if method.has_weights:
+        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if ckpt["backbone_fingerprint"] != backbone.fingerprint():
+            raise BackboneError(
+                f"checkpoint {run_dir / 'checkpoint.pt'} was trained on backbone "
+                f"{ckpt['backbone']!r}, but the backbone given is {backbone.name!r} (different "
+                "weights or preprocessing); evaluate with the backbone it was trained on"
+            )
+        method.load_state_dict(ckpt["state"])
+    return method

@@ -1,0 +1,63 @@
+"""Summary rows of run folders and their Markdown table (printed by demo and report)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_clip.io import read_json
+
+COLUMNS = (
+    ("method", "method"),
+    ("protocol", "protocol"),
+    ("acc", "accuracy"),
+    ("ece", "ECE"),
+    ("nll", "NLL"),
+    ("brier", "Brier"),
+    ("shift_acc", "shifted acc"),
+    ("base", "base"),
+    ("new", "new"),
+    ("h", "H"),
+    ("fit_s", "fit s"),
+)
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """Headline numbers of one run folder (reads ``config.json`` and ``metrics.json``)."""
+    run_dir = Path(run_dir)
+    cfg = read_json(run_dir / "config.json")
+    m = read_json(run_dir / "metrics.json")
+    main = m.get("test") or m.get("base") or {}
+    row: dict[str, Any] = {
+        "run": str(run_dir),
+        "method": cfg["method"],
+        "protocol": cfg["protocol"],
+        "acc": main.get("accuracy"),
+        "ece": main.get("ece"),
+        "nll": main.get("nll"),
+        "brier": main.get("brier"),
+        "fit_s": m.get("fit_seconds"),
+    }
+    shifted = [k for k in cfg.get("eval_datasets", []) if k in m]
+    row["shift_acc"] = m[shifted[0]]["accuracy"] if shifted else None
+    b2n = m.get("base_to_new", {})
+    row.update(base=b2n.get("base"), new=b2n.get("new"), h=b2n.get("h"))
+    return row
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows -> Markdown; accuracies as percentages, blanks where a metric does not apply."""
+    percent = {"acc", "shift_acc", "base", "new", "h"}
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{100 * value:.1f}" if key in percent else f"{value:.3f}"
+        return str(value)
+
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join([head, rule, *body])

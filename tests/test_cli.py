@@ -1,0 +1,87 @@
+"""End-to-end runs through the CLI with the tiny random backbone (fast, offline)."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from pyro_clip.cli import main
+from tests.conftest import TINY
+
+
+def _fit(tmp_path, *extra):
+    out = tmp_path / "run"
+    code = main(["fit", "--method", "zero-shot", "--backbone", TINY, "--shots", "2",
+                 "--no-progress", "--out", str(out), *extra])
+    assert code == 0
+    return out
+
+
+def test_fit_writes_output_contract(tmp_path):
+    out = _fit(tmp_path)
+    cfg = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert cfg["method"] == "zero-shot" and cfg["backbone"] == TINY and cfg["shots"] == 2
+    assert cfg["n_train"] == 20 and cfg["backbone_fingerprint"]
+    for name in ("test", "fashion-mnist-c"):
+        block = metrics[name]
+        assert block["n"] == 1000 and len(block["per_class_accuracy"]) == 10
+        assert 0 <= block["accuracy"] <= 1 and block["nll"] > 0 and 0 <= block["brier"] <= 2
+    preds = np.load(out / "predictions.npz")
+    probs = preds["test/probs"]
+    assert probs.shape == (1000, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    acc = (probs.argmax(1) == preds["test/labels"]).mean()
+    assert acc == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_yaml_config_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"protocol": "base-to-new", "shots": 4, "seed": 3,
+                                   "eval-datasets": []}))
+    out = _fit(tmp_path, "--config", str(cfg), "--seed", "2")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["protocol"] == "base-to-new" and saved["shots"] == 2 and saved["seed"] == 2
+    assert saved["train_classnames"] == ["t-shirt", "trousers", "sweater", "dress", "coat"]
+    m = json.loads((out / "metrics.json").read_text())
+    b, n = m["base"]["accuracy"], m["new"]["accuracy"]
+    assert m["base_to_new"]["h"] == pytest.approx(2 * b * n / (b + n))
+    assert m["base"]["n"] == 500 and m["new"]["n"] == 500
+
+
+def test_same_seed_reproduces_predictions(tmp_path):
+    a = np.load(_fit(tmp_path / "a") / "predictions.npz")["test/probs"]
+    b = np.load(_fit(tmp_path / "b") / "predictions.npz")["test/probs"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_and_report(tmp_path, capsys):
+    out = _fit(tmp_path, "--no-eval-datasets")
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(out), "--dataset", "fashion-mnist-c", "--out", str(ev)]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["fashion-mnist-c"]["n"] == 1000
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "zero-shot" in capsys.readouterr().out or (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "--method", "nope"], "unknown method 'nope'; known methods: "),
+        (["fit", "--backbone", "clip-xxl"], "unknown backbone 'clip-xxl'"),
+        (["fit", "--dataset", "folder", "--data-root", "/does/not/exist"], "does not exist"),
+        (["fit", "--shots", "0"], "shots must be >= 1"),
+        (["fit", "--opt", "lr"], "--opt expects key=value"),
+        (["fit", "--method", "zero-shot", "--opt", "lr=0.1"], "has no option"),
+        (["report", "/no/such/run"], "not run folders"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path):
+    argv = [*argv, "--out", str(tmp_path / "o")] if argv[0] == "fit" else argv
+    if argv[0] == "fit":
+        argv += ["--backbone", TINY] if "--backbone" not in argv else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-clip: error:") and message in err and "\n" not in err
