@@ -17,7 +17,9 @@ def evaluate_run(
     """Evaluate the method of ``run_dir`` on the test split of ``dataset``; write the contract."""
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists():
-        raise DataError(f"{run_dir} is not a run folder (no config.json); pass a 'fit' --out folder")
+        raise DataError(
+            f"{run_dir} is not a run folder (no config.json); pass a 'fit' --out folder"
+        )
     cfg_data = read_json(run_dir / "config.json")
     cfg = RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__})
     cfg.data_root = data_root
@@ -27,7 +29,8 @@ def evaluate_run(
     ev = evaluate(method, dataset, test)
     write_json(
         out / "config.json",
-        {**cfg_data, "evaluated_run": str(run_dir), "eval_dataset": dataset, "data_root": data_root},
+        {**cfg_data, "evaluated_run": str(run_dir), "eval_dataset": dataset,
+         "data_root": data_root},
     )
     write_json(out / "metrics.json", {dataset: ev.metrics})
     save_npz(

@@ -32,7 +32,8 @@ def test_token_embedding_hook_is_differentiable_into_context(tiny_backbone):
 def test_zero_shot_weights_are_unit_norm_template_means(tiny_backbone):
     templates = ["a photo of a {}.", "a drawing of a {}."]
     w = tiny_backbone.zero_shot_weights(["dog", "cat"], templates)
-    feats = F.normalize(tiny_backbone.encode_text(["a photo of a dog.", "a drawing of a dog."]), dim=-1)
+    texts = ["a photo of a dog.", "a drawing of a dog."]
+    feats = F.normalize(tiny_backbone.encode_text(texts), dim=-1)
     torch.testing.assert_close(w[0], F.normalize(feats.mean(0), dim=0))
     torch.testing.assert_close(w.norm(dim=-1), torch.ones(2))
 

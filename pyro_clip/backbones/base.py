@@ -89,7 +89,7 @@ class DualEncoder(nn.Module, ABC):
     def zero_shot_weights(
         self, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)
     ) -> torch.Tensor:
-        """Zero-shot classifier (C, embed_dim): normalised mean of normalised template embeddings."""
+        """Zero-shot classifier (C, embed_dim): normalised mean of normalised template embeds."""
         weights = []
         for name in classnames:
             feats = F.normalize(self.encode_text([t.format(name) for t in templates]), dim=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 
@@ -16,7 +17,7 @@ class ZeroShot(Method):
 
     name = "zero-shot"
     has_weights = False
-    demo_options: dict = {}
+    demo_options: ClassVar[dict] = {}
 
     def fit(self, train: FeatureSet, val: FeatureSet) -> None:
         """Nothing to learn: the pre-trained model is the classifier."""
