@@ -1,0 +1,109 @@
+"""Calibration metrics: ECE (equal-width and equal-mass bins), MCE, class-wise ECE.
+
+Equal-width ECE/MCE and the per-class binary calibration error come from torchmetrics;
+equal-mass (adaptive) binning is hand-written because torchmetrics only bins uniformly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    multiclass_calibration_error,
+)
+
+from pyro_clip.metrics import _check
+
+
+def _prepare(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> torch.Tensor:
+    _check(probs, labels)
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}; 15 is the usual choice")
+    return probs.double()
+
+
+def ece_equal_width(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE = sum_b |B_b|/N |acc(B_b) - conf(B_b)|, equal-width confidence bins (Guo 2017 eq. 3)."""
+    probs = _prepare(probs, labels, bins)
+    return float(multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=bins))
+
+
+def maximum_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """MCE = max_b |acc(B_b) - conf(B_b)| over non-empty equal-width bins (Guo 2017 eq. 5)."""
+    probs = _prepare(probs, labels, bins)
+    return float(
+        multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=bins, norm="max")
+    )
+
+
+def ece_equal_mass(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE over ``bins`` bins holding equally many examples, sorted by confidence.
+
+    Adaptive ECE of Nixon et al. (2019, sec. 4) / ECE_EM of Roelofs et al. (2022): bin edges
+    are confidence quantiles, so sparse high-confidence regions are not averaged away.
+    """
+    probs = _prepare(probs, labels, bins)
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).double().numpy()
+    order = np.argsort(conf.numpy(), kind="stable")
+    total = 0.0
+    for chunk in np.array_split(order, min(bins, len(order))):
+        total += len(chunk) * abs(correct[chunk].mean() - conf.numpy()[chunk].mean())
+    return total / len(order)
+
+
+def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Class-wise ECE = (1/C) sum_c sum_b |B_cb|/N |freq_c(B_cb) - mean p_c(B_cb)| (Kull 2019).
+
+    Each class's probability column is binned on its own (equal width), so miscalibration of
+    the non-top classes counts too.
+    """
+    probs = _prepare(probs, labels, bins)
+    errors = [
+        binary_calibration_error(probs[:, c], (labels == c).long(), n_bins=bins)
+        for c in range(probs.shape[1])
+    ]
+    return float(torch.stack(errors).mean())
+
+
+@dataclass
+class ReliabilityBins:
+    """Per equal-width bin: edges (B+1,), count, mean confidence and accuracy (NaN if empty)."""
+
+    edges: np.ndarray
+    count: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> ReliabilityBins:
+    """Data of a reliability diagram: bin b holds confidences in [e_b, e_{b+1}) (last: [.., 1]).
+
+    Same binning as torchmetrics' ECE, so ``sum_b count_b/N |acc_b - conf_b|`` equals it.
+    Hand-written because torchmetrics returns only the scalar ECE, not the per-bin values.
+    """
+    probs = _prepare(probs, labels, bins)
+    conf, pred = probs.max(-1)
+    conf_np, correct = conf.numpy(), (pred == labels).numpy().astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf_np, side="right") - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=conf_np, minlength=bins) / count
+        acc = np.bincount(idx, weights=correct, minlength=bins) / count
+    return ReliabilityBins(edges, count.astype(int), mean_conf, acc)
+
+
+def calibration_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
+) -> dict[str, float]:
+    """The calibration block merged into ``metrics.json`` for one evaluation set."""
+    return {
+        "ece_equal_width": ece_equal_width(probs, labels, bins),
+        "ece_equal_mass": ece_equal_mass(probs, labels, bins),
+        "mce": maximum_calibration_error(probs, labels, bins),
+        "classwise_ece": classwise_ece(probs, labels, bins),
+    }
