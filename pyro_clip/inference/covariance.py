@@ -1,0 +1,411 @@
+"""Covariance structures for Kalman filtering of adapter weights, behind one interface.
+
+Every structure performs the same information update: with a whitened Jacobian ``H``
+(observation noise already divided out, so the information added is ``H^T H``) and the
+log-likelihood gradient ``g``, the exact Kalman step from prior covariance ``P`` is
+``S = I + H P H^T``, ``P+ = P - P H^T S^-1 H P`` and ``delta = P+ g`` (Ollivier 2018, eq. 9-10).
+
+* :class:`FullCovariance` keeps ``P`` exactly (n x n).
+* :class:`BlockCovariance` keeps the diagonal blocks of ``P+`` (decoupled EKF, Puskorius &
+  Feldkamp 1991); the mean step uses the gain of the block prior.
+* :class:`DiagCovariance` keeps ``diag(P+)`` (fully decoupled EKF); mean step as above.
+* :class:`LowRankCovariance` keeps the precision as ``diag(u) + W W^T`` with rank R (LoFi,
+  Chang et al. 2023, eq. 19-21): ``[W, H^T]`` is truncated to its top-R singular directions,
+  the dropped mass goes to the diagonal, and ``delta = (diag(u) + W W^T)^-1 g``.
+
+All maths is float64. A matrix that should be positive definite but is not is repaired with
+jitter and a :class:`CovarianceWarning`, never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from pyro_clip.errors import ConfigError
+from pyro_clip.inference.kalman_jacobian import Jacobian
+
+DTYPE = torch.float64
+COVARIANCES = ("full", "block", "diag", "lowrank")
+
+
+class CovarianceWarning(UserWarning):
+    """A covariance lost positive definiteness and was repaired with jitter."""
+
+
+def safe_cholesky(mat: torch.Tensor, what: str = "matrix") -> torch.Tensor:
+    """Lower Cholesky factor of (a batch of) symmetric matrices; adds jitter with a warning."""
+    mat = 0.5 * (mat + mat.transpose(-1, -2))
+    chol, info = torch.linalg.cholesky_ex(mat)
+    if not bool((info > 0).any()):
+        return chol
+    scale = mat.diagonal(dim1=-2, dim2=-1).abs().mean().clamp_min(1e-12)
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype)
+    for exponent in range(-10, 1):
+        jitter = float(scale) * 10.0**exponent
+        chol, info = torch.linalg.cholesky_ex(mat + jitter * eye)
+        if not bool((info > 0).any()):
+            warnings.warn(
+                f"{what} was not positive definite; added jitter {jitter:.3g} to its diagonal",
+                CovarianceWarning,
+                stacklevel=3,
+            )
+            return chol
+    # Last resort: clip the spectrum (always succeeds for a finite symmetric matrix).
+    evals, evecs = torch.linalg.eigh(mat)
+    floor = float(scale) * 1e-8
+    warnings.warn(
+        f"{what} was far from positive definite; clipped its eigenvalues at {floor:.3g}",
+        CovarianceWarning,
+        stacklevel=3,
+    )
+    fixed = (evecs * evals.clamp_min(floor).unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    return torch.linalg.cholesky(0.5 * (fixed + fixed.transpose(-1, -2)))
+
+
+def _eye(m: int) -> torch.Tensor:
+    return torch.eye(m, dtype=DTYPE)
+
+
+class Covariance(ABC):
+    """Covariance ``P`` of an n-dimensional Gaussian state."""
+
+    kind: str
+    n: int
+
+    @abstractmethod
+    def quad(self, h: Jacobian) -> torch.Tensor:
+        """``H P H^T`` (m, m)."""
+
+    @abstractmethod
+    def var(self, h: Jacobian) -> torch.Tensor:
+        """``diag(H P H^T)`` (m,) without forming the m x m matrix."""
+
+    @abstractmethod
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        """``P v`` for v (n,)."""
+
+    @abstractmethod
+    def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        """Add information ``H^T H`` (whitened H); return the mean step ``P+ g`` (see module)."""
+
+    @abstractmethod
+    def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
+        """Process model of a static parameter: ``P <- P / forgetting + noise I``."""
+
+    @abstractmethod
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Zero-mean draws with covariance ``P`` -> (S, n)."""
+
+    @abstractmethod
+    def dense(self) -> torch.Tensor:
+        """``P`` as an (n, n) matrix (tests and small problems)."""
+
+    @abstractmethod
+    def repair(self) -> None:
+        """Check positive definiteness; restore it with jitter and a warning if lost."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors to checkpoint."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def diagonal(self) -> torch.Tensor:
+        return self.dense().diagonal()
+
+
+def _check_predict(forgetting: float, noise: float) -> None:
+    if not 0 < forgetting <= 1 or noise < 0:
+        raise ConfigError(
+            f"process model needs 0 < forgetting <= 1 and noise >= 0, got {forgetting}, {noise}"
+        )
+
+
+class FullCovariance(Covariance):
+    """Dense ``P`` (n x n); the update never forms the Jacobian densely if it is structured."""
+
+    kind = "full"
+
+    def __init__(self, n: int, prior_var: float = 1.0) -> None:
+        self.n = n
+        self.p = prior_var * _eye(n)
+
+    def quad(self, h: Jacobian) -> torch.Tensor:
+        return h.mm(h.mm(self.p).T)
+
+    def var(self, h: Jacobian) -> torch.Tensor:
+        return h.rowdot(h.mm(self.p))
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        return self.p @ v.double()
+
+    def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        hp = h.mm(self.p)  # (m, n) = (P H^T)^T
+        chol = safe_cholesky(_eye(h.n_obs) + h.mm(hp.T), "innovation covariance")
+        w = torch.linalg.solve_triangular(chol, hp, upper=False)  # L^-1 H P
+        self.p -= w.T @ w
+        self.p = 0.5 * (self.p + self.p.T)
+        return self.p @ g.double()
+
+    def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
+        _check_predict(forgetting, noise)
+        self.p = self.p / forgetting + noise * _eye(self.n)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        chol = safe_cholesky(self.p, "weight covariance")
+        eps = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
+        return eps @ chol.T
+
+    def dense(self) -> torch.Tensor:
+        return self.p.clone()
+
+    def diagonal(self) -> torch.Tensor:
+        return self.p.diagonal().clone()
+
+    def repair(self) -> None:
+        chol = safe_cholesky(self.p, "weight covariance")
+        self.p = chol @ chol.T
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p = state["p"].to(DTYPE)
+
+
+class BlockCovariance(Covariance):
+    """Block-diagonal ``P``: K equal contiguous blocks (per class for a linear head)."""
+
+    kind = "block"
+
+    def __init__(self, n: int, n_blocks: int, prior_var: float = 1.0) -> None:
+        if n % n_blocks:
+            raise ConfigError(f"{n} parameters cannot be split into {n_blocks} equal blocks")
+        self.n, self.k, self.bs = n, n_blocks, n // n_blocks
+        self.p = prior_var * _eye(self.bs).repeat(n_blocks, 1, 1)
+
+    def _cross(self, h: Jacobian) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = h.block_columns(self.k)  # (K, m, bs)
+        return cols, self.p @ cols.transpose(1, 2)  # G_k = P_k J_k^T (K, bs, m)
+
+    def quad(self, h: Jacobian) -> torch.Tensor:
+        cols, g = self._cross(h)
+        return torch.einsum("kmb,kbn->mn", cols, g)
+
+    def var(self, h: Jacobian) -> torch.Tensor:
+        cols, g = self._cross(h)
+        return torch.einsum("kmb,kbm->m", cols, g)
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.p @ v.double().reshape(self.k, self.bs, 1)).reshape(-1)
+
+    def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        cols, cross = self._cross(h)
+        chol = safe_cholesky(
+            _eye(h.n_obs) + torch.einsum("kmb,kbn->mn", cols, cross), "innovation covariance"
+        )
+        gk = g.double().reshape(self.k, self.bs)
+        pg = (self.p @ gk.unsqueeze(-1)).squeeze(-1)
+        u = torch.cholesky_solve(torch.einsum("kbm,kb->m", cross, gk)[:, None], chol)[:, 0]
+        delta = pg - cross @ u
+        w = torch.linalg.solve_triangular(chol, cross.transpose(1, 2), upper=False)  # (K,m,bs)
+        self.p = self.p - w.transpose(1, 2) @ w
+        self.p = 0.5 * (self.p + self.p.transpose(1, 2))
+        return delta.reshape(-1)
+
+    def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
+        _check_predict(forgetting, noise)
+        self.p = self.p / forgetting + noise * _eye(self.bs)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        chol = safe_cholesky(self.p, "weight covariance block")
+        eps = torch.randn(self.k, self.bs, n_samples, dtype=DTYPE, generator=generator)
+        return (chol @ eps).permute(2, 0, 1).reshape(n_samples, self.n)
+
+    def dense(self) -> torch.Tensor:
+        return torch.block_diag(*self.p)
+
+    def diagonal(self) -> torch.Tensor:
+        return self.p.diagonal(dim1=1, dim2=2).reshape(-1).clone()
+
+    def repair(self) -> None:
+        chol = safe_cholesky(self.p, "weight covariance block")
+        self.p = chol @ chol.transpose(1, 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p = state["p"].to(DTYPE)
+
+
+class DiagCovariance(Covariance):
+    """Diagonal ``P`` = diag(d)."""
+
+    kind = "diag"
+
+    def __init__(self, n: int, prior_var: float = 1.0) -> None:
+        self.n = n
+        self.d = torch.full((n,), float(prior_var), dtype=DTYPE)
+
+    def quad(self, h: Jacobian) -> torch.Tensor:
+        ht = h.tmm(_eye(h.n_obs))
+        return ht.T @ (self.d[:, None] * ht)
+
+    def var(self, h: Jacobian) -> torch.Tensor:
+        return h.sq_mv(self.d)
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        return self.d * v.double()
+
+    def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        a = self.d[:, None] * h.tmm(_eye(h.n_obs))  # P H^T (n, m)
+        chol = safe_cholesky(_eye(h.n_obs) + h.mm(a), "innovation covariance")
+        g = g.double()
+        delta = self.d * g - a @ torch.cholesky_solve((a.T @ g)[:, None], chol)[:, 0]
+        w = torch.linalg.solve_triangular(chol, a.T, upper=False)
+        self.d = self.d - (w * w).sum(0)
+        self.repair()
+        return delta
+
+    def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
+        _check_predict(forgetting, noise)
+        self.d = self.d / forgetting + noise
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator) * self.d.sqrt()
+
+    def dense(self) -> torch.Tensor:
+        return torch.diag(self.d)
+
+    def diagonal(self) -> torch.Tensor:
+        return self.d.clone()
+
+    def repair(self) -> None:
+        floor = 1e-12 * float(self.d.abs().max().clamp_min(1e-300))
+        if bool((self.d <= floor).any()):
+            warnings.warn(
+                f"diagonal covariance had {(self.d <= floor).sum()} non-positive entries; "
+                f"clamped them to {floor:.3g}",
+                CovarianceWarning,
+                stacklevel=2,
+            )
+            self.d = self.d.clamp_min(floor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"d": self.d}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.d = state["d"].to(DTYPE)
+
+
+class LowRankCovariance(Covariance):
+    """LoFi: precision ``diag(u) + W W^T`` with ``W`` (n, R), covariance by Woodbury."""
+
+    kind = "lowrank"
+
+    def __init__(self, n: int, rank: int, prior_var: float = 1.0) -> None:
+        if rank < 1:
+            raise ConfigError(f"low-rank covariance needs rank >= 1, got {rank}; pass rank=10")
+        self.n, self.rank = n, rank
+        self.u = torch.full((n,), 1.0 / prior_var, dtype=DTYPE)
+        self.w = torch.zeros(n, rank, dtype=DTYPE)
+
+    def _woodbury(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``G = diag(u)^-1 W`` and the Cholesky factor of ``I + W^T G``."""
+        g = self.w / self.u[:, None]
+        return g, safe_cholesky(_eye(self.rank) + self.w.T @ g, "low-rank capacitance")
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.double()
+        g, chol = self._woodbury()
+        return v / self.u - g @ torch.cholesky_solve((g.T @ v)[:, None], chol)[:, 0]
+
+    def quad(self, h: Jacobian) -> torch.Tensor:
+        ht = h.tmm(_eye(h.n_obs))
+        g, chol = self._woodbury()
+        hg = torch.linalg.solve_triangular(chol, (ht.T @ g).T, upper=False)  # (R, m)
+        return ht.T @ (ht / self.u[:, None]) - hg.T @ hg
+
+    def var(self, h: Jacobian) -> torch.Tensor:
+        g, chol = self._woodbury()
+        hg = torch.linalg.solve_triangular(chol, h.mm(g).T, upper=False)
+        return h.sq_mv(1.0 / self.u) - (hg * hg).sum(0)
+
+    def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        wide = torch.cat([self.w, h.tmm(_eye(h.n_obs))], dim=1)  # (n, R + m)
+        evals, evecs = torch.linalg.eigh(wide.T @ wide)
+        top = evecs[:, -self.rank :]  # eigh sorts ascending
+        new_w = wide @ top
+        self.u = self.u + (wide * wide).sum(1) - (new_w * new_w).sum(1)
+        self.w = new_w
+        self.repair()
+        return self.mv(g)
+
+    def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
+        _check_predict(forgetting, noise)
+        if noise:
+            raise ConfigError(
+                "the low-rank (LoFi) covariance supports process noise as forgetting only; "
+                "pass process_noise=0 and forgetting < 1 instead"
+            )
+        self.u = self.u * forgetting
+        self.w = self.w * math.sqrt(forgetting)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        e1 = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
+        e2 = torch.randn(n_samples, self.rank, dtype=DTYPE, generator=generator)
+        root = e1 * self.u.sqrt() + e2 @ self.w.T  # covariance = precision
+        g, chol = self._woodbury()
+        return root / self.u - (g @ torch.cholesky_solve(g.T @ root.T, chol)).T
+
+    def dense(self) -> torch.Tensor:
+        return torch.linalg.inv(torch.diag(self.u) + self.w @ self.w.T)
+
+    def diagonal(self) -> torch.Tensor:
+        g, chol = self._woodbury()
+        hg = torch.linalg.solve_triangular(chol, g.T, upper=False)
+        return 1.0 / self.u - (hg * hg).sum(0)
+
+    def repair(self) -> None:
+        floor = 1e-12 * float(self.u.abs().max().clamp_min(1e-300))
+        if bool((self.u <= floor).any()):
+            warnings.warn(
+                "low-rank covariance: diagonal precision lost positivity; clamped it",
+                CovarianceWarning,
+                stacklevel=2,
+            )
+            self.u = self.u.clamp_min(floor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"u": self.u, "w": self.w}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.u, self.w = state["u"].to(DTYPE), state["w"].to(DTYPE)
+
+
+def make_covariance(
+    kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10
+) -> Covariance:
+    """Factory behind the ``covariance=full|block|diag|lowrank`` option."""
+    if prior_var <= 0 or not math.isfinite(prior_var):
+        raise ConfigError(f"prior variance must be a positive number, got {prior_var}")
+    if kind == "full":
+        return FullCovariance(n, prior_var)
+    if kind == "block":
+        return BlockCovariance(n, n_blocks, prior_var)
+    if kind == "diag":
+        return DiagCovariance(n, prior_var)
+    if kind == "lowrank":
+        return LowRankCovariance(n, rank, prior_var)
+    raise ConfigError(f"unknown covariance {kind!r}; choose one of {', '.join(COVARIANCES)}")

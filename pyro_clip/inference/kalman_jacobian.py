@@ -1,0 +1,129 @@
+"""Observation Jacobians for Kalman updates, stored in structured form (never a kron product).
+
+A linear head ``z_b = W x_b`` (``W`` is C x P, parameters ``vec(W)`` row-major) has Jacobian
+``dz_b/dvec(W) = I_C kron x_b^T``. Whitened observations (rows mixed by a C x C matrix per
+example, e.g. the square root of the categorical covariance) keep the form
+``H_b = coef_b kron x_b^T``: :class:`KronJacobian` stores ``coef`` (B, k, C) and ``x`` (B, P), so
+``H @ V`` costs ``O(B P C k')`` instead of ``O(B k C P k')`` for the dense matrix.
+:class:`DenseJacobian` holds any (m, n) Jacobian (e.g. of a nonlinear adapter via torch.func).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Jacobian(ABC):
+    """A linear map from parameters (n,) to observations (m,)."""
+
+    n_obs: int
+    n_params: int
+
+    @abstractmethod
+    def mm(self, v: torch.Tensor) -> torch.Tensor:
+        """``H @ v`` for v (n, k) -> (m, k)."""
+
+    @abstractmethod
+    def tmm(self, u: torch.Tensor) -> torch.Tensor:
+        """``H^T @ u`` for u (m, k) -> (n, k)."""
+
+    @abstractmethod
+    def rowdot(self, m: torch.Tensor) -> torch.Tensor:
+        """``<H_j, m_j>`` for every row j; m (m, n) -> (m,)."""
+
+    @abstractmethod
+    def sq_mv(self, d: torch.Tensor) -> torch.Tensor:
+        """``(H * H) @ d`` = diag(H diag(d) H^T) -> (m,)."""
+
+    @abstractmethod
+    def block_columns(self, n_blocks: int) -> torch.Tensor:
+        """Columns of each of ``n_blocks`` equal contiguous parameter blocks -> (K, m, n/K)."""
+
+    @abstractmethod
+    def scale_rows(self, w: torch.Tensor) -> Jacobian:
+        """``diag(w) H`` (whitening by a diagonal noise), w (m,)."""
+
+    @abstractmethod
+    def mix(self, mix: torch.Tensor) -> Jacobian:
+        """Rows of example b replaced by ``mix[b] @ H_b``; mix (B, k', k) -> B k' rows."""
+
+    def dense(self) -> torch.Tensor:
+        """The (m, n) matrix (tests and small problems only)."""
+        return self.tmm(torch.eye(self.n_obs, dtype=torch.float64)).T
+
+
+class DenseJacobian(Jacobian):
+    """An explicit (m, n) Jacobian."""
+
+    def __init__(self, j: torch.Tensor) -> None:
+        self.j = j.double()
+        self.n_obs, self.n_params = self.j.shape
+
+    def mm(self, v: torch.Tensor) -> torch.Tensor:
+        return self.j @ v
+
+    def tmm(self, u: torch.Tensor) -> torch.Tensor:
+        return self.j.T @ u
+
+    def rowdot(self, m: torch.Tensor) -> torch.Tensor:
+        return (self.j * m).sum(-1)
+
+    def sq_mv(self, d: torch.Tensor) -> torch.Tensor:
+        return (self.j * self.j) @ d
+
+    def block_columns(self, n_blocks: int) -> torch.Tensor:
+        return self.j.reshape(self.n_obs, n_blocks, -1).permute(1, 0, 2)
+
+    def scale_rows(self, w: torch.Tensor) -> DenseJacobian:
+        return DenseJacobian(self.j * w.double()[:, None])
+
+    def mix(self, mix: torch.Tensor) -> DenseJacobian:
+        rows = self.j.reshape(mix.shape[0], mix.shape[2], self.n_params)
+        return DenseJacobian((mix.double() @ rows).reshape(-1, self.n_params))
+
+
+class KronJacobian(Jacobian):
+    """Rows ``(b, i)`` equal ``sum_c coef[b, i, c] (e_c kron x_b)^T``; parameters laid out (C, P)."""
+
+    def __init__(self, coef: torch.Tensor, x: torch.Tensor) -> None:
+        self.coef, self.x = coef.double(), x.double()
+        b, self.k, self.n_classes = self.coef.shape
+        self.n_in = self.x.shape[1]
+        self.n_obs, self.n_params = b * self.k, self.n_classes * self.n_in
+
+    @classmethod
+    def logits(cls, x: torch.Tensor, n_classes: int) -> KronJacobian:
+        """Jacobian of the logits ``W x_b`` (coef = identity)."""
+        eye = torch.eye(n_classes, dtype=torch.float64)
+        return cls(eye.expand(x.shape[0], n_classes, n_classes), x)
+
+    def mm(self, v: torch.Tensor) -> torch.Tensor:
+        t = torch.einsum("bp,cpk->bck", self.x, v.reshape(self.n_classes, self.n_in, -1))
+        return torch.einsum("bic,bck->bik", self.coef, t).reshape(self.n_obs, -1)
+
+    def tmm(self, u: torch.Tensor) -> torch.Tensor:
+        t = torch.einsum("bic,bik->bck", self.coef, u.reshape(-1, self.k, u.shape[-1]))
+        return torch.einsum("bp,bck->cpk", self.x, t).reshape(self.n_params, -1)
+
+    def rowdot(self, m: torch.Tensor) -> torch.Tensor:
+        mv = m.reshape(-1, self.k, self.n_classes, self.n_in)
+        t = torch.einsum("bicp,bp->bic", mv, self.x)
+        return (t * self.coef).sum(-1).reshape(-1)
+
+    def sq_mv(self, d: torch.Tensor) -> torch.Tensor:
+        t = (self.x**2) @ d.reshape(self.n_classes, self.n_in).T  # (B, C)
+        return torch.einsum("bic,bc->bi", self.coef**2, t).reshape(-1)
+
+    def block_columns(self, n_blocks: int) -> torch.Tensor:
+        if n_blocks != self.n_classes:
+            raise ValueError("a KronJacobian's natural blocks are its classes")
+        cols = torch.einsum("bic,bp->cbip", self.coef, self.x)
+        return cols.reshape(self.n_classes, self.n_obs, self.n_in)
+
+    def scale_rows(self, w: torch.Tensor) -> KronJacobian:
+        return KronJacobian(self.coef * w.double().reshape(-1, self.k, 1), self.x)
+
+    def mix(self, mix: torch.Tensor) -> KronJacobian:
+        return KronJacobian(mix.double() @ self.coef, self.x)
