@@ -96,7 +96,7 @@ def test_full_filter_invariant_to_minibatch_order():
 
 
 def test_gaussian_innovation_log_likelihood_and_mahalanobis():
-    g, x, w_true = _problem(3)
+    g, x, _ = _problem(3)
     state = KalmanState(torch.zeros(C * P), FullCovariance(C * P, 1.5))
     h = KronJacobian.logits(x, C)
     resid = torch.randn(h.n_obs, generator=g)
@@ -122,7 +122,8 @@ def test_ekf_step_is_natural_gradient_step():
     state.update_categorical(KronJacobian.logits(x, C), logits, labels)
 
     def loglik(theta):
-        return -torch.nn.functional.cross_entropy(x @ theta.reshape(C, P).T, labels, reduction="sum")
+        logits = x @ theta.reshape(C, P).T
+        return -torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
     grad = torch.func.grad(loglik)(mean0)
     fisher = -torch.func.hessian(loglik)(mean0)  # linear logits: Hessian of NLL = Fisher
@@ -205,7 +206,7 @@ def test_lowrank_structure_matches_lofi_definition():
     cov = LowRankCovariance(n, rank, prior_var=2.0)
     cov.w = 0.5 * torch.randn(n, rank, generator=g0)
     u0, w0 = cov.u.clone(), cov.w.clone()
-    x, logits, labels = _categorical_batch(n=2)
+    x, logits, _ = _categorical_batch(n=2)
     jac = KronJacobian.logits(x, C)
     hw = jac.mix(categorical_sqrt(logits.softmax(-1))).dense()
     grad = torch.randn(n, generator=g0)

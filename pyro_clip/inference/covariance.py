@@ -344,7 +344,7 @@ class LowRankCovariance(Covariance):
 
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
         wide = torch.cat([self.w, h.tmm(_eye(h.n_obs))], dim=1)  # (n, R + m)
-        evals, evecs = torch.linalg.eigh(wide.T @ wide)
+        _, evecs = torch.linalg.eigh(wide.T @ wide)
         top = evecs[:, -self.rank :]  # eigh sorts ascending
         new_w = wide @ top
         self.u = self.u + (wide * wide).sum(1) - (new_w * new_w).sum(1)

@@ -70,11 +70,10 @@ class KalmanState:
     def mahalanobis(
         self, h: Jacobian, obs_var: torch.Tensor, residual: torch.Tensor
     ) -> torch.Tensor:
-        """Squared Mahalanobis distance ``r^T S^-1 r`` of the innovation (chi^2_m under the model)."""
+        """Squared Mahalanobis distance ``r^T S^-1 r`` of the innovation (chi^2_m if consistent)."""
         r = residual.double()
-        s = self.cov.var(h) + obs_var.double()
         if len(r) == 1:
-            return r**2 / s
+            return r**2 / (self.cov.var(h) + obs_var.double())
         r, s_full = self.innovation(h, obs_var, residual)
         chol = safe_cholesky(s_full, "innovation covariance")
         z = torch.linalg.solve_triangular(chol, r[:, None], upper=False)[:, 0]

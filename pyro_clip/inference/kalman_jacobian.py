@@ -85,7 +85,7 @@ class DenseJacobian(Jacobian):
 
 
 class KronJacobian(Jacobian):
-    """Rows ``(b, i)`` equal ``sum_c coef[b, i, c] (e_c kron x_b)^T``; parameters laid out (C, P)."""
+    """Row ``(b, i)`` is ``sum_c coef[b, i, c] (e_c kron x_b)^T``; parameters laid out (C, P)."""
 
     def __init__(self, coef: torch.Tensor, x: torch.Tensor) -> None:
         self.coef, self.x = coef.double(), x.double()
