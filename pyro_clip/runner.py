@@ -38,6 +38,8 @@ class Evaluation:
     labels: torch.Tensor
     classnames: list[str]
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the (N, D) image features predicted on (for methods' ``ood_scores`` in diagnostics)
+    features: torch.Tensor | None = None
 
 
 @dataclass
@@ -70,8 +72,9 @@ def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: st
 
 
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
-    pred = method.predict(data.features[method.feature_kind], data.classnames)
-    ev = Evaluation(name, pred, data.labels, list(data.classnames))
+    features = data.features[method.feature_kind]
+    pred = method.predict(features, data.classnames)
+    ev = Evaluation(name, pred, data.labels, list(data.classnames), features=features)
     ev.metrics = classification_metrics(pred.probs, data.labels)
     return ev
 
@@ -184,3 +187,8 @@ def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None
             )
         method.load_state_dict(ckpt["state"])
     return method
+
+
+from pyro_clip.diagnostics.hooks import register_diagnostics  # noqa: E402
+
+register_diagnostics(RUN_HOOKS)  # idata.nc, calibration/OOD metrics and plots for every run

@@ -63,7 +63,7 @@ def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> 
     """
     probs = _prepare(probs, labels, bins)
     errors = [
-        binary_calibration_error(probs[:, c], (labels == c).long(), n_bins=bins)
+        binary_calibration_error(probs[:, c].contiguous(), (labels == c).long(), n_bins=bins)
         for c in range(probs.shape[1])
     ]
     return float(torch.stack(errors).mean())

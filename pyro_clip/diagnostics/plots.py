@@ -1,0 +1,111 @@
+"""Diagnostic figures: reliability diagram with confidence histogram, risk-coverage curves,
+OOD score histograms, posterior predictive checks.
+
+Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg canvas, never
+pyplot, so the library neither needs a display nor changes a notebook's backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from pyro_clip.diagnostics.calibration import reliability_bins
+from pyro_clip.diagnostics.selective import RiskCoverage
+from pyro_clip.io import atomic_write
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
+    """Write ``fig`` as PNG atomically."""
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
+
+
+def reliability_figure(
+    sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], bins: int = 15, title: str = ""
+) -> Figure:
+    """Per set (``name -> (probs, labels)``): accuracy vs confidence per bin above the
+    confidence histogram (Guo et al. 2017, fig. 1); the gap to the diagonal is the calibration
+    error, the histogram shows how much mass each bin carries."""
+    fig = Figure(figsize=(3.6 * len(sets), 5.2), layout="constrained")
+    axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
+    for col, (name, (probs, labels)) in enumerate(sets.items()):
+        rb = reliability_bins(probs, labels, bins)
+        width = np.diff(rb.edges)
+        left = rb.edges[:-1]
+        top, bottom = axes[0, col], axes[1, col]
+        top.bar(left, np.nan_to_num(rb.accuracy), width, align="edge", edgecolor="k",
+                color="C0", label="accuracy")
+        gap = np.nan_to_num(rb.confidence - rb.accuracy)
+        top.bar(left, gap, width, bottom=np.nan_to_num(rb.accuracy), align="edge",
+                color="C3", alpha=0.35, hatch="//", label="gap to confidence")
+        top.plot([0, 1], [0, 1], "k--", lw=1)
+        top.set(xlim=(0, 1), ylim=(0, 1), title=name, ylabel="accuracy")
+        top.legend(loc="upper left", fontsize=7)
+        bottom.bar(left, rb.count / max(rb.count.sum(), 1), width, align="edge",
+                   edgecolor="k", color="C7")
+        conf, pred = probs.double().max(-1)
+        bottom.axvline(float(conf.mean()), color="C3", ls="--", label="mean confidence")
+        bottom.axvline(float((pred == labels).double().mean()), color="C0", ls="-",
+                       label="accuracy")
+        bottom.set(xlabel="confidence", ylabel="fraction")
+        bottom.legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") -> Figure:
+    """Selective risk vs coverage (accept the most confident first); AURC in the legend."""
+    fig = Figure(figsize=(5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for name, rc in curves.items():
+        ax.plot(rc.coverage, rc.risk, label=f"{name} (AURC {rc.aurc:.3f})")
+    ax.set(xlabel="coverage", ylabel="risk (error rate)", xlim=(0, 1), ylim=(0, None),
+           title=title or "risk-coverage")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def ood_histogram_figure(
+    id_scores: Mapping[str, torch.Tensor],
+    ood_scores: Mapping[str, torch.Tensor],
+    id_name: str,
+    ood_name: str,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+) -> Figure:
+    """One panel per score: histograms of in-distribution vs OOD scores (higher = more OOD)."""
+    names = [n for n in id_scores if n in ood_scores]
+    fig = Figure(figsize=(3.4 * max(len(names), 1), 3), layout="constrained")
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        a, b = id_scores[name].double().numpy(), ood_scores[name].double().numpy()
+        edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=30)
+        ax.hist(a, edges, alpha=0.55, density=True, label=id_name)
+        ax.hist(b, edges, alpha=0.55, density=True, label=ood_name)
+        sub = ""
+        if metrics and name in metrics:
+            sub = f"\nAUROC {metrics[name]['auroc']:.3f}, FPR@95 {metrics[name]['fpr95']:.3f}"
+        ax.set(title=f"{name}{sub}", xlabel="score (higher = more OOD)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def ppc_figure(idata, names: list[str]) -> Figure:
+    """Per evaluation set: ArviZ ``plot_ppc`` of predicted labels (class counts) and
+    ``plot_bpv`` of the largest class share (see :mod:`pyro_clip.diagnostics.arviz_io`)."""
+    from pyro_clip.diagnostics import arviz_io
+
+    fig = Figure(figsize=(9, 3.2 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in enumerate(names):
+        arviz_io.plot_ppc_labels(idata, name, axes[row, 0])
+        axes[row, 0].set_title(f"{name}: class counts")
+        axes[row, 0].set_xlabel("class index")
+        arviz_io.plot_bpv_max_class_share(idata, name, axes[row, 1])
+        axes[row, 1].set_title(f"{name}: T = largest class share")
+    return fig
