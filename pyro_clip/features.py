@@ -116,7 +116,7 @@ class FeatureCache:
             part = parts_dir / f"{start:09d}.npz"
             if not part.exists():
                 feats = encode_range(backbone, dataset, start, stop, batch_size, bar)
-                save_npz(part, **{f"feat_{k}": v for k, v in feats.items()})
+                save_npz(part, compress=False, **{f"feat_{k}": v for k, v in feats.items()})
             else:
                 bar.update(stop - start)
         bar.close()
@@ -125,7 +125,9 @@ class FeatureCache:
             with np.load(parts_dir / f"{start:09d}.npz") as data:
                 chunks.append({k: data[k] for k in data.files})
         merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        save_npz(path, labels=np.asarray(dataset.labels, dtype=np.int64), **merged)
+        # float features barely compress; plain npz keeps extraction at raw-forward speed
+        save_npz(path, compress=False, labels=np.asarray(dataset.labels, dtype=np.int64),
+                 **merged)
         shutil.rmtree(parts_dir, ignore_errors=True)
 
 

@@ -44,12 +44,13 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Write arrays to a compressed ``.npz``, atomically."""
+def save_npz(path: str | Path, compress: bool = True, **arrays: np.ndarray) -> Path:
+    """Write arrays to a ``.npz`` (compressed unless ``compress=False``), atomically."""
+    save = np.savez_compressed if compress else np.savez
 
     def _write(p: Path) -> None:
         with open(p, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            save(fh, **arrays)
 
     return atomic_write(path, _write)
 

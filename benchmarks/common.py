@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: timing and writing results JSON."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_clip.io import write_json
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Minimum wall time of ``repeats`` calls (the least noisy estimate on a shared machine)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    path = (out_dir or RESULTS_DIR) / f"{name}.json"
+    write_json(path, {"benchmark": name, "machine": machine(), **payload})
+    print(f"wrote {path}")
+    return path
