@@ -1,4 +1,4 @@
-"""Command-line interface: ``pyro-clip demo | fit | evaluate | report | list``.
+"""Command-line interface: ``pyro-clip demo | fit | evaluate | report | suite | list``.
 
 Every ``fit`` flag can also come from ``--config file.yaml`` (flags win over the file).
 """
@@ -87,6 +87,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from pyro_clip.suite import load_suite
+    from pyro_clip.suite_check import dry_run
+
+    suite = load_suite(args.config, data_root=args.data_root, out=args.out,
+                       results=args.results)
+    plan = dry_run(suite)  # config errors raise before anything runs
+    print(plan.summary())
+    if args.dry_run:
+        return 0
+    from pyro_clip.suite_exec import run_suite
+    from pyro_clip.suite_results import write_results
+
+    outcome = run_suite(suite, workers=args.workers, progress=args.progress)
+    json_path, md_path = write_results(suite, outcome.runs, {
+        "failures": outcome.failures, "run_seconds": outcome.seconds,
+        "wall_seconds": outcome.wall_seconds, "workers": args.workers,
+        "skipped_runs": outcome.skipped,
+    })
+    print(md_path.read_text())
+    print(f"{len(outcome.seconds)} run(s) in {outcome.wall_seconds:.0f} s, {outcome.skipped} "
+          f"skipped (done before); results in {json_path} and {md_path}")
+    if outcome.failures:
+        print(f"{len(outcome.failures)} run(s) failed; see error.txt in their folders",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from pyro_clip.methods import known_methods
@@ -131,6 +160,18 @@ def make_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+")
     rep.add_argument("--out", default="runs/report")
     rep.set_defaults(func=cmd_report)
+
+    su = sub.add_parser("suite", help="run a benchmark suite (YAML) and tabulate mean ± std")
+    su.add_argument("config", help="suite file, e.g. configs/bench/offline.yaml")
+    su.add_argument("--dry-run", action="store_true",
+                    help="validate every run and list missing data; load no weights")
+    su.add_argument("--workers", type=int, default=1,
+                    help="processes with one torch thread each (default 1)")
+    su.add_argument("--data-root", dest="data_root", help="override the suite's data_root")
+    su.add_argument("--out", help="override the suite's run folder")
+    su.add_argument("--results", help="override the results path stem (.json and .md)")
+    su.add_argument("--no-progress", dest="progress", action="store_false")
+    su.set_defaults(func=cmd_suite)
 
     ls = sub.add_parser("list", help="list known methods, data sets or backbones")
     ls.add_argument("what", choices=["methods", "datasets", "backbones"])

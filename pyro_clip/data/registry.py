@@ -16,6 +16,7 @@ from pyro_clip.data.dassl import DasslSplitImages
 from pyro_clip.data.dassl_specs import dassl_names, resolve_dassl
 from pyro_clip.data.embedded import load_embedded
 from pyro_clip.data.folders import ImageFolderImages
+from pyro_clip.data.imagenet_variants import ImageNetVariantImages, resolve_variant, variant_names
 from pyro_clip.data.shifted import load_shifted
 from pyro_clip.errors import DataError
 
@@ -25,7 +26,7 @@ _BUILTIN = ("fashion-mnist", "fashion-mnist-c", "folder")
 
 def known_datasets() -> list[str]:
     """Every name ``load_dataset`` accepts (canonical spelling)."""
-    return [*_BUILTIN, *dassl_names()]
+    return [*_BUILTIN, *dassl_names(), *variant_names()]
 
 
 def _require_root(name: str, root: str | Path | None) -> Path:
@@ -71,4 +72,7 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
     if resolve_dassl(name) is not None:
         _reject_extra(name, kw, ("image_dir", "split_file"))
         return DasslSplitImages(_require_root(name, root), name, split, **kw)
+    if resolve_variant(name) is not None:  # ImageNet-V2/-Sketch/-A/-R: evaluation only
+        _reject_extra(name, kw)
+        return ImageNetVariantImages(_require_root(name, root), name, split)
     raise DataError(f"unknown data set {name!r}; known: {known_datasets()}")

@@ -1,0 +1,150 @@
+"""Dry run of a suite: validate every expanded run and list what is missing, loading no weights.
+
+Config errors (unknown method, option, data set, protocol, backbone model or tag) raise
+``ConfigError``; missing folders, split files, images and local checkpoints are *problems* in
+the plan (expected on a machine without the data), never exceptions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyro_clip.data.dassl import validate_dassl_layout
+from pyro_clip.data.dassl_specs import resolve_dassl
+from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_layout
+from pyro_clip.data.registry import known_datasets
+from pyro_clip.errors import ConfigError, PyroClipError
+from pyro_clip.suite import SuiteConfig, SuiteRun, expand
+
+EMBEDDED = ("fashion-mnist", "fashion-mnist-c")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+@dataclass
+class Plan:
+    """What a suite would do: its runs, the ones already done, and the problems found."""
+
+    suite: SuiteConfig
+    runs: list[SuiteRun]
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return sum(r.done for r in self.runs)
+
+    def summary(self) -> str:
+        """Human-readable plan (printed by ``pyro-clip suite --dry-run``)."""
+        s = self.suite
+        per_method = Counter(r.method for r in self.runs)
+        lines = [
+            f"suite {s.name!r} ({s.source}): {len(self.runs)} runs = {len(s.datasets)} data "
+            f"set(s) x {len(s.protocols)} protocol(s) x {len(per_method)} method(s) x "
+            f"{len(s.shots)} shot setting(s) x {len(s.seeds)} seed(s); "
+            f"{self.done} already done, {len(self.runs) - self.done} to run",
+            f"backbone {s.backbone}; data sets {s.datasets}; protocols {s.protocols}; "
+            f"shots {s.shots}; seeds {s.seeds}",
+            f"methods: {', '.join(per_method)}",
+            f"run folders under {s.out}; results {s.results_stem}.json/.md",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s) (the runs that need them will fail):")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("no problems found: ready to run")
+        return "\n".join(lines)
+
+
+def check_backbone_spec(spec: str) -> tuple[list[str], list[str]]:
+    """Parse a backbone spec without building it: ``(problems, notes)``; unknown -> ConfigError."""
+    if spec == "conse":
+        return [], ["conse loads EfficientNet-Lite0 + MiniLM weights from installed packages"]
+    if not spec.startswith("open_clip:"):
+        raise ConfigError(
+            f"unknown backbone {spec!r}; use 'conse' or 'open_clip:<model>[:<tag or checkpoint>]'"
+        )
+    import open_clip
+
+    from pyro_clip.backbones.registry import known_backbones
+
+    parts = spec.split(":", 2)
+    model = parts[1]
+    if f"open_clip:{model}" not in known_backbones():
+        raise ConfigError(
+            f"unknown open_clip model {model!r} in backbone {spec!r}; see 'pyro-clip list "
+            "backbones'"
+        )
+    pretrained = parts[2] if len(parts) > 2 else ""
+    if pretrained in ("", "random", "none"):
+        return [], [f"{spec}: random weights (tests only; no pre-trained prior)"]
+    is_file = "/" in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
+    if is_file:
+        path = Path(pretrained).expanduser()
+        return ([] if path.is_file() else [f"checkpoint {path} for {spec} does not exist"]), []
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise ConfigError(
+            f"open_clip has no pretrained tag {pretrained!r} for {model}; tags: {tags} "
+            "(or pass a local checkpoint file)"
+        )
+    return [], [f"{spec}: weights are fetched from the Hugging Face hub (or its local cache) "
+                "when the suite runs; offline, pass a local checkpoint path instead"]
+
+
+def _dataset_problems(name: str, root: str | None, role: str, source: str) -> list[str]:
+    """Check a data set name (ConfigError if unknown) and its files (problems)."""
+    if name in EMBEDDED:
+        return []
+    variant = resolve_variant(name)
+    if variant is not None and role == "train":
+        raise ConfigError(f"{source}: {name} is evaluation-only; train on imagenet and list "
+                          f"{name} under eval_datasets")
+    if variant is None and resolve_dassl(name) is None and name != "folder":
+        raise ConfigError(f"{source}: unknown data set {name!r}; known: {known_datasets()}")
+    if root is None:
+        raise ConfigError(f"{source}: data set {name!r} reads images from disk; set data_root "
+                          "in the suite file or pass --data-root")
+    if name == "folder":
+        return [] if Path(root).is_dir() else [f"image folder {root} does not exist"]
+    if variant is not None:
+        return validate_variant_layout(root, name)
+    return validate_dassl_layout(root, name)
+
+
+def dry_run(suite: SuiteConfig) -> Plan:
+    """Validate ``suite`` without loading weights or images (see the module docstring)."""
+    from pyro_clip.methods import get_method_class
+
+    runs = expand(suite)
+    plan = Plan(suite, runs)
+    for method in dict.fromkeys(r.method for r in runs):
+        options = suite.options_for(method)
+        try:
+            get_method_class(method)(**options)
+        except PyroClipError as exc:
+            raise ConfigError(f"{suite.source}: method {method!r}: {exc}") from exc
+    for run in runs:
+        try:
+            run.config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{suite.source}: run {run.out}: {exc}") from exc
+    problems, notes = check_backbone_spec(suite.backbone)
+    plan.problems += problems
+    plan.notes += notes
+    roles = {d: "train" for d in suite.datasets}
+    for protocol in suite.protocols:
+        for d in suite.evals_for(protocol):
+            roles.setdefault(d, "eval")
+    for name, role in roles.items():
+        plan.problems += [f"{name}: {p}" for p in
+                          _dataset_problems(name, suite.data_root, role, suite.source)]
+        spec = resolve_dassl(name)
+        if role == "train" and spec is not None and spec.format == "imagenet":
+            plan.notes.append(
+                "imagenet has no validation split in CoOp's layout; the runner must hold the "
+                "validation shots out of train for it"
+            )
+    return plan
