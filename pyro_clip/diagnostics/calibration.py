@@ -52,7 +52,7 @@ def ece_equal_mass(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) ->
     total = 0.0
     for chunk in np.array_split(order, min(bins, len(order))):
         total += len(chunk) * abs(correct[chunk].mean() - conf.numpy()[chunk].mean())
-    return total / len(order)
+    return float(total / len(order))
 
 
 def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

@@ -20,7 +20,8 @@ from pyro_clip.io import atomic_write
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
-    """Write ``fig`` as PNG atomically."""
+    """Write ``fig`` as PNG atomically (tight layout computed once, not on every draw)."""
+    fig.tight_layout()
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
 
 
@@ -30,7 +31,7 @@ def reliability_figure(
     """Per set (``name -> (probs, labels)``): accuracy vs confidence per bin above the
     confidence histogram (Guo et al. 2017, fig. 1); the gap to the diagonal is the calibration
     error, the histogram shows how much mass each bin carries."""
-    fig = Figure(figsize=(3.6 * len(sets), 5.2), layout="constrained")
+    fig = Figure(figsize=(3.6 * len(sets), 5.2))
     axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
     for col, (name, (probs, labels)) in enumerate(sets.items()):
         rb = reliability_bins(probs, labels, bins)
@@ -60,7 +61,7 @@ def reliability_figure(
 
 def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") -> Figure:
     """Selective risk vs coverage (accept the most confident first); AURC in the legend."""
-    fig = Figure(figsize=(5, 3.8), layout="constrained")
+    fig = Figure(figsize=(5, 3.8))
     ax = fig.subplots()
     for name, rc in curves.items():
         ax.plot(rc.coverage, rc.risk, label=f"{name} (AURC {rc.aurc:.3f})")
@@ -79,7 +80,7 @@ def ood_histogram_figure(
 ) -> Figure:
     """One panel per score: histograms of in-distribution vs OOD scores (higher = more OOD)."""
     names = [n for n in id_scores if n in ood_scores]
-    fig = Figure(figsize=(3.4 * max(len(names), 1), 3), layout="constrained")
+    fig = Figure(figsize=(3.4 * max(len(names), 1), 3))
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
     for ax, name in zip(axes, names, strict=False):
         a, b = id_scores[name].double().numpy(), ood_scores[name].double().numpy()
@@ -100,7 +101,7 @@ def ppc_figure(idata, names: list[str]) -> Figure:
     ``plot_bpv`` of the largest class share (see :mod:`pyro_clip.diagnostics.arviz_io`)."""
     from pyro_clip.diagnostics import arviz_io
 
-    fig = Figure(figsize=(9, 3.2 * len(names)), layout="constrained")
+    fig = Figure(figsize=(9, 3.2 * len(names)))
     axes = fig.subplots(len(names), 2, squeeze=False)
     for row, name in enumerate(names):
         arviz_io.plot_ppc_labels(idata, name, axes[row, 0])
