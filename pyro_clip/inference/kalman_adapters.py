@@ -1,0 +1,105 @@
+"""Adapters over frozen image features whose weights a Kalman filter tracks.
+
+* :class:`LinearHead`: ``z = W x + b`` with ``x`` the normalised image feature; prior mean
+  ``W0 = s T`` (zero-shot text classifier times the logit scale), ``b0 = 0``, so the prior
+  mean predicts exactly the zero-shot logits. Its logit Jacobian is ``I_C kron [x, 1]^T``
+  (:class:`KronJacobian`); parameter blocks are classes.
+* :class:`ResidualAdapter`: CLIP-Adapter-style bottleneck on the image feature,
+  ``x' = x + a U relu(V x)``, ``z = s cos(x', t_c)``. It is class-agnostic (transfers to unseen
+  classes). Parameters are laid out per bottleneck unit k as ``[V_k, U_:k]`` (blocks = units);
+  its Jacobian is computed with ``torch.func.jacrev`` (dense, n = 2 D r parameters).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+from pyro_clip.inference.covariance import DTYPE
+from pyro_clip.inference.kalman_jacobian import DenseJacobian, Jacobian, KronJacobian
+
+
+class Adapter(ABC):
+    """Maps parameters ``theta`` (n,) and features ``x`` (B, D) to logits (B, C)."""
+
+    n_params: int
+    n_blocks: int
+    class_agnostic: bool = False
+
+    @abstractmethod
+    def prior_mean(self) -> torch.Tensor:
+        """Parameters of the zero-shot model (n,)."""
+
+    @abstractmethod
+    def logits(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, C) logits for features x (B, D) and class texts (C, D)."""
+
+    @abstractmethod
+    def jacobian(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> Jacobian:
+        """Jacobian of the flattened logits (B C rows) with respect to ``theta``."""
+
+
+class LinearHead(Adapter):
+    """``z = W x + b`` initialised from the zero-shot classifier; ``theta = vec([W, b])``."""
+
+    def __init__(self, text: torch.Tensor, scale: float, bias: bool = True) -> None:
+        self.n_classes, self.dim = text.shape
+        self.scale, self.bias = float(scale), bias
+        self.n_in = self.dim + int(bias)
+        self.n_params, self.n_blocks = self.n_classes * self.n_in, self.n_classes
+        self.text = text.to(DTYPE)
+
+    def class_prior_mean(self, text: torch.Tensor) -> torch.Tensor:
+        """Rows ``[s t_c, 0]`` for any class list (unseen classes keep these)."""
+        w = self.scale * F.normalize(text.to(DTYPE), dim=-1)
+        if self.bias:
+            w = torch.cat([w, torch.zeros(len(w), 1, dtype=DTYPE)], 1)
+        return w
+
+    def prior_mean(self) -> torch.Tensor:
+        return self.class_prior_mean(self.text).reshape(-1)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.to(DTYPE), dim=-1)
+        return torch.cat([x, torch.ones(len(x), 1, dtype=DTYPE)], 1) if self.bias else x
+
+    def logits(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.inputs(x) @ theta.reshape(-1, self.n_in).T
+
+    def jacobian(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> Jacobian:
+        return KronJacobian.logits(self.inputs(x), self.n_classes)
+
+
+class ResidualAdapter(Adapter):
+    """``x' = x + ratio * U relu(V x)``; ``z = s cos(x', t_c)`` for any class texts."""
+
+    class_agnostic = True
+
+    def __init__(
+        self, dim: int, scale: float, rank: int = 4, ratio: float = 1.0, seed: int = 0
+    ) -> None:
+        self.dim, self.rank, self.scale, self.ratio = dim, rank, float(scale), ratio
+        self.n_params, self.n_blocks = 2 * dim * rank, rank
+        gen = torch.Generator().manual_seed(seed)
+        # V starts at a random projection (He-style scale), U at zero: the prior mean is
+        # exactly the zero-shot model.
+        self._v0 = torch.randn(rank, dim, generator=gen, dtype=DTYPE) * (2.0 / dim) ** 0.5
+
+    def prior_mean(self) -> torch.Tensor:
+        return torch.cat([self._v0, torch.zeros(self.rank, self.dim, dtype=DTYPE)], 1).reshape(-1)
+
+    def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        units = theta.reshape(self.rank, 2 * self.dim)
+        v, u = units[:, : self.dim], units[:, self.dim :]  # V (r, D); U^T (r, D)
+        x = F.normalize(x.to(DTYPE), dim=-1)
+        return x + self.ratio * torch.relu(x @ v.T) @ u
+
+    def logits(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(self.features(theta, x), dim=-1)
+        return self.scale * feats @ F.normalize(text.to(DTYPE), dim=-1).T
+
+    def jacobian(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> Jacobian:
+        jac = torch.func.jacrev(lambda t: self.logits(t, x, text))(theta.to(DTYPE))
+        return DenseJacobian(jac.reshape(-1, self.n_params))

@@ -1,0 +1,332 @@
+"""``kalman``: Bayesian natural-gradient adapters fitted by Kalman filtering (arXiv 2511.01694).
+
+The adapter weights get a Gaussian prior centred on the zero-shot model and are updated one
+minibatch at a time by :class:`~pyro_clip.inference.kalman.KalmanState`:
+
+* ``observation=categorical``: labels through the extended Kalman filter with covariance
+  ``diag(p) - p p^T`` -- an online natural-gradient step (Ollivier 2018, Thm. 2);
+* ``observation=cosine``: the paper's Gaussian observation of the matched image-text cosine
+  with target 1, adaptive noise ``R_k = a R_k-1 + (1-a)(e^2 + H P H^T)`` (Akhlaghi et al.
+  2017, eq. 18 -- the paper states R_k is adaptive without giving its rule) and a Mahalanobis
+  gate on the innovation (chi^2_1 quantile ``gate``).
+
+The prior variance is chosen on validation NLL. Predictive: linearised probit
+``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over weights; ``logit_samples`` is always
+filled. Unseen classes (base-to-new) keep their prior (zero-shot) weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import chi2
+from tqdm.auto import tqdm
+
+from pyro_clip.errors import ConfigError, DataError
+from pyro_clip.features import FeatureSet
+from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
+from pyro_clip.inference.kalman import KalmanState, probit_probs
+from pyro_clip.inference.kalman_adapters import Adapter, LinearHead, ResidualAdapter
+from pyro_clip.methods.base import Method, Prediction, register_method
+
+_CHUNK = 128  # examples per chunk when computing predictive moments
+
+
+@register_method
+class KalmanAdapter(Method):
+    """Kalman-filtered adapter over frozen image features (see module docstring)."""
+
+    name = "kalman"
+    demo_options: ClassVar[dict[str, Any] | None] = {
+        "covariance": "block",
+        "prior_var_grid": [10.0, 100.0],
+    }
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {
+            "adapter": "linear",  # linear | residual
+            "covariance": "full",  # full | block | diag | lowrank
+            "rank": 10,  # low-rank covariance rank R
+            "observation": "categorical",  # categorical | cosine
+            "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
+            "prior_var_grid": [1.0, 10.0, 100.0],
+            "batch_size": 16,
+            "epochs": 1,
+            "forgetting": 1.0,  # P <- P / forgetting before each minibatch
+            "process_noise": 0.0,  # P <- P + q I before each minibatch
+            "obs_noise": 0.05,  # cosine observation: initial R
+            "adaptive_noise": True,
+            "noise_memory": 0.9,
+            "gate": 0.999,  # chi^2 probability of the Mahalanobis gate (0 = off)
+            "predictive": "probit",  # probit | mc
+            "mc_samples": 64,
+            "bias": True,
+            "residual_rank": 4,
+            "residual_ratio": 1.0,
+        }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._validate()
+        self.state: KalmanState | None = None
+        self.adapter: Adapter | None = None
+        self.train_classnames: list[str] = []
+        self.obs_var = float(self.options["obs_noise"])
+        self.dim: int | None = None
+        self.prior_var = 1.0
+
+    # ----- options and inputs ------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.options
+        choices = {
+            "adapter": ("linear", "residual"),
+            "covariance": COVARIANCES,
+            "observation": ("categorical", "cosine"),
+            "predictive": ("probit", "mc"),
+        }
+        for key, allowed in choices.items():
+            if o[key] not in allowed:
+                raise ConfigError(
+                    f"kalman: {key}={o[key]!r} is not valid; use --opt {key}=" + "|".join(allowed)
+                )
+        for key in ("rank", "batch_size", "epochs", "mc_samples", "residual_rank"):
+            if not isinstance(o[key], int) or o[key] < 1:
+                raise ConfigError(f"kalman: {key} must be a positive integer, got {o[key]!r}")
+        grid = [o["prior_var"]] if o["prior_var"] != "auto" else list(o["prior_var_grid"])
+        if not grid or any(not isinstance(v, int | float) or v <= 0 for v in grid):
+            raise ConfigError(
+                f"kalman: prior_var must be 'auto' or a positive number and prior_var_grid a "
+                f"non-empty list of positive numbers; got {o['prior_var']!r}, "
+                f"{o['prior_var_grid']!r}"
+            )
+        if not 0 < o["forgetting"] <= 1 or o["process_noise"] < 0 or o["obs_noise"] <= 0:
+            raise ConfigError(
+                "kalman: need 0 < forgetting <= 1, process_noise >= 0 and obs_noise > 0"
+            )
+        if not 0 <= o["gate"] < 1 or not 0 <= o["noise_memory"] < 1:
+            raise ConfigError("kalman: gate and noise_memory must be in [0, 1)")
+
+    def _check(self, x: torch.Tensor, where: str) -> None:
+        if x.ndim != 2:
+            raise DataError(f"kalman {where}: features must be (N, D), got {tuple(x.shape)}")
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise DataError(
+                f"kalman {where}: features have width {x.shape[1]} but the adapter was fitted "
+                f"on width {self.dim}; use features of the same backbone and feature kind"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(
+                f"kalman {where}: features contain NaN or inf; re-extract them "
+                "(delete the feature cache entry) or drop those images"
+            )
+
+    def _make_adapter(self, text: torch.Tensor) -> Adapter:
+        scale = self.ctx.backbone.logit_scale
+        if self.options["adapter"] == "linear":
+            return LinearHead(text, scale, bias=self.options["bias"])
+        return ResidualAdapter(
+            text.shape[1], scale, self.options["residual_rank"],
+            self.options["residual_ratio"], seed=self.ctx.seed,
+        )
+
+    # ----- fitting -----------------------------------------------------------------------
+    def fit(self, train: FeatureSet, val: FeatureSet) -> None:
+        x, y = train.features[self.feature_kind], train.labels
+        self.dim = None
+        self._check(x, "fit")
+        self.dim = int(x.shape[1])
+        self.train_classnames = list(train.classnames)
+        text = self.ctx.text_classifier(self.train_classnames)
+        self.adapter = self._make_adapter(text)
+        o = self.options
+        grid = [float(o["prior_var"])] if o["prior_var"] != "auto" else o["prior_var_grid"]
+        results = []
+        for pv in grid:
+            self.prior_var = float(pv)
+            self.state, self.obs_var, gated = self._filter(x, y, text, float(pv))
+            nll = self._val_nll(val) if len(grid) > 1 else math.nan
+            results.append((nll, float(pv), self.state, self.obs_var, gated))
+        best = min(results, key=lambda r: r[0]) if len(grid) > 1 else results[0]
+        _, pv, self.state, self.obs_var, gated = best
+        self.prior_var = pv
+        self.selected = {
+            "prior_var": pv,
+            "val_nll_by_prior_var": {str(r[1]): r[0] for r in results},
+            "final_obs_noise": self.obs_var,
+            "gated_examples": gated,
+            "n_params": self.adapter.n_params,
+        }
+
+    def _filter(
+        self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, prior_var: float
+    ) -> tuple[KalmanState, float, int]:
+        o, adapter = self.options, self.adapter
+        assert adapter is not None
+        cov = make_covariance(o["covariance"], adapter.n_params, prior_var,
+                              n_blocks=adapter.n_blocks, rank=o["rank"])
+        state = KalmanState(adapter.prior_mean(), cov)
+        gen = torch.Generator().manual_seed(self.ctx.seed)
+        obs_var, gated = float(o["obs_noise"]), 0
+        threshold = float(chi2.ppf(o["gate"], df=1)) if o["gate"] > 0 else math.inf
+        batches = [
+            idx for _ in range(o["epochs"]) for idx in torch.randperm(len(y), generator=gen)
+            .split(o["batch_size"])
+        ]
+        bar = tqdm(batches, desc=f"kalman {o['covariance']} pv={prior_var:g}",
+                   disable=not self.ctx.progress, leave=False)
+        for idx in bar:
+            if o["forgetting"] < 1 or o["process_noise"] > 0:
+                state.predict(o["forgetting"], o["process_noise"])
+            xb, yb = x[idx], y[idx]
+            logits = adapter.logits(state.mean, xb, text)
+            jac = adapter.jacobian(state.mean, xb, text)
+            if o["observation"] == "categorical":
+                state.update_categorical(jac, logits, yb)
+                continue
+            obs_var, n_gated = self._cosine_step(state, jac, logits, xb, yb, text, obs_var,
+                                                 threshold)
+            gated += n_gated
+        state.cov.repair()
+        return state, obs_var, gated
+
+    def _cosine_step(self, state, jac, logits, xb, yb, text, obs_var, threshold):
+        """Gaussian observation ``cos(x_b, w_yb) = 1`` (matched logit / s); gated; adaptive R."""
+        scale = self.ctx.backbone.logit_scale
+        select = F.one_hot(yb, logits.shape[1]).to(DTYPE).unsqueeze(1) / scale  # (B, 1, C)
+        h = jac.mix(select)
+        resid = 1.0 - logits.gather(1, yb[:, None])[:, 0] / scale
+        d2 = resid**2 / (state.cov.var(h) + obs_var)
+        keep = d2 <= threshold
+        noise = torch.where(keep, torch.full_like(resid, obs_var), torch.inf)
+        state.update_gaussian(h, noise, resid)
+        if self.options["adaptive_noise"] and bool(keep.any()):
+            post = self.adapter.logits(state.mean, xb, text)
+            eps = 1.0 - post.gather(1, yb[:, None])[:, 0] / scale
+            h_post = self.adapter.jacobian(state.mean, xb, text).mix(select)
+            sample = (eps**2 + state.cov.var(h_post))[keep].mean()
+            a = self.options["noise_memory"]
+            obs_var = max(float(a * obs_var + (1 - a) * sample), 1e-8)
+        return obs_var, int((~keep).sum())
+
+    def _val_nll(self, val: FeatureSet) -> float:
+        if len(val) == 0:
+            return math.nan
+        x = val.features[self.feature_kind]
+        self._check(x, "validation")
+        mean, var = self._logit_moments(x, val.classnames)
+        probs = probit_probs(mean, var)
+        return float(-probs[torch.arange(len(val)), val.labels].clamp_min(1e-12).log().mean())
+
+    # ----- prediction --------------------------------------------------------------------
+    def _fitted(self) -> tuple[KalmanState, Adapter]:
+        if self.state is None or self.adapter is None:
+            raise RuntimeError("kalman: call fit() or load_state_dict() before predict()")
+        return self.state, self.adapter
+
+    def _class_map(self, classnames: Sequence[str]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.train_classnames)}
+        return torch.tensor([index.get(c, -1) for c in classnames], dtype=torch.long)
+
+    def _logit_moments(
+        self, x: torch.Tensor, classnames: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the logits under the (linearised) weight posterior, (N, C)."""
+        state, adapter = self._fitted()
+        text = self.ctx.text_classifier(list(classnames))
+        if isinstance(adapter, ResidualAdapter):
+            means, variances = [], []
+            for xb in x.split(_CHUNK):
+                means.append(adapter.logits(state.mean, xb, text))
+                jac = adapter.jacobian(state.mean, xb, text)
+                variances.append(state.cov.var(jac).reshape(len(xb), -1))
+            return torch.cat(means), torch.cat(variances)
+        assert isinstance(adapter, LinearHead)
+        seen = self._class_map(classnames)
+        inputs = adapter.inputs(x)
+        w = adapter.class_prior_mean(text)
+        trained = state.mean.reshape(adapter.n_classes, adapter.n_in)
+        w[seen >= 0] = trained[seen[seen >= 0]]
+        mean = inputs @ w.T
+        var = self.prior_var * (inputs**2).sum(1, keepdim=True).expand_as(mean).clone()
+        if bool((seen >= 0).any()):
+            v_seen = torch.cat([
+                state.cov.var(adapter.jacobian(state.mean, xb, text)).reshape(len(xb), -1)
+                for xb in x.split(_CHUNK)
+            ])
+            var[:, seen >= 0] = v_seen[:, seen[seen >= 0]]
+        return mean, var
+
+    def _logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        """Monte Carlo logits (S, N, C) from weights drawn from the posterior (prior if unseen)."""
+        state, adapter = self._fitted()
+        s = self.options["mc_samples"]
+        gen = torch.Generator().manual_seed(self.ctx.seed + 1)
+        thetas = state.mean + state.cov.sample(s, gen)
+        text = self.ctx.text_classifier(list(classnames))
+        if isinstance(adapter, ResidualAdapter):
+            return torch.stack([adapter.logits(t, x, text) for t in thetas])
+        assert isinstance(adapter, LinearHead)
+        seen = self._class_map(classnames)
+        prior = adapter.class_prior_mean(text)
+        noise = torch.randn(s, *prior.shape, generator=gen, dtype=DTYPE) * self.prior_var**0.5
+        w = (prior + noise).clone()
+        trained = thetas.reshape(s, adapter.n_classes, adapter.n_in)
+        w[:, seen >= 0] = trained[:, seen[seen >= 0]]
+        return torch.einsum("np,scp->snc", adapter.inputs(x), w)
+
+    def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
+        self._check(features, "predict")
+        samples = self._logit_samples(features, classnames)
+        if self.options["predictive"] == "mc":
+            probs = samples.softmax(-1).mean(0)
+        else:
+            probs = probit_probs(*self._logit_moments(features, classnames))
+        return Prediction(probs.float(), samples.float())
+
+    def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]) -> dict[str, Any]:
+        """Higher = more out-of-distribution: predictive entropy, mutual information (MC), and
+        the Mahalanobis rule ``min_c (1 - mu_c/s)^2 / (var_c/s^2 + R)`` on the cosine innovation.
+        """
+        self._check(features, "ood_scores")
+        samples = self._logit_samples(features, classnames).double()
+        mean, var = self._logit_moments(features, classnames)
+        probs = samples.softmax(-1).mean(0)
+
+        def entropy(p: torch.Tensor) -> torch.Tensor:
+            return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+        total = entropy(probs)
+        aleatoric = entropy(samples.softmax(-1)).mean(0)
+        scale = self.ctx.backbone.logit_scale
+        d2 = (1.0 - mean / scale) ** 2 / (var / scale**2 + self.obs_var)
+        return {
+            "entropy": total.float(),
+            "mutual_information": (total - aleatoric).clamp_min(0).float(),
+            "mahalanobis": d2.min(-1).values.float(),
+        }
+
+    # ----- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state, _ = self._fitted()
+        return {
+            "mean": state.mean,
+            "cov": state.cov.state_dict(),
+            "train_classnames": self.train_classnames,
+            "prior_var": self.prior_var,
+            "obs_var": self.obs_var,
+            "dim": self.dim,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_classnames = list(state["train_classnames"])
+        self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
+        self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
+        cov = make_covariance(self.options["covariance"], self.adapter.n_params, self.prior_var,
+                              n_blocks=self.adapter.n_blocks, rank=self.options["rank"])
+        cov.load_state_dict(state["cov"])
+        self.state = KalmanState(state["mean"], cov)
