@@ -13,3 +13,8 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check pyro_clip tests benchmarks scripts
+
+# speed benchmarks + the offline suite (configs/bench/offline.yaml); resumable; writes
+# benchmarks/results/*.json and benchmarks/results/RESULTS.md (see docs/benchmarks.md)
+bench: setup
+	.venv/bin/python -m benchmarks.run_bench --workers 2

@@ -1,0 +1,165 @@
+"""``make bench``: every speed benchmark, then the offline suite, then ``RESULTS.md``.
+
+1. runs each ``benchmarks/bench_*.py`` (each writes ``benchmarks/results/<name>.json``);
+2. runs the suite ``configs/bench/offline.yaml`` (resumable; ``--workers``);
+3. writes ``benchmarks/results/RESULTS.md``: the suite's mean ± std tables and every speed
+   ratio found in the benchmark JSON files (keys containing ``ratio`` or ``speedup``, next to
+   their ``target_*`` value), and ``benchmarks/results/bench_run.json`` with the timings.
+
+Run: ``python -m benchmarks.run_bench [--workers 2] [--suite FILE] [--skip-speed]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, machine, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED_WORDS = ("ratio", "speedup")
+BACKBONE_NOTE = (
+    "Backbone `conse`: an offline ConSE dual encoder (EfficientNet-Lite0 ImageNet "
+    "probabilities x all-MiniLM-L6-v2 class-prompt embeddings). It is a genuine but **weak** "
+    "pre-trained prior, **not CLIP**: its zero-shot accuracy on the embedded Fashion-MNIST "
+    "subset is about 34% (chance 10%). Compare methods with each other here; for numbers "
+    "comparable with the papers run `configs/paper/*.yaml` with real CLIP (docs/benchmarks.md)."
+)
+
+
+def speed_scripts() -> list[Path]:
+    return sorted((ROOT / "benchmarks").glob("bench_*.py"))
+
+
+def run_speed_benchmarks(timeout: float) -> list[dict[str, Any]]:
+    """Run each script as ``python -m benchmarks.<name>``; a failure is recorded, not raised."""
+    done = []
+    for script in speed_scripts():
+        t0 = time.perf_counter()
+        print(f"== {script.name}", flush=True)
+        try:
+            proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}"],
+                                  cwd=ROOT, timeout=timeout, check=False)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        done.append({"script": script.name, "returncode": rc,
+                     "seconds": time.perf_counter() - t0})
+    return done
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
+    """Every numeric ``*ratio*`` / ``*speedup*`` value of the benchmark JSON files.
+
+    The target of key ``k`` is the ``target_<t>`` value whose ``t`` is a prefix of ``k``'s
+    last component (``pipeline_vs_raw_ratio`` <- ``target_pipeline_vs_raw``).
+    """
+    rows = []
+    for path in sorted(results_dir.glob("*.json")):
+        if path.stem.startswith("suite_") or path.stem == "bench_run":
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        flat = _flat({k: v for k, v in data.items() if k != "machine"})
+        targets = {k.rsplit(".", 1)[-1][len("target_"):]: v for k, v in flat.items()
+                   if k.rsplit(".", 1)[-1].startswith("target_")}
+        for key, value in flat.items():
+            leaf = key.rsplit(".", 1)[-1]
+            if leaf.startswith("target_") or not any(w in leaf for w in SPEED_WORDS):
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            target = next((t for name, t in sorted(targets.items(), key=lambda x: -len(x[0]))
+                           if leaf.startswith(name)), None)
+            rows.append({"benchmark": data.get("benchmark", path.stem), "measure": key,
+                         "value": float(value), "target": target})
+    return rows
+
+
+def speed_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No speed benchmark results found in benchmarks/results/.\n"
+    lines = ["| benchmark | measure | value | target | value ≥ target |", "|---|---|---:|---:|:-:|"]
+    for r in rows:
+        t = r["target"]
+        met = "" if not isinstance(t, int | float) else ("yes" if r["value"] >= t else "no")
+        lines.append(f"| {r['benchmark']} | {r['measure']} | {r['value']:.3g} | "
+                     f"{'' if t is None else t} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_offline_suite(config: Path, workers: int) -> tuple[Path, dict[str, Any]]:
+    from pyro_clip.suite import load_suite
+    from pyro_clip.suite_check import dry_run
+    from pyro_clip.suite_exec import run_suite
+    from pyro_clip.suite_results import write_results
+
+    suite = load_suite(config)
+    print(dry_run(suite).summary(), flush=True)
+    outcome = run_suite(suite, workers=workers)
+    info = {"failures": outcome.failures, "run_seconds": outcome.seconds,
+            "wall_seconds": outcome.wall_seconds, "workers": workers,
+            "skipped_runs": outcome.skipped}
+    _, md_path = write_results(suite, outcome.runs, info)
+    return md_path, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--suite", type=Path, default=ROOT / "configs" / "bench" / "offline.yaml")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-speed", action="store_true", help="only the suite")
+    p.add_argument("--script-timeout", type=float, default=600.0)
+    args = p.parse_args(argv)
+
+    started = time.perf_counter()
+    scripts = [] if args.skip_speed else run_speed_benchmarks(args.script_timeout)
+    speed_s = time.perf_counter() - started
+    md_path, info = run_offline_suite(args.suite, args.workers)
+    total = time.perf_counter() - started
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    m = machine()
+    text = "\n".join([
+        "# pyro-clip benchmark results", "",
+        f"Generated by `make bench` on {stamp}; Python {m['python']}, torch {m['torch']}, "
+        f"{args.workers} worker process(es). Speed benchmarks {speed_s:.0f} s, suite "
+        f"{info['wall_seconds']:.0f} s ({len(info['run_seconds'])} runs executed, "
+        f"{info['skipped_runs']} reused), total {total:.0f} s.", "",
+        BACKBONE_NOTE, "",
+        md_path.read_text(),
+        "## Speed ratios (measured side by side in this run)", "",
+        speed_table(speed_rows()),
+    ])
+    out = RESULTS_DIR / "RESULTS.md"
+    out.write_text(text)
+    write_result("bench_run", {"scripts": scripts, "speed_seconds": speed_s,
+                               "suite_seconds": info["wall_seconds"], "total_seconds": total,
+                               "failed_runs": sorted(info["failures"])})
+    print(f"wrote {out}")
+    failed = [s for s in scripts if s["returncode"] != 0]
+    return 1 if failed or info["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
