@@ -56,7 +56,7 @@ def _series_moments(c: float, k_max: int = 2_000_000) -> tuple[float, float]:
     return mean, var
 
 
-@pytest.mark.parametrize("c", C_VALUES + [1e-6, 1e-3])
+@pytest.mark.parametrize("c", [*C_VALUES, 1e-6, 1e-3])
 def test_pg_closed_form_moments_match_the_infinite_series(c):
     mean, var = _series_moments(c)
     t = torch.tensor([c], dtype=torch.float64)
@@ -109,7 +109,7 @@ def test_conditional_gaussian_matches_brute_force_grid(m, omega, alpha):
 
 
 def _hand_loss(f, f0, y, omega, alpha, lam, eps):
-    """Paper eq. 10 written out with loops: -mean_b mean_m sum_j log sig(psi) + lam mean (f-f0)^2."""
+    """Paper eq. 10 with loops: -mean_b mean_m sum_j log sig(psi) + lam mean (f - f0)^2."""
     b, c = f.shape
     total = 0.0
     for i in range(b):

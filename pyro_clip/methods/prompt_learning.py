@@ -42,7 +42,7 @@ class PromptLearningMethod(Method):
         return {
             "n_ctx": 4, "ctx_init": "a photo of a", "likelihood": cls.likelihood,
             "alpha": 1.0, "lam": cls.default_lam, "num_samples": 1, "omega": "sample",
-            "epochs": 10, "batch_size": 16, "lr": 2e-3, "optimizer": "adamw",
+            "epochs": 10, "batch_size": 16, "lr": 1e-2, "optimizer": "adamw",
             "weight_decay": 0.0,
         }
 
@@ -80,8 +80,10 @@ class PromptLearningMethod(Method):
 
         ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir else None
         settings = TrainSettings(**{**self.settings.__dict__, "seed": self.ctx.seed})
-        self.history = train(learner, loss_fn, len(y), settings, checkpoint=ckpt,
-                             progress=self.ctx.progress, desc=self.name)
+        with torch.random.fork_rng():  # psi's reparameterised noise: seeded, global RNG kept
+            torch.manual_seed(self.ctx.seed)
+            self.history = train(learner, loss_fn, len(y), settings, checkpoint=ckpt,
+                                 progress=self.ctx.progress, desc=self.name)
         if len(val):
             with torch.no_grad():
                 pred = self.predict(val.features[self.feature_kind], val.classnames).probs
@@ -111,7 +113,7 @@ class CoOp(PromptLearningMethod):
     """CoOp: shared (or class-specific, ``class_specific=True``) learnable context."""
 
     name = "coop"
-    demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 10}
+    demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 5}
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class CoCoOp(PromptLearningMethod):
 
     name = "cocoop"
     default_lam = 0.1
-    demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 2}
+    demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 1, "batch_size": 8}
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
