@@ -1,0 +1,131 @@
+"""The ``kalman`` method end to end (tiny random backbone, synthetic features)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_clip.cli import main
+from pyro_clip.errors import ConfigError, DataError
+from pyro_clip.features import FeatureSet
+from pyro_clip.methods import MethodContext, create_method
+from tests.conftest import TINY
+
+NAMES = ["cat", "dog", "car", "tree"]
+
+
+def _synthetic(ctx, names, n_per_class=6, seed=0, noise=0.3):
+    """Gaussian clusters around fixed random centres: learnable, unknown to zero-shot."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(
+        torch.randn(len(NAMES), 64, generator=torch.Generator().manual_seed(99)), dim=-1)
+    centres = centres[[NAMES.index(c) for c in names]]
+    labels = torch.arange(len(names)).repeat_interleave(n_per_class)
+    feats = centres[labels] + noise * torch.randn(len(labels), 64, generator=gen) / 8
+    return FeatureSet({"joint": feats.float()}, labels, list(names), "synthetic")
+
+
+@pytest.fixture
+def ctx(tiny_backbone):
+    return MethodContext(tiny_backbone, seed=3, progress=False)
+
+
+def _fit(ctx, names=NAMES, **opts):
+    m = create_method("kalman", prior_var=10.0, **opts).setup(ctx)
+    m.fit(_synthetic(ctx, names), _synthetic(ctx, names, 2, seed=1))
+    return m
+
+
+@pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank"])
+def test_linear_head_learns_and_is_reproducible(ctx, cov):
+    test = _synthetic(ctx, NAMES, 20, seed=2)
+    m = _fit(ctx, covariance=cov, rank=4)
+    pred = m.predict(test.features["joint"], NAMES)
+    zero_shot = ctx.zero_shot_logits(test.features["joint"], NAMES).argmax(1)
+    acc = (pred.probs.argmax(1) == test.labels).float().mean()
+    assert acc > (zero_shot == test.labels).float().mean()
+    assert pred.logit_samples.shape == (64, len(test), 4)
+    torch.testing.assert_close(pred.probs.sum(1), torch.ones(len(test)))
+    again = _fit(ctx, covariance=cov, rank=4).predict(test.features["joint"], NAMES)
+    torch.testing.assert_close(pred.probs, again.probs, rtol=0, atol=0)
+
+
+def test_unseen_classes_keep_zero_shot_weights(ctx):
+    m = _fit(ctx, names=NAMES[:2])
+    x = _synthetic(ctx, NAMES, 3, seed=5).features["joint"]
+    mean, var = m._logit_moments(x, NAMES)
+    zs = ctx.zero_shot_logits(x, NAMES).double()
+    torch.testing.assert_close(mean[:, 2:], zs[:, 2:], atol=1e-5, rtol=1e-5)  # zs is float32
+    assert not torch.allclose(mean[:, :2], zs[:, :2])
+    # unseen classes: prior variance prior_var * |[x, 1]|^2 = 10 * 2 for unit-norm x
+    torch.testing.assert_close(var[:, 2:], torch.full_like(var[:, 2:], 20.0))
+
+
+def test_probit_and_mc_predictives_agree(ctx):
+    test = _synthetic(ctx, NAMES, 10, seed=2).features["joint"]
+    probit = _fit(ctx).predict(test, NAMES).probs
+    mc = _fit(ctx, predictive="mc", mc_samples=2000).predict(test, NAMES).probs
+    # the probit (mean-field) approximation is less confident than MC; check it is close
+    assert (probit - mc).abs().mean() < 0.05
+    assert (probit.argmax(1) == mc.argmax(1)).float().mean() >= 0.95
+
+
+def test_residual_adapter_and_cosine_observation(ctx):
+    test = _synthetic(ctx, NAMES, 10, seed=2)
+    for opts in ({"adapter": "residual", "covariance": "block", "residual_rank": 2},
+                 {"observation": "cosine", "covariance": "diag"}):
+        m = _fit(ctx, **opts)
+        pred = m.predict(test.features["joint"], NAMES)
+        assert torch.isfinite(pred.probs).all()
+    assert m.selected["final_obs_noise"] != pytest.approx(0.05)  # adaptive R moved
+    scores = m.ood_scores(test.features["joint"], NAMES)
+    assert set(scores) == {"entropy", "mutual_information", "mahalanobis"}
+    assert all(v.shape == (len(test),) for v in scores.values())
+    assert bool((scores["mutual_information"] >= 0).all())
+    assert bool((scores["entropy"] <= np.log(4) + 1e-5).all())
+
+
+def test_mahalanobis_gate_skips_outliers(ctx):
+    train = _synthetic(ctx, NAMES)
+    bad = FeatureSet({"joint": -train.features["joint"]}, train.labels, NAMES, "flipped")
+    both = FeatureSet({"joint": torch.cat([train.features["joint"], bad.features["joint"][:2]])},
+                      torch.cat([train.labels, bad.labels[:2]]), NAMES, "x")
+    m = create_method("kalman", prior_var=0.01, observation="cosine", obs_noise=1e-4,
+                      adaptive_noise=False).setup(ctx)
+    m.fit(both, both)
+    assert m.selected["gated_examples"] >= 2
+
+
+def test_bad_input_is_rejected(ctx):
+    m = _fit(ctx)
+    x = torch.randn(3, 64)
+    x[1, 5] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        m.predict(x, NAMES)
+    with pytest.raises(DataError, match="width 32"):
+        m.predict(torch.randn(3, 32), NAMES)
+    with pytest.raises(ConfigError, match="covariance="):
+        create_method("kalman", covariance="kron")
+    with pytest.raises(ConfigError, match="rank"):
+        create_method("kalman", rank=0)
+    with pytest.raises(ConfigError, match="prior_var"):
+        create_method("kalman", prior_var=-1.0)
+
+
+def test_cli_output_contract_and_reload(tmp_path):
+    out = tmp_path / "run"
+    assert main(["fit", "--method", "kalman", "--backbone", TINY, "--shots", "2",
+                 "--opt", "covariance=lowrank", "--opt", "rank=5", "--protocol", "base-to-new",
+                 "--no-progress", "--no-eval-datasets", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resolved_options"]["covariance"] == "lowrank"
+    assert "prior_var" in cfg["selected_hyperparameters"]
+    assert (out / "checkpoint.pt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["base_to_new"]["h"] <= 1
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(out), "--dataset", "fashion-mnist", "--out", str(ev)]) == 0
+    assert json.loads((ev / "metrics.json").read_text())
