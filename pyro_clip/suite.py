@@ -142,6 +142,7 @@ def parse_suite(data: dict[str, Any], source: str = "<dict>") -> SuiteConfig:
     if cfg.diagnostics not in DIAGNOSTICS:
         raise ConfigError(f"{source}: diagnostics must be one of {DIAGNOSTICS}, "
                           f"got {cfg.diagnostics!r}")
+    cfg.method_options = cfg.method_options or {}
     if not isinstance(cfg.method_options, dict) or not all(
         isinstance(v, dict) for v in cfg.method_options.values()
     ):

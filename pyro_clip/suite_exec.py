@@ -136,9 +136,15 @@ def run_suite(suite: SuiteConfig, workers: int = 1, progress: bool = True) -> Su
 
 def _run_parallel(suite: SuiteConfig, pending: list[SuiteRun], workers: int,
                   outcome: SuiteOutcome, bar: tqdm) -> None:
-    """First run of each data set alone (fills the feature cache once), then the rest."""
-    first = {}
-    for r in pending:
+    """First run of each data set alone (fills the feature cache once), then the rest.
+
+    The first run is one of a method without weights (zero-shot) where there is one: it
+    costs little beyond the feature extraction that every later run reuses.
+    """
+    from pyro_clip.methods import get_method_class
+
+    first: dict[str, SuiteRun] = {}
+    for r in sorted(pending, key=lambda r: get_method_class(r.method).has_weights):
         first.setdefault(r.dataset, r)
     rest = [r for r in pending if r not in first.values()]
     ctx = get_context("spawn")  # fork after torch has started threads is unsafe

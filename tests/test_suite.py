@@ -229,17 +229,18 @@ def test_mean_std_edge_cases():
 
 # --- execution ---------------------------------------------------------------------------
 
-def test_resume_skips_runs_with_metrics(tmp_path):
-    suite = _suite(tmp_path, seeds=[1, 2])
+def test_resume_skips_runs_with_metrics_in_worker_processes(tmp_path):
+    suite = _suite(tmp_path, seeds=[1, 2, 3])
     runs = expand(suite)
     sentinel = {"test": {"accuracy": 0.123}}
     write_json(runs[0].out / "metrics.json", sentinel)
-    outcome = run_suite(suite, progress=False)
-    assert outcome.skipped == 1 and list(outcome.seconds) == [str(runs[1].out)]
+    outcome = run_suite(suite, workers=2, progress=False)
+    assert outcome.failures == {}
+    assert outcome.skipped == 1 and set(outcome.seconds) == {str(r.out) for r in runs[1:]}
     assert json.loads((runs[0].out / "metrics.json").read_text()) == sentinel  # untouched
-    assert (runs[1].out / "metrics.json").is_file()
-    again = run_suite(suite, progress=False)
-    assert again.skipped == 2 and again.seconds == {}
+    assert all((r.out / "metrics.json").is_file() for r in runs[1:])
+    again = run_suite(suite, workers=2, progress=False)
+    assert again.skipped == 3 and again.seconds == {}
 
 
 def test_tiny_suite_end_to_end(tmp_path, capsys):
