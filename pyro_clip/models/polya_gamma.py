@@ -41,6 +41,8 @@ def sample_pg(c: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     ``rng`` (a seeded NumPy generator) makes the draws reproducible. PG(1, c) is symmetric
     in c, so negative tilts are valid (the official code's clamp to c >= 1e-8 is not needed).
     """
-    z = c.detach().to("cpu", torch.float64).numpy()
-    draws = random_polyagamma(1.0, z, random_state=rng)
-    return torch.from_numpy(np.asarray(draws)).to(device=c.device, dtype=c.dtype)
+    z = c.detach().cpu().numpy()  # a view, no copy, on CPU; polyagamma wants float64
+    draws = random_polyagamma(1.0, z.astype(np.float64, copy=False), random_state=rng)
+    out = torch.from_numpy(np.asarray(draws))
+    return out if c.dtype == torch.float64 and c.device.type == "cpu" else out.to(c.device,
+                                                                                    c.dtype)
