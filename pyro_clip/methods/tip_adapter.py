@@ -1,0 +1,179 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang et al., ECCV 2022): a key-value cache of the shots.
+
+``logits = s cos(x, T) + alpha' * exp(-beta (1 - x K^T)) L`` (paper eq. 5-6), ``K`` the
+normalised train features, ``L`` their one-hot labels. ``alpha`` is given on CLIP's logit scale
+(100) and rescaled, ``alpha' = alpha * s / 100``, so the paper's grid works on any backbone.
+Tip-Adapter is training-free; Tip-Adapter-F fine-tunes the keys ``K`` (AdamW, lr 1e-3, 20
+epochs). Both choose ``alpha``/``beta`` on the validation split only (the paper's code searches
+them on the test set). Classes never trained on have no cache entries: their logits are exactly
+zero-shot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_clip.errors import ConfigError
+from pyro_clip.features import FeatureSet
+from pyro_clip.methods._linear_head import class_mapping
+from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.selection import check_validation, grid, grid_search, validation_score
+from pyro_clip.training import TrainSettings, train
+
+CLIP_SCALE = 100.0
+
+
+class CacheModel(nn.Module):
+    """Keys (M, D) (trainable in Tip-Adapter-F) and one-hot values (M, C_train)."""
+
+    def __init__(self, keys: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
+        super().__init__()
+        self.keys = nn.Parameter(F.normalize(keys.float(), dim=-1).clone())
+        self.register_buffer("values", F.one_hot(labels, n_classes).float())
+
+    def affinity(self, x: torch.Tensor, beta: float) -> torch.Tensor:
+        """``exp(-beta (1 - x_hat K^T))`` (eq. 5); keys used as stored (the paper does not
+        renormalise fine-tuned keys)."""
+        return torch.exp(-beta * (1 - F.normalize(x.float(), dim=-1) @ self.keys.T))
+
+
+class _TipBase(Method):
+    """Shared cache construction, search and prediction."""
+
+    #: whether the cache keys are fine-tuned before the search
+    finetune: ClassVar[bool] = False
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {
+            #: fixed values, or None to choose each on validation from its grid
+            "alpha": None,
+            "beta": None,
+            # the paper's search ranges (alpha in [0.1, 3], beta in [0.1, 7]), alpha extended to
+            # 10 (weak priors such as ConSE need a heavier cache) and alpha = 0, which is
+            # zero-shot CLIP, so validation can fall back to the prior
+            "alpha_grid": [0.0, *np.linspace(0.1, 3.0, 15).round(4).tolist(), 4.0, 6.0, 10.0],
+            "beta_grid": np.linspace(0.1, 7.0, 24).round(4).tolist(),
+        }
+
+    def _check_options(self) -> None:
+        for key in ("alpha", "beta"):
+            values = [self.options[key]] if self.options[key] is not None else list(
+                self.options[f"{key}_grid"])
+            if not values or any(not isinstance(v, int | float) or v < 0 for v in values):
+                raise ConfigError(f"{self.name}: {key} and {key}_grid values must be numbers "
+                                  f">= 0, got {values}; e.g. --opt {key}=1.0")
+
+    def _alpha_scale(self) -> float:
+        return self.ctx.backbone.logit_scale / CLIP_SCALE
+
+    def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
+        self._check_options()
+        kind = self.feature_kind
+        self.train_classnames = list(train_set.classnames)
+        self.cache = CacheModel(train_set.features[kind], train_set.labels,
+                                len(train_set.classnames))
+        extra: dict[str, Any] = {}
+        if self.finetune:
+            extra["train_loss"] = self._finetune(train_set)
+        self.cache.requires_grad_(False)
+        fixed = {k: float(self.options[k]) for k in ("alpha", "beta")
+                 if self.options[k] is not None}
+        axes = {k: [fixed[k]] if k in fixed else [float(v) for v in self.options[f"{k}_grid"]]
+                for k in ("alpha", "beta")}
+        candidates = grid(**axes)
+        if len(candidates) == 1:
+            self.alpha, self.beta = candidates[0]["alpha"], candidates[0]["beta"]
+            self.selected = {**candidates[0], "searched": False, **extra}
+            return
+        check_validation(val, self.name)
+        xv = val.features[kind]
+        zs = self.ctx.zero_shot_logits(xv, val.classnames).float()
+        values = self._values(val.classnames)
+        base = 1 - F.normalize(xv.float(), dim=-1) @ self.cache.keys.T  # reused for every beta
+
+        def score(c: dict[str, Any]) -> tuple[float, float]:
+            logits = zs + c["alpha"] * self._alpha_scale() * torch.exp(-c["beta"] * base) @ values
+            return validation_score(logits.softmax(-1), val.labels)
+
+        result = grid_search(candidates, score)
+        self.alpha, self.beta = result.best["alpha"], result.best["beta"]
+        self.selected = {**result.record(), "searched": True, **extra}
+
+    def _finetune(self, train_set: FeatureSet) -> list[float]:
+        """Fine-tune the keys with cross-entropy at the initial alpha/beta (Tip-Adapter-F)."""
+        o = self.options
+        x = train_set.features[self.feature_kind]
+        zs = self.ctx.zero_shot_logits(x, train_set.classnames).float()
+        y = train_set.labels
+        a0, b0 = float(o["init_alpha"]) * self._alpha_scale(), float(o["init_beta"])
+
+        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+            logits = zs[idx] + a0 * self.cache.affinity(x[idx], b0) @ self.cache.values
+            return F.cross_entropy(logits, y[idx])
+
+        settings = TrainSettings(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
+                                 lr=float(o["lr"]), optimizer="adamw",
+                                 weight_decay=float(o["weight_decay"]), seed=self.ctx.seed)
+        ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir is not None else None
+        return train(self.cache, loss_fn, len(y), settings, checkpoint=ckpt,
+                     progress=self.ctx.progress, desc=self.name)
+
+    def _values(self, classnames: Sequence[str]) -> torch.Tensor:
+        """One-hot values over the requested classes; columns of unseen classes are zero."""
+        mapping = class_mapping(classnames, self.train_classnames)
+        out = torch.zeros(self.cache.values.shape[0], len(classnames))
+        seen = mapping >= 0
+        out[:, seen] = self.cache.values[:, mapping[seen]]
+        return out
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        zs = self.ctx.zero_shot_logits(features, classnames)
+        if self.alpha == 0:
+            return zs  # no cache term: zero-shot CLIP exactly
+        cache = self.cache.affinity(features, self.beta) @ self._values(classnames)
+        return zs.float() + self.alpha * self._alpha_scale() * cache
+
+    def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
+        return Prediction(self.logits(features, classnames).softmax(-1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": self.cache.keys.detach(), "values": self.cache.values,
+                "alpha": self.alpha, "beta": self.beta, "classnames": self.train_classnames}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        values = state["values"]
+        self.cache = CacheModel(state["keys"], values.argmax(-1), values.shape[1])
+        self.cache.keys.data.copy_(state["keys"])  # fine-tuned keys are not renormalised
+        self.cache.requires_grad_(False)
+        self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
+        self.train_classnames = list(state["classnames"])
+
+
+@register_method
+class TipAdapter(_TipBase):
+    """Training-free Tip-Adapter: the cache is the normalised few-shot features."""
+
+    name = "tip-adapter"
+    demo_options: ClassVar[dict] = {}
+
+
+@register_method
+class TipAdapterF(_TipBase):
+    """Tip-Adapter-F: keys fine-tuned with AdamW (lr 1e-3, 20 epochs) before the search."""
+
+    name = "tip-adapter-f"
+    finetune = True
+    demo_options: ClassVar[dict] = {}
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {**super().default_options(), "init_alpha": 1.0, "init_beta": 1.0,
+                "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.01}
