@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--skip-speed", action="store_true", help="only the suite")
     p.add_argument("--script-timeout", type=float, default=600.0)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                   help="where RESULTS.md and bench_run.json go (speed JSONs are read here)")
     args = p.parse_args(argv)
 
     started = time.perf_counter()
@@ -148,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['skipped_runs']} reused), total {total:.0f} s.", "",
         BACKBONE_NOTE, "",
         md_path.read_text(),
-        "## Speed ratios (measured side by side in this run)", "",
-        speed_table(speed_rows()),
+        "## Speed ratios " + ("(from each benchmark's last run; --skip-speed)"
+                              if args.skip_speed else "(measured in this run)"), "",
+        speed_table(speed_rows(args.out_dir)),
     ])
-    out = RESULTS_DIR / "RESULTS.md"
+    out = args.out_dir / "RESULTS.md"
     out.write_text(text)
     write_result("bench_run", {"scripts": scripts, "speed_seconds": speed_s,
                                "suite_seconds": info["wall_seconds"], "total_seconds": total,
-                               "failed_runs": sorted(info["failures"])})
+                               "failed_runs": sorted(info["failures"])}, args.out_dir)
     print(f"wrote {out}")
     failed = [s for s in scripts if s["returncode"] != 0]
     return 1 if failed or info["failures"] else 0
