@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyro
+import pytest
 import torch
 from pyro.infer import MCMC, NUTS
 
@@ -12,6 +13,7 @@ from pyro_clip.inference.kalman_jacobian import KronJacobian
 from pyro_clip.models.bayesian_linear import bayesian_linear_model, posterior_predictive
 
 
+@pytest.mark.slow  # NUTS: about 20 s of CPU on an idle 2-core machine
 def test_ekf_predictive_close_to_nuts_posterior_predictive():
     gen = torch.Generator().manual_seed(0)
     n, c, prior_var = 30, 3, 1.0
@@ -28,7 +30,7 @@ def test_ekf_predictive_close_to_nuts_posterior_predictive():
                                  labels[idx])
 
     pyro.set_rng_seed(0)
-    mcmc = MCMC(NUTS(bayesian_linear_model), num_samples=200, warmup_steps=100,
+    mcmc = MCMC(NUTS(bayesian_linear_model, max_tree_depth=4), num_samples=150, warmup_steps=100,
                 disable_progbar=True)
     mcmc.run(inputs, labels, prior_mean, prior_var)
     draws = mcmc.get_samples()["w"]
