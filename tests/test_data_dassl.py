@@ -77,7 +77,7 @@ def test_unknown_dataset_lists_known(tmp_path: Path) -> None:
         DasslSplitImages(tmp_path, "cifar10", "train")
     with pytest.raises(DataError, match=r"known: \['fashion-mnist'"):
         load_dataset("cifar10", "train", root=tmp_path)
-    assert len(known_datasets()) == 3 + 11
+    assert len(known_datasets()) == 3 + 11 + 4  # + ImageNet-V2/-Sketch/-A/-R
 
 
 def test_malformed_split_file(caltech: Path) -> None:
