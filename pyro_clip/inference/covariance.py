@@ -153,8 +153,7 @@ class FullCovariance(Covariance):
         hp = h.mm(self.p)  # (m, n) = (P H^T)^T
         chol = safe_cholesky(_eye(h.n_obs) + h.mm(hp.T), "innovation covariance")
         w = torch.linalg.solve_triangular(chol, hp, upper=False)  # L^-1 H P
-        self.p -= w.T @ w
-        self.p = 0.5 * (self.p + self.p.T)
+        self.p.addmm_(w.T, w, alpha=-1.0)  # in place: P is the dominant memory traffic
         return self.p @ g.double()
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
@@ -173,6 +172,7 @@ class FullCovariance(Covariance):
         return self.p.diagonal().clone()
 
     def repair(self) -> None:
+        """Symmetrise (updates are in place, so round-off asymmetry accumulates) and check PD."""
         chol = safe_cholesky(self.p, "weight covariance")
         self.p = chol @ chol.T
 
@@ -219,8 +219,7 @@ class BlockCovariance(Covariance):
         u = torch.cholesky_solve(torch.einsum("kbm,kb->m", cross, gk)[:, None], chol)[:, 0]
         delta = pg - cross @ u
         w = torch.linalg.solve_triangular(chol, cross.transpose(1, 2), upper=False)  # (K,m,bs)
-        self.p = self.p - w.transpose(1, 2) @ w
-        self.p = 0.5 * (self.p + self.p.transpose(1, 2))
+        self.p.baddbmm_(w.transpose(1, 2), w, alpha=-1.0)
         return delta.reshape(-1)
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:

@@ -100,8 +100,8 @@ class KronJacobian(Jacobian):
         return cls(eye.expand(x.shape[0], n_classes, n_classes), x)
 
     def mm(self, v: torch.Tensor) -> torch.Tensor:
-        t = torch.einsum("bp,cpk->bck", self.x, v.reshape(self.n_classes, self.n_in, -1))
-        return torch.einsum("bic,bck->bik", self.coef, t).reshape(self.n_obs, -1)
+        t = torch.matmul(self.x, v.reshape(self.n_classes, self.n_in, -1))  # (C, B, k) no copy
+        return torch.einsum("bic,cbk->bik", self.coef, t).reshape(self.n_obs, -1)
 
     def tmm(self, u: torch.Tensor) -> torch.Tensor:
         t = torch.einsum("bic,bik->bck", self.coef, u.reshape(-1, self.k, u.shape[-1]))
