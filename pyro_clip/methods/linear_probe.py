@@ -83,7 +83,7 @@ class LinearProbe(Method):
 
         def score(cand: dict[str, Any]) -> tuple[float, float]:
             self.weight, self.bias = solutions[cand["lam"]]
-            probs = self.predict(val.features[kind], val.classnames).probs
+            probs = LinearProbe.logits(self, val.features[kind], val.classnames).softmax(-1)
             return validation_score(probs, val.labels)
 
         result = grid_search([{"lam": float(v)} for v in self.options["lam_grid"]], score)

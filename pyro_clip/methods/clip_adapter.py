@@ -1,0 +1,99 @@
+"""CLIP-Adapter (Gao et al., IJCV 2024): a residual bottleneck MLP on the image feature.
+
+``x' = r A(x) + (1 - r) x`` with ``A = ReLU o Linear(D/4 -> D) o ReLU o Linear(D -> D/4)``
+(reduction 4, residual ratio ``r = 0.2``, paper eq. 2-3), then cosine logits with the frozen
+zero-shot text classifier, ``s cos(x', t_c)``. The classifier is text, so any class name works:
+classes never trained on use their zero-shot text embedding with the adapted image feature.
+Trained with the shared loop (:mod:`pyro_clip.training`); the ratio is fixed as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_clip.backbones.base import cosine_logits
+from pyro_clip.errors import ConfigError
+from pyro_clip.features import FeatureSet
+from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.training import TrainSettings, train
+
+
+class Adapter(nn.Module):
+    """Bottleneck MLP with a residual mix: ``r A(x) + (1 - r) x``."""
+
+    def __init__(self, dim: int, reduction: int, ratio: float) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(inplace=True),
+            nn.Linear(dim // reduction, dim, bias=False), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ratio * self.mlp(x) + (1 - self.ratio) * x
+
+
+@register_method
+class ClipAdapter(Method):
+    """CLIP-Adapter on cached features (see module docstring)."""
+
+    name = "clip-adapter"
+    demo_options: ClassVar[dict] = {}
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {"reduction": 4, "ratio": 0.2, "epochs": 50, "lr": 1e-3, "batch_size": 32,
+                "optimizer": "adamw", "weight_decay": 1e-4}
+
+    def _check_options(self, dim: int) -> None:
+        o = self.options
+        if not 0 <= float(o["ratio"]) <= 1:
+            raise ConfigError(f"clip-adapter: ratio must be in [0, 1], got {o['ratio']}")
+        if int(o["reduction"]) < 1 or dim // int(o["reduction"]) < 1:
+            raise ConfigError(f"clip-adapter: reduction must be in 1..{dim} for {dim}-d features, "
+                              f"got {o['reduction']}")
+
+    def build(self, dim: int) -> Adapter:
+        with torch.random.fork_rng(devices=[]):  # initial weights seeded, global RNG untouched
+            torch.manual_seed(self.ctx.seed)
+            return Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+
+    def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
+        x, y = train_set.features[self.feature_kind].float(), train_set.labels
+        self._check_options(x.shape[1])
+        self.adapter = self.build(x.shape[1])
+        text = self.ctx.text_classifier(train_set.classnames).float()
+        scale = self.ctx.backbone.logit_scale
+
+        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(cosine_logits(self.adapter(x[idx]), text, scale), y[idx])
+
+        o = self.options
+        settings = TrainSettings(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
+                                 lr=float(o["lr"]), optimizer=str(o["optimizer"]),
+                                 weight_decay=float(o["weight_decay"]), seed=self.ctx.seed)
+        ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir is not None else None
+        history = train(self.adapter, loss_fn, len(y), settings, checkpoint=ckpt,
+                        progress=self.ctx.progress, desc=self.name)
+        self.adapter.eval().requires_grad_(False)
+        self.selected = {"ratio": float(o["ratio"]), "searched": False,
+                         "final_train_loss": history[-1]}
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
+        text = self.ctx.text_classifier(classnames).float()
+        logits = cosine_logits(self.adapter(features.float()), text, self.ctx.backbone.logit_scale)
+        return Prediction(logits.softmax(-1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adapter": self.adapter.state_dict(), "dim": self.adapter.mlp[0].in_features}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapter = self.build(int(state["dim"]))
+        self.adapter.load_state_dict(state["adapter"])
+        self.adapter.eval().requires_grad_(False)
