@@ -49,4 +49,6 @@ def test_ekf_predictive_close_to_nuts_posterior_predictive():
     prior_err = (ref - 1.0 / c).abs().mean()
     assert err.max() < 0.15 and err.mean() < 0.05, (err.max(), err.mean())
     assert err.mean() < 0.25 * prior_err
-    assert (state.mean.reshape(c, 3) - draws.mean(0)).abs().max() < 0.35
+    # posterior means within a fraction of NUTS's posterior standard deviation
+    z = (state.mean.reshape(c, 3) - draws.mean(0)).abs() / draws.std(0)
+    assert z.max() < 0.75, z
