@@ -148,7 +148,7 @@ def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):
     xt = F.normalize(problem["test"].features["joint"][:5].double(), dim=-1)
     jac = torch.stack([torch.kron(torch.eye(c, dtype=torch.float64), xi[None]) for xi in xt])
     expect_cov = jac @ sigma @ jac.transpose(1, 2)
-    mean, cov = m.predictive(problem["test"].features["joint"][:5], NAMES + ["ship"])
+    mean, cov = m.predictive(problem["test"].features["joint"][:5], [*NAMES, "ship"])
     torch.testing.assert_close(mean[:, :c], xt @ w_map.T)
     torch.testing.assert_close(cov[:, :c, :c], expect_cov, rtol=1e-6, atol=1e-9)
     # the untrained class: prior row N(s t_c, I/P), so mean = zero-shot logit, var = |x|^2/P
@@ -157,7 +157,7 @@ def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):
     torch.testing.assert_close(cov[:, c, c], torch.full((5,), 1 / 3.0, dtype=torch.float64))
     assert torch.all(cov[:, c, :c] == 0)
     # logit samples carry the predictive moments (Monte Carlo, 4000 draws)
-    pred = m.predict(problem["test"].features["joint"][:5], NAMES + ["ship"])
+    pred = m.predict(problem["test"].features["joint"][:5], [*NAMES, "ship"])
     s = pred.logit_samples.double()
     assert s.shape == (4000, 5, c + 1)
     torch.testing.assert_close(s.mean(0), mean, atol=4 * cov.diagonal(dim1=1, dim2=2).max().sqrt()
