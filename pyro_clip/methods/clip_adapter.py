@@ -43,7 +43,7 @@ class ClipAdapter(Method):
     """CLIP-Adapter on cached features (see module docstring)."""
 
     name = "clip-adapter"
-    demo_options: ClassVar[dict] = {}
+    demo_options: ClassVar[dict] = {"epochs": 20}
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
