@@ -2,7 +2,8 @@
 
 Per run, the headline numbers are read defensively (a metric absent from ``metrics.json``
 is simply absent): ID accuracy, ECE and NLL on the in-distribution set (``test``, or ``base``
-for base-to-new), accuracy on the first extra evaluation set (the shifted data), OOD AUROC
+for base-to-new), accuracy on the first extra evaluation set (the shifted data; with several,
+one ``accuracy@<set>`` column each), OOD AUROC
 (any key containing ``auroc`` under ``ood``; the max-softmax-probability score is preferred
 because every method has it), base / new / H and the fit time. Spread is the sample standard
 deviation (ddof = 1) over seeds, ``None`` with a single seed.
@@ -67,9 +68,13 @@ def headline(metrics: Mapping[str, Any], eval_datasets: Sequence[str]) -> dict[s
     for key in ("accuracy", "ece", "nll"):
         if isinstance(main.get(key), int | float):
             row[key] = float(main[key])
-    shifted = next((d for d in eval_datasets if isinstance(metrics.get(d), Mapping)), None)
+    present = [d for d in eval_datasets if isinstance(metrics.get(d), Mapping)]
+    shifted = present[0] if present else None
     if shifted is not None and "accuracy" in metrics[shifted]:
         row["shift_accuracy"] = float(metrics[shifted]["accuracy"])
+    if len(present) > 1:  # e.g. ImageNet -> V2 / Sketch / A / R: one column per set
+        row.update({f"accuracy@{d}": float(metrics[d]["accuracy"])
+                    for d in present if "accuracy" in metrics[d]})
     auroc = ood_auroc(metrics, shifted)
     if auroc is not None:
         row["ood_auroc"] = auroc
@@ -135,6 +140,11 @@ def markdown(results: Mapping[str, Any]) -> str:
     parts = []
     for (dataset, protocol), groups in tables.items():
         cols = [c for c in COLUMNS if any(c[0] in g["metrics"] for g in groups)]
+        per_set = dict.fromkeys(k for g in groups for k in g["metrics"]
+                                if k.startswith("accuracy@"))
+        if per_set:  # several shifted sets: their accuracies replace the single column
+            at = next(i for i, c in enumerate(cols) if c[0] == "shift_accuracy")
+            cols[at:at + 1] = [(k, f"{k.split('@', 1)[1]} acc", True) for k in per_set]
         head = "| method | shots | seeds | " + " | ".join(t for _, t, _ in cols) + " |"
         rule = "|---|---:|---:|" + "---:|" * len(cols)
         body = [

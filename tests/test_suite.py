@@ -306,3 +306,21 @@ def test_speed_rows_pair_ratios_with_targets(tmp_path):
     table = speed_table(rows)
     assert "| features | pipeline_vs_raw_ratio | 0.75 | 0.9 | no |" in table
     assert "| features | rerun_speedup | 120 | 50 | yes |" in table
+
+
+def test_several_shifted_sets_get_one_column_each(tmp_path):
+    sets = ["imagenet-v2", "imagenet-a"]
+    suite = _suite(tmp_path, seeds=[1, 2], eval_datasets=sets)
+    runs = expand(suite)
+    for r, (v2, a) in zip(runs, [(0.6, 0.2), (0.8, 0.4)], strict=True):
+        write_json(r.out / "metrics.json", {"test": {"accuracy": 0.7},
+                                            "imagenet-v2": {"accuracy": v2},
+                                            "imagenet-a": {"accuracy": a}})
+    results = aggregate(runs)
+    m = results["groups"][0]["metrics"]
+    assert m["shift_accuracy"]["mean"] == pytest.approx(0.7)  # the first set
+    assert m["accuracy@imagenet-v2"]["mean"] == pytest.approx(0.7)
+    assert m["accuracy@imagenet-a"]["mean"] == pytest.approx(0.3)
+    assert m["accuracy@imagenet-a"]["std"] == pytest.approx(0.02 ** 0.5)  # (0.1^2*2)/1
+    head = markdown(results).split("\n")[2]
+    assert "imagenet-v2 acc | imagenet-a acc" in head and "shifted acc" not in head
