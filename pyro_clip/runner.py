@@ -20,7 +20,7 @@ import torch
 import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
 from pyro_clip.config import RunConfig
-from pyro_clip.data import base_new_classes, load_dataset, sample_few_shot
+from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
 from pyro_clip.errors import BackboneError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
@@ -88,11 +88,17 @@ def run(cfg: RunConfig) -> RunResult:
     started = time.time()
     backbone = get_backbone(cfg.backbone)
     train_all = load_features(cfg, backbone, cfg.dataset, "train")
-    val_all = load_features(cfg, backbone, cfg.dataset, "val")
+    val_all = (load_features(cfg, backbone, cfg.dataset, "val")
+               if has_validation_split(cfg.dataset) else train_all)
     test = load_features(cfg, backbone, cfg.dataset, "test")
 
-    train = train_all.subset(sample_few_shot(train_all.labels.numpy(), cfg.shots, cfg.seed))
-    val = val_all.subset(sample_few_shot(val_all.labels.numpy(), min(cfg.shots, 4), cfg.seed))
+    train_idx, val_idx = few_shot_indices(
+        train_all.labels.numpy(),
+        None if val_all is train_all else val_all.labels.numpy(),
+        cfg.shots,
+        cfg.seed,
+    )
+    train, val = train_all.subset(train_idx), val_all.subset(val_idx)
     eval_sets: dict[str, FeatureSet] = {}
     if cfg.protocol == "base-to-new":
         base_ids, new_ids = base_new_classes(len(train_all.classnames))

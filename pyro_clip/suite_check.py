@@ -14,7 +14,7 @@ from pathlib import Path
 from pyro_clip.data.dassl import validate_dassl_layout
 from pyro_clip.data.dassl_specs import resolve_dassl
 from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_layout
-from pyro_clip.data.registry import known_datasets
+from pyro_clip.data.registry import has_validation_split, known_datasets
 from pyro_clip.errors import ConfigError, PyroClipError
 from pyro_clip.suite import SuiteConfig, SuiteRun, expand
 
@@ -141,10 +141,9 @@ def dry_run(suite: SuiteConfig) -> Plan:
     for name, role in roles.items():
         plan.problems += [f"{name}: {p}" for p in
                           _dataset_problems(name, suite.data_root, role, suite.source)]
-        spec = resolve_dassl(name)
-        if role == "train" and spec is not None and spec.format == "imagenet":
+        if role == "train" and not has_validation_split(name):
             plan.notes.append(
-                "imagenet has no validation split in CoOp's layout; the runner must hold the "
-                "validation shots out of train for it"
+                f"{name} has no validation split in CoOp's layout; validation shots are held "
+                "out of train (disjoint from the training shots)"
             )
     return plan

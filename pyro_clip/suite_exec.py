@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from pyro_clip.config import RunConfig
 from pyro_clip.errors import ConfigError
-from pyro_clip.io import write_json
 from pyro_clip.suite import SuiteConfig, SuiteRun, expand
 
 
@@ -38,38 +37,11 @@ class SuiteOutcome:
     wall_seconds: float = 0.0
 
 
-def metrics_only_hook(result: Any, bins: int = 15) -> None:
-    """Calibration, selective and OOD metrics of :func:`diagnose_run`, without plots/idata.nc.
-
-    Hand-written because ``diagnose_run`` has no switch for its PNG plots, which cost ~4 s per
-    run (measured) -- more than most fits in the offline suite. Same library functions, so the
-    numbers are those of ``diagnostics: full``.
-    """
-    from pyro_clip.diagnostics.calibration import calibration_metrics
-    from pyro_clip.diagnostics.hooks import evaluation_scores, split_sets
-    from pyro_clip.diagnostics.ood import ood_metrics
-    from pyro_clip.diagnostics.selective import selective_metrics
-
-    evs = result.evaluations
-    for name, ev in evs.items():
-        probs = ev.prediction.probs.double()
-        result.metrics[name].update(calibration_metrics(probs, ev.labels, bins))
-        result.metrics[name].update(selective_metrics(probs, ev.labels))
-    id_name, ood_names = split_sets(result)
-    if id_name is not None and ood_names:
-        scores = {n: evaluation_scores(result.method, evs[n]) for n in (id_name, *ood_names)}
-        result.metrics["ood"] = {
-            "in_distribution": id_name,
-            **{n: ood_metrics(scores[id_name], scores[n]) for n in ood_names},
-        }
-    write_json(result.out / "metrics.json", result.metrics)
-
-
 @contextmanager
 def diagnostics_mode(mode: str) -> Iterator[None]:
     """Temporarily swap the runner's diagnostics hook: ``full`` | ``metrics`` | ``none``."""
     from pyro_clip import runner
-    from pyro_clip.diagnostics.hooks import diagnose_run
+    from pyro_clip.diagnostics.hooks import diagnose_run, metrics_only_hook
 
     saved = list(runner.RUN_HOOKS)
     if mode == "metrics":

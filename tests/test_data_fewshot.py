@@ -123,3 +123,14 @@ def test_subsample_classes_relabels() -> None:
     for bad in ([], [1, 1], [10]):
         with pytest.raises(DataError):
             subsample_classes(test, bad)
+
+
+def test_few_shot_indices_without_validation_split_hold_out_disjoint_val():
+    from pyro_clip.data import few_shot_indices, has_validation_split
+
+    labels = np.repeat(np.arange(3), 10)
+    train_idx, val_idx = few_shot_indices(labels, None, shots=8, seed=2)
+    assert not set(train_idx) & set(val_idx)
+    assert np.bincount(labels[train_idx]).tolist() == [8, 8, 8]
+    assert np.bincount(labels[val_idx]).tolist() == [2, 2, 2]  # only 2 left per class
+    assert not has_validation_split("imagenet") and has_validation_split("fashion-mnist")

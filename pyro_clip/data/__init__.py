@@ -9,12 +9,13 @@ from pyro_clip.data.embedded import FASHION_MNIST_CLASSNAMES, load_embedded
 from pyro_clip.data.fewshot import (
     FewShotSplit,
     base_new_classes,
+    few_shot_indices,
     make_few_shot,
     sample_few_shot,
     subsample_classes,
 )
 from pyro_clip.data.folders import ImageFolderImages
-from pyro_clip.data.registry import known_datasets, load_dataset
+from pyro_clip.data.registry import has_validation_split, known_datasets, load_dataset
 from pyro_clip.data.shifted import CORRUPTIONS, load_shifted
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "SubsetImages",
     "base_new_classes",
     "dassl_names",
+    "few_shot_indices",
+    "has_validation_split",
     "known_datasets",
     "load_dataset",
     "load_embedded",

@@ -60,6 +60,24 @@ def sample_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
+def few_shot_indices(
+    train_labels: np.ndarray, val_labels: np.ndarray | None, shots: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of K train shots and min(K, 4) val shots per class (Dassl convention).
+
+    With ``val_labels=None`` (no validation split, e.g. ImageNet) the validation shots are
+    drawn from the training examples not picked for training, so the two never overlap.
+    """
+    shots = _check_int(shots, "shots", 1)
+    seed = _check_int(seed, "seed", 0)
+    train_idx = sample_few_shot(train_labels, shots, seed)
+    val_shots = min(shots, MAX_VAL_SHOTS)
+    if val_labels is None:
+        rest = np.setdiff1d(np.arange(len(train_labels)), train_idx)
+        return train_idx, rest[sample_few_shot(train_labels[rest], val_shots, seed)]
+    return train_idx, sample_few_shot(val_labels, val_shots, seed)
+
+
 @dataclass(frozen=True)
 class FewShotSplit:
     """A few-shot episode: K-shot train, min(K, 4)-shot val, and the full test split."""
@@ -87,13 +105,10 @@ def make_few_shot(
             raise DataError(
                 f"{role} split {ds.name!r} has different class names from train {train.name!r}"
             )
-    train_idx = sample_few_shot(train.labels, shots, seed)
+    train_idx, val_idx = few_shot_indices(
+        train.labels, None if val is train else val.labels, shots, seed
+    )
     val_shots = min(shots, MAX_VAL_SHOTS)
-    if val is train:
-        rest = np.setdiff1d(np.arange(len(train)), train_idx)
-        val_idx = rest[sample_few_shot(train.labels[rest], val_shots, seed)]
-    else:
-        val_idx = sample_few_shot(val.labels, val_shots, seed)
     tag = f"{shots}shot-seed{seed}"
     return FewShotSplit(
         train=SubsetImages(train, train_idx, name=f"{train.name}/{tag}"),

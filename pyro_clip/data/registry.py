@@ -43,6 +43,15 @@ def _reject_extra(name: str, kw: dict[str, Any], allowed: tuple[str, ...] = ()) 
         )
 
 
+def has_validation_split(name: str) -> bool:
+    """False for data sets whose protocol has no validation split (CoOp's ImageNet).
+
+    Callers then hold validation shots out of ``train`` (:func:`few_shot_indices`).
+    """
+    spec = resolve_dassl(name)
+    return not (spec is not None and spec.name == "imagenet")
+
+
 def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: Any) -> LabeledImages:
     """Load one split of a named data set (see the module docstring for the names).
 

@@ -7,6 +7,7 @@ Method-agnostic by construction: it reads only ``Evaluation.prediction`` (``prob
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +51,13 @@ def split_sets(result: RunResult) -> tuple[str | None, list[str]]:
     return id_name, ood
 
 
-def diagnose_run(result: RunResult, draws: int = DEFAULT_DRAWS, bins: int = 15) -> None:
-    """Merge calibration/selective/OOD metrics into ``metrics.json``; write idata.nc and plots."""
-    from pyro_clip.diagnostics import arviz_io, plots
-    from pyro_clip.diagnostics.predictive import predictive_draws
+def diagnose_run(
+    result: RunResult, draws: int = DEFAULT_DRAWS, bins: int = 15, artifacts: bool = True
+) -> None:
+    """Merge calibration/selective/OOD metrics into ``metrics.json``; write idata.nc and plots.
 
+    ``artifacts=False`` writes the metrics only (plots cost ~4 s per run; benchmark suites).
+    """
     out, evs = result.out, result.evaluations
     for name, ev in evs.items():
         probs = ev.prediction.probs.double()
@@ -69,6 +72,12 @@ def diagnose_run(result: RunResult, draws: int = DEFAULT_DRAWS, bins: int = 15) 
             "in_distribution": id_name,
             **{n: ood_metrics(scores[id_name], scores[n]) for n in ood_names},
         }
+    if not artifacts:
+        write_json(out / "metrics.json", result.metrics)
+        return
+
+    from pyro_clip.diagnostics import arviz_io, plots
+    from pyro_clip.diagnostics.predictive import predictive_draws
 
     sets = {
         name: predictive_draws(ev.prediction.probs, ev.labels, ev.classnames,
@@ -90,6 +99,10 @@ def diagnose_run(result: RunResult, draws: int = DEFAULT_DRAWS, bins: int = 15) 
                                          result.metrics["ood"][n])
         plots.save_png(fig, pdir / f"ood_{arviz_io.var_key(n)}.png")
     plots.save_png(plots.ppc_figure(idata, list(evs)), pdir / "ppc.png")
+
+
+#: the hook without idata.nc and plots (same metrics)
+metrics_only_hook = functools.partial(diagnose_run, artifacts=False)
 
 
 def register_diagnostics(hooks: list[Callable[[RunResult], None]]) -> None:
