@@ -72,8 +72,10 @@ def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: st
 
 
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
+    """Predict ``data`` without autograd (prediction never needs gradients)."""
     features = data.features[method.feature_kind]
-    pred = method.predict(features, data.classnames)
+    with torch.no_grad():
+        pred = method.predict(features, data.classnames)
     ev = Evaluation(name, pred, data.labels, list(data.classnames), features=features)
     ev.metrics = classification_metrics(pred.probs, data.labels)
     return ev

@@ -13,6 +13,7 @@ A suite file (see ``configs/bench/offline.yaml``, ``configs/paper/*.yaml``)::
     method_options: {coop: {epochs: 5}}   # per-method overrides on top
     shots: [1, 2, 4, 8, 16]
     seeds: [1, 2, 3]
+    method_seeds: {cocoop: [1]}     # per-method seed list (say why in the file); default: seeds
     diagnostics: metrics            # full (plots, idata.nc) | metrics | none
     out: runs/bench/offline         # run folders: <out>/<dataset>/<protocol>/<method>/...
     results: benchmarks/results/suite_offline   # -> .json and .md
@@ -53,6 +54,8 @@ class SuiteConfig:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    #: per-method seed lists overriding ``seeds`` (for methods too costly for the full grid)
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     batch_size: int = 64
     cache_dir: str | None = None
@@ -147,6 +150,11 @@ def parse_suite(data: dict[str, Any], source: str = "<dict>") -> SuiteConfig:
         isinstance(v, dict) for v in cfg.method_options.values()
     ):
         raise ConfigError(f"{source}: method_options must map method name -> {{option: value}}")
+    cfg.method_seeds = cfg.method_seeds or {}
+    if not isinstance(cfg.method_seeds, dict):
+        raise ConfigError(f"{source}: method_seeds must map method name -> [seed, ...]")
+    cfg.method_seeds = {m: _as_list(v, f"method_seeds.{m}", source, int)
+                        for m, v in cfg.method_seeds.items()}
     if any(s < 1 for s in cfg.shots):
         raise ConfigError(f"{source}: shots must be >= 1 (Dassl uses 1, 2, 4, 8, 16)")
     for key in ("datasets", "protocols", "shots", "seeds"):
@@ -199,19 +207,20 @@ class SuiteRun:
 def expand(suite: SuiteConfig) -> list[SuiteRun]:
     """Every (data set, protocol, method, shots, seed) combination, in that nesting order."""
     methods = suite.method_names()
-    unknown = sorted(set(suite.method_options) - set(methods))
-    if unknown:
-        raise ConfigError(
-            f"{suite.source}: method_options for {unknown}, which the suite does not run "
-            f"(its methods: {', '.join(methods)}); fix the name or remove the entry"
-        )
+    for key in ("method_options", "method_seeds"):
+        unknown = sorted(set(getattr(suite, key)) - set(methods))
+        if unknown:
+            raise ConfigError(
+                f"{suite.source}: {key} for {unknown}, which the suite does not run "
+                f"(its methods: {', '.join(methods)}); fix the name or remove the entry"
+            )
     runs = []
     for dataset in suite.datasets:
         for protocol in suite.protocols:
             for method in methods:
                 options = suite.options_for(method)
                 for shots in suite.shots:
-                    for seed in suite.seeds:
+                    for seed in suite.method_seeds.get(method, suite.seeds):
                         out = (Path(suite.out) / dataset / protocol / method
                                / f"shots{shots}" / f"seed{seed}")
                         cfg = RunConfig(

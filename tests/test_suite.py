@@ -42,6 +42,18 @@ def test_expansion_counts_every_combination(tmp_path):
     assert r.config.progress is False and r.config.backbone == TINY
 
 
+def test_method_seeds_override_the_seed_list_for_that_method_only(tmp_path):
+    suite = _suite(tmp_path, methods=["zero-shot", "linear-probe"], protocols=["few-shot"],
+                   shots=[1, 2], seeds=[1, 2, 3], method_seeds={"linear-probe": [7]})
+    seeds = {}
+    for r in expand(suite):
+        seeds.setdefault(r.method, set()).add(r.seed)
+    assert seeds == {"zero-shot": {1, 2, 3}, "linear-probe": {7}}
+    assert len(expand(suite)) == 2 * 3 + 2 * 1
+    with pytest.raises(ConfigError, match=r"method_seeds for \['nope'\]"):
+        expand(_suite(tmp_path, method_seeds={"nope": [1]}))
+
+
 def test_eval_datasets_per_protocol_and_overrides(tmp_path):
     suite = _suite(tmp_path, protocols=["few-shot", "base-to-new"],
                    eval_datasets={"few-shot": ["fashion-mnist-c"], "base-to-new": []},
