@@ -8,12 +8,12 @@ reports fit seconds, the ratio to the linear probe's fit time, and test accuracy
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_result
 from pyro_clip.config import RunConfig
 from pyro_clip.methods import get_method_class
 from pyro_clip.runner import run
@@ -23,7 +23,6 @@ METHODS = ["zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adap
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="bench_baselines.json")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,7 +47,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:15s} {r['protocol']:12s} {r['fit_seconds']:7.2f} "
               f"{r['fit_time_vs_linear_probe']:8.2f} {100 * r['accuracy_or_h']:6.1f}")
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+    write_result("baselines", {"threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

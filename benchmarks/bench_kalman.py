@@ -8,7 +8,7 @@
 3. Fit time and accuracy of ``kalman`` vs ``tip-adapter-f`` and ``linear-probe`` on the
    embedded data (ConSE features, 16 shots); methods not registered yet are skipped.
 
-Usage: ``python benchmarks/bench_kalman.py [--out bench_kalman.json] [--quick]``
+Usage: ``python -m benchmarks.bench_kalman [--quick]`` (writes benchmarks/results/kalman.json)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.common import write_result
 from pyro_clip.inference.covariance import COVARIANCES, make_covariance
 from pyro_clip.inference.kalman import KalmanState
 from pyro_clip.inference.kalman_jacobian import DenseJacobian, KronJacobian
@@ -121,7 +122,6 @@ def method_comparison(shots: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench_kalman.json")
     parser.add_argument("--quick", action="store_true", help="10 and 100 classes, no methods")
     parser.add_argument("--max-gib", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=5)
@@ -135,9 +135,8 @@ def main() -> None:
                                 structured_vs_naive(10, 32, args.repeats)],
         "methods": [] if args.quick else method_comparison(16),
     }
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"wrote {args.out}")
+    print(json.dumps(result, indent=2))
+    write_result("kalman", result)
 
 
 if __name__ == "__main__":

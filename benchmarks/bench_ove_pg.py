@@ -19,13 +19,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from polyagamma import random_polyagamma
 
+from benchmarks.common import write_result
 from pyro_clip.backbones.base import PromptTokens
 from pyro_clip.models.ove_pg import OvePGConfig, draw_omega, ove_differences, ove_pg_loss
 from pyro_clip.models.polya_gamma import sample_pg
@@ -131,7 +131,6 @@ def main() -> None:
     p.add_argument("--text-model", default="ViT-B-32", help="open_clip model, truncation bench")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -141,10 +140,8 @@ def main() -> None:
         "truncated_vs_77_tokens": bench_truncation(a.text_model, max(a.repeats // 3, 3)),
         "pg_in_loss_vs_raw": bench_pg(a.repeats * 20),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    write_result("ove_pg", result)
 
 
 if __name__ == "__main__":

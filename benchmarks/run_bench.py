@@ -91,18 +91,30 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
                 continue
             target = next((t for name, t in sorted(targets.items(), key=lambda x: -len(x[0]))
                            if leaf.startswith(name)), None)
+            if target is None and "." in key:  # a sibling "target" in the same result block
+                target = flat.get(key.rsplit(".", 1)[0] + ".target")
             rows.append({"benchmark": data.get("benchmark", path.stem), "measure": key,
                          "value": float(value), "target": target})
     return rows
 
 
+def _meets(value: float, target: Any) -> bool | None:
+    """``target`` is a number (value must reach it) or a string ``"<= x"`` / ``">= x"``."""
+    if isinstance(target, int | float) and not isinstance(target, bool):
+        return value >= target
+    if isinstance(target, str) and target[:2] in ("<=", ">="):
+        bound = float(target[2:].strip().rstrip("x"))
+        return value <= bound if target.startswith("<=") else value >= bound
+    return None
+
+
 def speed_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No speed benchmark results found in benchmarks/results/.\n"
-    lines = ["| benchmark | measure | value | target | value ≥ target |", "|---|---|---:|---:|:-:|"]
+    lines = ["| benchmark | measure | value | target | met |", "|---|---|---:|---:|:-:|"]
     for r in rows:
         t = r["target"]
-        met = "" if not isinstance(t, int | float) else ("yes" if r["value"] >= t else "no")
+        met = "" if _meets(r["value"], t) is None else ("yes" if _meets(r["value"], t) else "no")
         lines.append(f"| {r['benchmark']} | {r['measure']} | {r['value']:.3g} | "
                      f"{'' if t is None else t} | {met} |")
     return "\n".join(lines) + "\n"
