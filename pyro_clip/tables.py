@@ -16,6 +16,7 @@ COLUMNS = (
     ("nll", "NLL"),
     ("brier", "Brier"),
     ("shift_acc", "shifted acc"),
+    ("ood_auroc", "OOD AUROC"),
     ("base", "base"),
     ("new", "new"),
     ("h", "H"),
@@ -41,6 +42,9 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     }
     shifted = [k for k in cfg.get("eval_datasets", []) if k in m]
     row["shift_acc"] = m[shifted[0]]["accuracy"] if shifted else None
+    # in-distribution vs shifted inputs, scored by max softmax probability (diagnostics hook)
+    msp = m.get("ood", {}).get(shifted[0], {}).get("msp", {}) if shifted else {}
+    row["ood_auroc"] = msp.get("auroc")
     b2n = m.get("base_to_new", {})
     row.update(base=b2n.get("base"), new=b2n.get("new"), h=b2n.get("h"))
     return row
@@ -48,7 +52,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows -> Markdown; accuracies as percentages, blanks where a metric does not apply."""
-    percent = {"acc", "shift_acc", "base", "new", "h"}
+    percent = {"acc", "shift_acc", "ood_auroc", "base", "new", "h"}
 
     def cell(key: str, value: Any) -> str:
         if value is None:
