@@ -21,11 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pyro_clip.data._decode import decode_rgb
-from pyro_clip.data._hashing import files_fingerprint
-from pyro_clip.data.base import LabeledImages
+from pyro_clip.data._files import ImageFiles
 from pyro_clip.data.dassl_specs import COOP_DATASETS_URL, DasslSpec, get_dassl_spec
 from pyro_clip.data.dassl_splits import (
     Items,
@@ -67,7 +64,7 @@ def read_dassl_items(
     return read_zhou_split(split_file, split)
 
 
-class DasslSplitImages(LabeledImages):
+class DasslSplitImages(ImageFiles):
     """One split (``train`` / ``val`` / ``test``) of a CoOp/Dassl benchmark.
 
     Args:
@@ -106,8 +103,7 @@ class DasslSplitImages(LabeledImages):
         items, self.classnames = read_dassl_items(self.spec, self.image_dir, self.split_file, split)
         if not items:
             raise DataError(f"{self.split_file} lists no {split!r} images")
-        self.relpaths = [rel for rel, _ in items]
-        self.paths = [self.image_dir / rel for rel in self.relpaths]
+        self.paths = [self.image_dir / rel for rel, _ in items]
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise DataError(
@@ -117,22 +113,8 @@ class DasslSplitImages(LabeledImages):
             )
         self._labels = np.asarray([label for _, label in items], dtype=np.int64)
         self.name = f"{self.spec.name}/{split}"
-        self._fingerprint: str | None = None
+        self.base_dir = self.image_dir
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def load_image(self, index: int) -> Image.Image:
-        return decode_rgb(self.paths[index])
-
-    def fingerprint(self) -> str:
-        """sha256 over file contents (streamed), relative paths, labels and class names."""
-        if self._fingerprint is None:
-            self._fingerprint = files_fingerprint(
-                self.paths, self.relpaths, self._labels, self.classnames
-            )
-        return self._fingerprint
 
 
 def validate_dassl_layout(

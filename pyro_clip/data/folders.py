@@ -6,17 +6,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pyro_clip.data._decode import IMAGE_EXTENSIONS, decode_rgb, is_image_file, verify_image
-from pyro_clip.data._hashing import files_fingerprint
-from pyro_clip.data.base import LabeledImages
+from pyro_clip.data._decode import IMAGE_EXTENSIONS, is_image_file, verify_image
+from pyro_clip.data._files import ImageFiles
 from pyro_clip.errors import DataError
 
 _SKIP_HINT = " Pass skip_corrupt=True to skip unreadable images (they are listed in .skipped)."
 
 
-class ImageFolderImages(LabeledImages):
+class ImageFolderImages(ImageFiles):
     """One labelled split read from ``root/<class>/<image>`` (torchvision ``ImageFolder`` layout).
 
     Class folders are sorted by name; label ``k`` is the ``k``-th folder. Class names are the
@@ -30,6 +28,8 @@ class ImageFolderImages(LabeledImages):
             record them in ``.skipped`` and warn with their count. Without it, a corrupt file
             raises ``DataError`` when it is decoded.
     """
+
+    decode_hint = _SKIP_HINT
 
     def __init__(
         self, root: str | Path, split_name: str | None = None, skip_corrupt: bool = False
@@ -76,23 +76,5 @@ class ImageFolderImages(LabeledImages):
         self.paths = paths
         self._labels = np.asarray(labels, dtype=np.int64)
         self.name = f"{self.root.name}/{split_name}" if split_name else self.root.name
-        self._fingerprint: str | None = None
+        self.base_dir = self.root
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def load_image(self, index: int) -> Image.Image:
-        return decode_rgb(self.paths[index], _SKIP_HINT)
-
-    def relpaths(self) -> list[str]:
-        """Paths relative to ``root``, POSIX style."""
-        return [p.relative_to(self.root).as_posix() for p in self.paths]
-
-    def fingerprint(self) -> str:
-        """sha256 over file contents (streamed), relative paths, labels and class names."""
-        if self._fingerprint is None:
-            self._fingerprint = files_fingerprint(
-                self.paths, self.relpaths(), self._labels, self.classnames
-            )
-        return self._fingerprint

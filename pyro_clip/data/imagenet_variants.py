@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pyro_clip.data._decode import decode_rgb, is_image_file
-from pyro_clip.data._hashing import files_fingerprint
-from pyro_clip.data.base import LabeledImages
+from pyro_clip.data._decode import is_image_file
+from pyro_clip.data._files import ImageFiles
 from pyro_clip.data.dassl_specs import COOP_DATASETS_URL
 from pyro_clip.data.dassl_splits import read_imagenet_classnames
 from pyro_clip.errors import DataError
@@ -86,7 +84,7 @@ def _class_folders(spec: VariantSpec, image_dir: Path, wnids: list[str]) -> list
     return [(image_dir / w, w) for w in present]
 
 
-class ImageNetVariantImages(LabeledImages):
+class ImageNetVariantImages(ImageFiles):
     """The test images of one ImageNet variant (see the module docstring for the layout).
 
     Args:
@@ -137,25 +135,10 @@ class ImageNetVariantImages(LabeledImages):
             labels.extend([label] * len(files))
         self.classnames = [wnid_names[w] for _, w in folders]
         self.paths = paths
-        self.relpaths = [p.relative_to(self.image_dir).as_posix() for p in paths]
         self._labels = np.asarray(labels, dtype=np.int64)
         self.name = f"{spec.name}/test"
-        self._fingerprint: str | None = None
+        self.base_dir = self.image_dir
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def load_image(self, index: int) -> Image.Image:
-        return decode_rgb(self.paths[index])
-
-    def fingerprint(self) -> str:
-        """sha256 over file contents (streamed), relative paths, labels and class names."""
-        if self._fingerprint is None:
-            self._fingerprint = files_fingerprint(
-                self.paths, self.relpaths, self._labels, self.classnames
-            )
-        return self._fingerprint
 
 
 def validate_variant_layout(root: str | Path, name: str) -> list[str]:
