@@ -36,7 +36,9 @@ def _median_time(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def structure_costs(classes: list[int], batch: int, repeats: int, max_gib: float) -> list[dict]:
+def structure_costs(
+    classes: list[int], batch: int, repeats: int, max_gib: float, max_ms: float = 2000.0
+) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for c in classes:
@@ -51,6 +53,19 @@ def structure_costs(classes: list[int], batch: int, repeats: int, max_gib: float
                 rows.append({"classes": c, "covariance": kind, "skipped": True,
                              "memory_gib_needed": round(need, 2)})
                 continue
+            # the categorical update costs O(C^2 n) per example (C-dim observation); predict
+            # from the last measured class count and skip what would exceed the time budget
+            prev = next((r for r in reversed(rows) if r["covariance"] == kind
+                         and "ms_per_example" in r), None)
+            if prev is not None and batch == 1:
+                est = prev["ms_per_example"] * (c / prev["classes"]) ** 3
+                if est > max_ms:
+                    rows.append({"classes": c, "covariance": kind, "skipped": True,
+                                 "estimated_ms_per_example": round(est),
+                                 "estimate": f"{prev['classes']}-class time x (C ratio)^3",
+                                 "memory_mib": need * 2**10})
+                    print(rows[-1], flush=True)
+                    continue
             state = KalmanState(torch.zeros(n), make_covariance(kind, n, 1.0, c, rank=10))
             jac = KronJacobian.logits(x, c)
 
