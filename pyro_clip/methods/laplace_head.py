@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,6 +64,18 @@ def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> t
     return mean + torch.einsum("nij,snj->sni", chol, eps)
 
 
+def _make_laplace(weight: torch.Tensor, structure: str, **kwargs: Any):
+    """Last-layer classification Laplace of the linear head ``weight``.
+
+    laplace-torch is imported here, not at module import: it pulls in asdl and backpack
+    (seconds of import time and deprecation warnings) for every ``pyro-clip`` command.
+    """
+    from laplace import Laplace
+
+    return Laplace(_head(weight), "classification", subset_of_weights="last_layer",
+                   hessian_structure=structure, **kwargs)
+
+
 @register_method
 class LaplaceHead(LinearProbe):
     """Last-layer Laplace on the zero-shot-centred linear probe (see module docstring)."""
@@ -102,9 +113,8 @@ class LaplaceHead(LinearProbe):
         tuning = self.options["prior_precision"]
         # mean CE + lam/2 |W - W0|^2 is the negative log joint / N with precision P = lam N
         init_precision = float(tuning) if isinstance(tuning, int | float) else lam * len(y)
-        self.la = Laplace(_head(self.weight), "classification", subset_of_weights="last_layer",
-                          hessian_structure=self.options["hessian_structure"],
-                          prior_precision=init_precision, prior_mean=prior_mean.flatten())
+        self.la = _make_laplace(self.weight, self.options["hessian_structure"],
+                                prior_precision=init_precision, prior_mean=prior_mean.flatten())
         self.la.fit(DataLoader(TensorDataset(x, y), batch_size=CHUNK))
         map_selected = dict(self.selected)
         if tuning == "marglik":
@@ -160,8 +170,7 @@ class LaplaceHead(LinearProbe):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         lap = state["laplace"]
-        self.la = Laplace(_head(self.weight), "classification", subset_of_weights="last_layer",
-                          hessian_structure=self.options["hessian_structure"],
-                          prior_mean=lap["prior_mean"])
+        self.la = _make_laplace(self.weight, self.options["hessian_structure"],
+                                prior_mean=lap["prior_mean"])
         self.la.load_state_dict(lap)
 
