@@ -59,6 +59,9 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for k, v in tree.items():
         if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
+            for i, item in enumerate(v):
+                out.update(_flat(item, f"{prefix}{k}.{i}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
