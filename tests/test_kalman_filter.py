@@ -59,6 +59,9 @@ def test_kron_jacobian_matches_dense_kron():
     torch.testing.assert_close(h.sq_mv(d), (dense**2) @ d)
     mix = torch.randn(5, 3, 2, generator=g)
     torch.testing.assert_close(h.mix(mix).dense(), DenseJacobian(dense).mix(mix).dense())
+    torch.testing.assert_close(h.quad_diag(d), dense @ torch.diag(d) @ dense.T)
+    a = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(h.tquad_diag(a), (dense.T @ a @ dense).diagonal())
 
 
 @pytest.mark.parametrize("batch", [1, 5, 24])

@@ -258,8 +258,7 @@ class DiagCovariance(Covariance):
         self.d = torch.full((n,), float(prior_var), dtype=DTYPE)
 
     def quad(self, h: Jacobian) -> torch.Tensor:
-        ht = h.tmm(_eye(h.n_obs))
-        return ht.T @ (self.d[:, None] * ht)
+        return h.quad_diag(self.d)
 
     def var(self, h: Jacobian) -> torch.Tensor:
         return h.sq_mv(self.d)
@@ -268,12 +267,16 @@ class DiagCovariance(Covariance):
         return self.d * v.double()
 
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
-        a = self.d[:, None] * h.tmm(_eye(h.n_obs))  # P H^T (n, m)
-        chol = safe_cholesky(_eye(h.n_obs) + h.mm(a), "innovation covariance")
-        g = g.double()
-        delta = self.d * g - a @ torch.cholesky_solve((a.T @ g)[:, None], chol)[:, 0]
-        w = torch.linalg.solve_triangular(chol, a.T, upper=False)
-        self.d = self.d - (w * w).sum(0)
+        """``S = I + H D H^T``; step ``D g - D H^T S^-1 H D g``; keep ``diag(D - D H^T S^-1 H D)``.
+
+        Never forms ``P H^T`` (n x m): with a Kronecker Jacobian the cost is O(B^2 C P + m^3)
+        instead of O(m^2 n).
+        """
+        chol = safe_cholesky(_eye(h.n_obs) + h.quad_diag(self.d), "innovation covariance")
+        dg = self.d * g.double()
+        delta = dg - self.d * h.tmm(torch.cholesky_solve(h.mm(dg[:, None]), chol))[:, 0]
+        s_inv = torch.cholesky_solve(_eye(h.n_obs), chol)
+        self.d = self.d - self.d**2 * h.tquad_diag(s_inv)
         self.repair()
         return delta
 

@@ -53,6 +53,16 @@ class Jacobian(ABC):
         """The (m, n) matrix (tests and small problems only)."""
         return self.tmm(torch.eye(self.n_obs, dtype=torch.float64)).T
 
+    def quad_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``H diag(d) H^T`` (m, m); structured Jacobians avoid forming ``H``."""
+        ht = self.dense().T
+        return ht.T @ (d.double()[:, None] * ht)
+
+    def tquad_diag(self, mat: torch.Tensor) -> torch.Tensor:
+        """``diag(H^T M H)`` (n,) for M (m, m); structured Jacobians avoid forming ``H``."""
+        ht = self.dense().T
+        return ((ht @ mat.double()) * ht).sum(1)
+
 
 class DenseJacobian(Jacobian):
     """An explicit (m, n) Jacobian."""
@@ -127,3 +137,17 @@ class KronJacobian(Jacobian):
 
     def mix(self, mix: torch.Tensor) -> KronJacobian:
         return KronJacobian(mix.double() @ self.coef, self.x)
+
+    def quad_diag(self, d: torch.Tensor) -> torch.Tensor:
+        # rows (b,i), (e,j): sum_c coef[b,i,c] coef[e,j,c] sum_p x[b,p] x[e,p] d[c,p]; O(B^2 C P)
+        t = torch.einsum("bp,ep,cp->bec", self.x, self.x,
+                         d.double().reshape(self.n_classes, self.n_in))
+        out = torch.einsum("bic,bec,ejc->biej", self.coef, t, self.coef)
+        return out.reshape(self.n_obs, self.n_obs)
+
+    def tquad_diag(self, mat: torch.Tensor) -> torch.Tensor:
+        # entry (c,p): sum_{b,e} x[b,p] x[e,p] Q[b,e,c], Q = coef^T M coef per example pair
+        b = self.x.shape[0]
+        m4 = mat.double().reshape(b, self.k, b, self.k)
+        q = torch.einsum("bic,biej,ejc->bec", self.coef, m4, self.coef)
+        return torch.einsum("bp,ep,bec->cp", self.x, self.x, q).reshape(-1)
