@@ -61,13 +61,17 @@ def reliability_figure(
 
 def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") -> Figure:
     """Selective risk vs coverage (accept the most confident first); AURC in the legend."""
-    fig = Figure(figsize=(5, 3.8))
+    many = len(curves) > 6  # a legend inside the axes would hide the curves
+    fig = Figure(figsize=(9, max(3.8, 0.2 * len(curves))) if many else (5, 3.8))
     ax = fig.subplots()
     for name, rc in curves.items():
         ax.plot(rc.coverage, rc.risk, label=f"{name} (AURC {rc.aurc:.3f})")
     ax.set(xlabel="coverage", ylabel="risk (error rate)", xlim=(0, 1), ylim=(0, None),
            title=title or "risk-coverage")
-    ax.legend(fontsize=7)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7)
     return fig
 
 
