@@ -15,7 +15,7 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
-from pyro_clip.metrics import _check
+from pyro_clip.metrics import _check, expected_calibration_error
 
 
 def _prepare(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> torch.Tensor:
@@ -27,8 +27,7 @@ def _prepare(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> torch.Tens
 
 def ece_equal_width(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE = sum_b |B_b|/N |acc(B_b) - conf(B_b)|, equal-width confidence bins (Guo 2017 eq. 3)."""
-    probs = _prepare(probs, labels, bins)
-    return float(multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=bins))
+    return expected_calibration_error(_prepare(probs, labels, bins), labels, bins)
 
 
 def maximum_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
