@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.config import RunConfig
 from pyro_clip.errors import DataError
-from pyro_clip.io import read_json, save_npz, write_json
-from pyro_clip.runner import evaluate, get_backbone, load_features, load_trained_method
+from pyro_clip.io import save_npz, write_json
+from pyro_clip.runner import (
+    evaluate,
+    get_backbone,
+    load_features,
+    load_trained_method,
+    read_run_config,
+)
 
 
 def evaluate_run(
@@ -20,8 +25,7 @@ def evaluate_run(
         raise DataError(
             f"{run_dir} is not a run folder (no config.json); pass a 'fit' --out folder"
         )
-    cfg_data = read_json(run_dir / "config.json")
-    cfg = RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__})
+    cfg, cfg_data = read_run_config(run_dir)
     cfg.data_root = data_root
     backbone = get_backbone(cfg.backbone)
     method = load_trained_method(run_dir, backbone)

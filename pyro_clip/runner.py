@@ -65,8 +65,7 @@ def get_backbone(spec: str) -> DualEncoder:
 
 
 def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
-    root = cfg.data_root if dataset not in ("fashion-mnist", "fashion-mnist-c") else None
-    images = load_dataset(dataset, split, root=root)
+    images = load_dataset(dataset, split, root=cfg.data_root)  # embedded sets ignore root
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 
@@ -176,11 +175,16 @@ def save_checkpoint(path: Path, method: Method, backbone: DualEncoder, classname
     )
 
 
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A run folder's :class:`RunConfig` and the whole ``config.json`` it was read from."""
+    cfg_data = read_json(Path(run_dir) / "config.json")
+    return RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__}), cfg_data
+
+
 def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None) -> Method:
     """Rebuild a fitted method from a run folder (config + checkpoint), checking the backbone."""
     run_dir = Path(run_dir)
-    cfg_data = read_json(run_dir / "config.json")
-    cfg = RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__})
+    cfg, cfg_data = read_run_config(run_dir)
     backbone = backbone or get_backbone(cfg.backbone)
     method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress))
