@@ -155,36 +155,35 @@ def _categorical_batch(seed=1, n=4):
     return x, logits, labels
 
 
-def test_diag_structure_keeps_diagonal_of_exact_update():
+def _structured_and_exact_update(cov, prior: torch.Tensor):
+    """One categorical EKF step with ``cov`` and the exact dense update from ``prior``."""
     x, logits, labels = _categorical_batch()
-    d0 = torch.linspace(0.5, 2.0, C * P)
-    cov = DiagCovariance(C * P)
-    cov.d = d0.clone()
     state = KalmanState(torch.zeros(C * P), cov)
     jac = KronJacobian.logits(x, C)
     state.update_categorical(jac, logits, labels)
     probs = logits.softmax(-1)
     hw = jac.mix(categorical_sqrt(probs)).dense()
     g = jac.dense().T @ (torch.nn.functional.one_hot(labels, C) - probs).reshape(-1)
-    post, step = _reference_update(torch.diag(d0), hw, g)
+    post, step = _reference_update(prior, hw, g)
+    return state, post, step
+
+
+def test_diag_structure_keeps_diagonal_of_exact_update():
+    d0 = torch.linspace(0.5, 2.0, C * P)
+    cov = DiagCovariance(C * P)
+    cov.d = d0.clone()
+    state, post, step = _structured_and_exact_update(cov, torch.diag(d0))
     torch.testing.assert_close(cov.d, post.diagonal())
     torch.testing.assert_close(state.mean, step)
 
 
 def test_block_structure_keeps_diagonal_blocks_of_exact_update():
-    x, logits, labels = _categorical_batch()
     g0 = torch.Generator().manual_seed(3)
     blocks = torch.randn(C, P, P, generator=g0)
     blocks = blocks @ blocks.mT + torch.eye(P)
     cov = BlockCovariance(C * P, C)
     cov.p = blocks.clone()
-    state = KalmanState(torch.zeros(C * P), cov)
-    jac = KronJacobian.logits(x, C)
-    state.update_categorical(jac, logits, labels)
-    probs = logits.softmax(-1)
-    hw = jac.mix(categorical_sqrt(probs)).dense()
-    g = jac.dense().T @ (torch.nn.functional.one_hot(labels, C) - probs).reshape(-1)
-    post, step = _reference_update(torch.block_diag(*blocks), hw, g)
+    state, post, step = _structured_and_exact_update(cov, torch.block_diag(*blocks))
     for c in range(C):
         torch.testing.assert_close(cov.p[c], post[c * P : (c + 1) * P, c * P : (c + 1) * P])
     torch.testing.assert_close(state.mean, step)
