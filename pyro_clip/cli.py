@@ -34,6 +34,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir")
     p.add_argument("--out", help="output folder")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="backbone forward precision (autocast); the Bayesian maths keeps float64")
+    p.add_argument("--workers", type=int,
+                   help="image-decoding worker processes (default: from the CPU count)")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

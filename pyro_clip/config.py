@@ -34,6 +34,12 @@ class RunConfig:
     cache_dir: str | None = None
     out: str = "runs/latest"
     progress: bool = True
+    #: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` (see pyro_clip.runtime)
+    device: str = "auto"
+    #: backbone forward precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast)
+    precision: str = "fp32"
+    #: image-decoding worker processes for feature extraction (``None``: from the CPU count)
+    workers: int | None = None
 
     def validate(self) -> RunConfig:
         if self.protocol not in PROTOCOLS:
@@ -42,6 +48,9 @@ class RunConfig:
             raise ConfigError(f"shots must be >= 1 (Dassl uses 1, 2, 4, 8, 16), got {self.shots}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = decode in the main process), "
+                              f"got {self.workers}")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ConfigError("every prompt template needs a '{}' for the class name")
         return self

@@ -26,6 +26,7 @@ from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
 from pyro_clip.methods import Method, MethodContext, Prediction, create_method
 from pyro_clip.metrics import classification_metrics, harmonic_mean
+from pyro_clip.runtime import Runtime
 from pyro_clip.seeding import seed_everything
 
 
@@ -49,6 +50,7 @@ class RunResult:
     evaluations: dict[str, Evaluation]
     metrics: dict[str, Any]
     out: Path
+    runtime: Runtime = field(default_factory=Runtime)
 
 
 #: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
@@ -86,6 +88,7 @@ def run(cfg: RunConfig) -> RunResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
     backbone = get_backbone(cfg.backbone)
     train_all = load_features(cfg, backbone, cfg.dataset, "train")
@@ -114,7 +117,7 @@ def run(cfg: RunConfig) -> RunResult:
             eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
 
     method = create_method(cfg.method, **cfg.options)
-    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress))
+    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
     fit_start = time.time()
     method.fit(train, val)
     fit_seconds = time.time() - fit_start
@@ -127,7 +130,7 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -141,6 +144,7 @@ def write_outputs(result: RunResult, backbone: DualEncoder, train: FeatureSet) -
         "resolved_options": method.options,
         "selected_hyperparameters": method.selected,
         "backbone_fingerprint": backbone.fingerprint(),
+        "runtime": result.runtime.describe(),
         "train_classnames": train.classnames,
         "n_train": len(train),
         "versions": {

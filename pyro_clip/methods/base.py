@@ -22,20 +22,28 @@ import torch
 from pyro_clip.backbones.base import DualEncoder, cosine_logits
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
+from pyro_clip.runtime import CPU, Runtime
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 @dataclass
 class MethodContext:
-    """What a method may use besides the data: the frozen backbone, prompts, seed, work dir."""
+    """What a method may use besides the data: the frozen backbone, prompts, seed, work dir,
+    and the :class:`~pyro_clip.runtime.Runtime` (device, precision) to compute on."""
 
     backbone: DualEncoder
     templates: Sequence[str] = DEFAULT_TEMPLATES
     seed: int = 1
     work_dir: Path | None = None
     progress: bool = True
+    #: device and precision every component follows (one home: pyro_clip.runtime)
+    runtime: Runtime = CPU
     _text_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     def text_classifier(self, classnames: Sequence[str]) -> torch.Tensor:
         """Zero-shot class weights (C, D), normalised, cached per class list."""
