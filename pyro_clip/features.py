@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
 from pyro_clip.io import save_npz
+from pyro_clip.progress import ProgressBar, progress_bar
 
 CACHE_FORMAT = 1
 
@@ -110,7 +110,7 @@ class FeatureCache:
         if n == 0:
             raise DataError(f"data set {dataset.name} is empty; nothing to encode")
         starts = range(0, n, self.chunk_size)
-        bar = tqdm(total=n, desc=f"encoding {dataset.name}", unit="img", disable=not progress)
+        bar = progress_bar(total=n, desc=f"encoding {dataset.name}", unit="img", enabled=progress)
         for start in starts:
             stop = min(start + self.chunk_size, n)
             part = parts_dir / f"{start:09d}.npz"
@@ -138,7 +138,7 @@ def encode_range(
     start: int,
     stop: int,
     batch_size: int,
-    bar: tqdm | None = None,
+    bar: ProgressBar | None = None,
 ) -> dict[str, np.ndarray]:
     """Preprocess and encode images ``start..stop-1`` -> float32 arrays per feature kind."""
     out: dict[str, list[np.ndarray]] = {}

@@ -19,10 +19,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from pyro_clip.config import RunConfig
 from pyro_clip.errors import ConfigError
+from pyro_clip.progress import ProgressBar, progress_bar
 from pyro_clip.suite import SuiteConfig, SuiteRun, expand
 
 
@@ -77,7 +76,8 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _record(outcome: SuiteOutcome, result: tuple[str, float, str | None], bar: tqdm) -> None:
+def _record(outcome: SuiteOutcome, result: tuple[str, float, str | None],
+            bar: ProgressBar) -> None:
     out, seconds, error = result
     outcome.seconds[out] = seconds
     if error is not None:
@@ -94,8 +94,8 @@ def run_suite(suite: SuiteConfig, workers: int = 1, progress: bool = True) -> Su
     pending = [r for r in runs if not r.done]
     outcome = SuiteOutcome(runs, skipped=len(runs) - len(pending))
     started = time.perf_counter()
-    with tqdm(total=len(runs), initial=outcome.skipped, desc=suite.name, unit="run",
-              disable=not progress) as bar:
+    with progress_bar(total=len(runs), initial=outcome.skipped, desc=suite.name, unit="run",
+                      enabled=progress) as bar:
         if workers == 1 or len(pending) <= 1:
             for r in pending:
                 bar.set_postfix_str(f"{r.method} {r.protocol} {r.shots}-shot seed {r.seed}")
@@ -107,7 +107,7 @@ def run_suite(suite: SuiteConfig, workers: int = 1, progress: bool = True) -> Su
 
 
 def _run_parallel(suite: SuiteConfig, pending: list[SuiteRun], workers: int,
-                  outcome: SuiteOutcome, bar: tqdm) -> None:
+                  outcome: SuiteOutcome, bar: ProgressBar) -> None:
     """First run of each data set alone (fills the feature cache once), then the rest.
 
     The first run is one of a method without weights (zero-shot) where there is one: it

@@ -72,12 +72,16 @@ def test_beats_chance_and_zero_shot(name, tiny_backbone, problem, tmp_path):
     pred = m.predict(test.features["joint"], test.classnames)
     acc = accuracy(pred.probs, test.labels)
     assert acc > 1 / len(NAMES) + 0.3 and acc > zs + 0.15, (name, acc, zs)
-    torch.testing.assert_close(pred.probs.sum(-1).double(), torch.ones(len(test)).double())
-    # new classes: methods with per-class state fall back to the zero-shot classifier exactly
+    # float32 probabilities: compare in float32 with float32 tolerances (not after a float64 cast)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(len(test), dtype=pred.probs.dtype))
+    # new classes: methods with per-class state fall back to the zero-shot classifier; the
+    # linear probe forms those logits in float64 and rounds once, the reference in float32
     new = problem["new"]
     if name in ("linear-probe", "tip-adapter", "tip-adapter-f"):
-        got = m.predict(new.features["joint"], new.classnames).probs.double()
-        torch.testing.assert_close(got, _zero_shot_probs(tiny_backbone, new).double())
+        got = m.predict(new.features["joint"], new.classnames).probs
+        ref = _zero_shot_probs(tiny_backbone, new)
+        assert got.dtype == ref.dtype == torch.float32
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_tip_adapter_zero_alpha_is_zero_shot_exactly(tiny_backbone, problem):
@@ -108,7 +112,7 @@ def test_tip_adapter_f_keys_move_and_search_records(tiny_backbone, problem, tmp_
     start = F.normalize(problem["train"].features["joint"], dim=-1)
     assert not torch.allclose(m.cache.keys, start)
     assert m.selected["searched"] and {"alpha", "beta", "val_accuracy"} <= set(m.selected)
-    assert (tmp_path / "train_state.pt").exists()
+    assert not (tmp_path / "train_state.pt").exists()  # removed once training finished
 
 
 def test_classic_probe_matches_scikit_learn(tiny_backbone, problem):

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from scipy.stats import chi2
-from tqdm.auto import tqdm
 
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features import FeatureSet
@@ -32,6 +31,7 @@ from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import Adapter, LinearHead, ResidualAdapter
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.progress import track
 
 _CHUNK = 128  # examples per chunk when computing predictive moments
 
@@ -177,8 +177,8 @@ class KalmanAdapter(Method):
             idx for _ in range(o["epochs"]) for idx in torch.randperm(len(y), generator=gen)
             .split(o["batch_size"])
         ]
-        bar = tqdm(batches, desc=f"kalman {o['covariance']} pv={prior_var:g}",
-                   disable=not self.ctx.progress, leave=False)
+        bar = track(batches, desc=f"kalman {o['covariance']} pv={prior_var:g}",
+                    unit="batch", enabled=self.ctx.progress)
         for idx in bar:
             if o["forgetting"] < 1 or o["process_noise"] > 0:
                 state.predict(o["forgetting"], o["process_noise"])

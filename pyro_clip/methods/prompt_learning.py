@@ -23,7 +23,7 @@ from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.models.ove_pg import OvePGConfig, ove_pg_loss
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.training import TrainSettings, train
+from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 LIKELIHOODS = ("softmax", "ove-pg")
 
@@ -82,8 +82,13 @@ class PromptLearningMethod(Method):
         settings = TrainSettings(**{**self.settings.__dict__, "seed": self.ctx.seed})
         with torch.random.fork_rng():  # psi's reparameterised noise: seeded, global RNG kept
             torch.manual_seed(self.ctx.seed)
-            self.history = train(learner, loss_fn, len(y), settings, checkpoint=ckpt,
-                                 progress=self.ctx.progress, desc=self.name)
+            self.history = train(
+                learner, loss_fn, len(y), settings, checkpoint=ckpt, progress=self.ctx.progress,
+                desc=self.name, rngs={"polya_gamma": rng},
+                identity=checkpoint_identity(self.name, self.options,
+                                             self.ctx.backbone.fingerprint(), x, y,
+                                             templates=self.ctx.templates),
+            )
         if len(val):
             with torch.no_grad():
                 pred = self.predict(val.features[self.feature_kind], val.classnames).probs

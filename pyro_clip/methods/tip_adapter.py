@@ -24,7 +24,7 @@ from pyro_clip.features import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.selection import check_validation, grid, grid_search, validation_score
-from pyro_clip.training import TrainSettings, train
+from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 CLIP_SCALE = 100.0
 
@@ -122,8 +122,10 @@ class _TipBase(Method):
                                  lr=float(o["lr"]), optimizer="adamw",
                                  weight_decay=float(o["weight_decay"]), seed=self.ctx.seed)
         ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir is not None else None
+        identity = checkpoint_identity(self.name, o, self.ctx.backbone.fingerprint(), x, y,
+                                       templates=self.ctx.templates)
         return train(self.cache, loss_fn, len(y), settings, checkpoint=ckpt,
-                     progress=self.ctx.progress, desc=self.name)
+                     progress=self.ctx.progress, desc=self.name, identity=identity)
 
     def _values(self, classnames: Sequence[str]) -> torch.Tensor:
         """One-hot values over the requested classes; columns of unseen classes are zero."""
