@@ -103,6 +103,9 @@ def _count_loss_calls(monkeypatch) -> dict[str, int]:
 
     for mod in (ca, pl, ta):
         monkeypatch.setattr(mod, "train", counting)
+    import pyro_clip.runner as runner
+
+    monkeypatch.setattr(runner, "RUN_HOOKS", [])  # diagnostics plots: not under test, slow
     return calls
 
 
