@@ -51,6 +51,8 @@ class RunResult:
     metrics: dict[str, Any]
     out: Path
     runtime: Runtime = field(default_factory=Runtime)
+    #: ``{"<dataset>/<split>": {"n_images": n, "n_skipped": k}}`` (``--skip-corrupt``)
+    data_report: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 #: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
@@ -66,8 +68,14 @@ def get_backbone(spec: str) -> DualEncoder:
     return _BACKBONES[spec]
 
 
-def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
-    images = load_dataset(dataset, split, root=cfg.data_root)  # embedded sets ignore root
+def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str,
+                  report: dict[str, dict[str, int]] | None = None) -> FeatureSet:
+    """Features of one split; ``report`` (if given) receives its image and skipped counts."""
+    # embedded sets ignore root and skip_corrupt
+    images = load_dataset(dataset, split, root=cfg.data_root, skip_corrupt=cfg.skip_corrupt)
+    if report is not None:
+        report[f"{dataset}/{split}"] = {"n_images": len(images),
+                                        "n_skipped": len(getattr(images, "skipped", []))}
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 
@@ -91,10 +99,11 @@ def run(cfg: RunConfig) -> RunResult:
     runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
     backbone = get_backbone(cfg.backbone)
-    train_all = load_features(cfg, backbone, cfg.dataset, "train")
-    val_all = (load_features(cfg, backbone, cfg.dataset, "val")
+    report: dict[str, dict[str, int]] = {}
+    train_all = load_features(cfg, backbone, cfg.dataset, "train", report)
+    val_all = (load_features(cfg, backbone, cfg.dataset, "val", report)
                if has_validation_split(cfg.dataset) else train_all)
-    test = load_features(cfg, backbone, cfg.dataset, "test")
+    test = load_features(cfg, backbone, cfg.dataset, "test", report)
 
     train_idx, val_idx = few_shot_indices(
         train_all.labels.numpy(),
@@ -112,7 +121,7 @@ def run(cfg: RunConfig) -> RunResult:
     else:
         eval_sets["test"] = test
     for extra in cfg.eval_datasets:
-        eval_sets[extra] = load_features(cfg, backbone, extra, "test")
+        eval_sets[extra] = load_features(cfg, backbone, extra, "test", report)
         if cfg.protocol == "base-to-new":
             eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
 
@@ -130,7 +139,7 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out, runtime)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime, report)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -145,6 +154,7 @@ def write_outputs(result: RunResult, backbone: DualEncoder, train: FeatureSet) -
         "selected_hyperparameters": method.selected,
         "backbone_fingerprint": backbone.fingerprint(),
         "runtime": result.runtime.describe(),
+        "data_report": result.data_report,
         "train_classnames": train.classnames,
         "n_train": len(train),
         "versions": {
@@ -182,7 +192,9 @@ def save_checkpoint(path: Path, method: Method, backbone: DualEncoder, classname
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     """A run folder's :class:`RunConfig` and the whole ``config.json`` it was read from."""
     cfg_data = read_json(Path(run_dir) / "config.json")
-    return RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__}), cfg_data
+    # fields added after a run was written take their defaults
+    fields = {k: cfg_data[k] for k in RunConfig.__dataclass_fields__ if k in cfg_data}
+    return RunConfig.from_dict(fields), cfg_data
 
 
 def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None) -> Method:
