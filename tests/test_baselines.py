@@ -202,3 +202,37 @@ def test_search_helpers():
 def test_bad_options_name_the_fix(name, options, message, tiny_backbone, problem):
     with pytest.raises(ConfigError, match=message):
         _fit(name, tiny_backbone, problem, **options)
+
+
+def test_tip_adapter_f_starts_from_the_training_free_choice_and_never_loses_on_val(
+        tiny_backbone, problem):
+    """Fine-tuning starts at the alpha/beta training-free Tip-Adapter picks on validation, and
+    the final search includes the un-fine-tuned keys, so validation can only improve."""
+    tip = _fit("tip-adapter", tiny_backbone, problem)
+    tipf = _fit("tip-adapter-f", tiny_backbone, problem)
+    assert (tipf.selected["init_alpha"], tipf.selected["init_beta"]) == (
+        tip.selected["alpha"], tip.selected["beta"])
+    assert tipf.selected["keys"] in ("fine-tuned", "initial")
+    assert (tipf.selected["val_accuracy"], -tipf.selected["val_nll"]) >= (
+        tip.selected["val_accuracy"], -tip.selected["val_nll"])
+    fixed = _fit("tip-adapter-f", tiny_backbone, problem, init_alpha=1.0, init_beta=1.0)
+    assert (fixed.selected["init_alpha"], fixed.selected["init_beta"]) == (1.0, 1.0)
+
+
+def test_tip_adapter_f_leave_one_out_hides_each_query_s_own_key(tiny_backbone, problem):
+    """With leave_one_out the training loss equals the cache logits without the self term."""
+    m = create_method("tip-adapter-f", **{**FAST["tip-adapter-f"], "epochs": 1,
+                                          "leave_one_out": True, "alpha": 1.0, "beta": 1.0,
+                                          "init_alpha": 2.0, "init_beta": 3.0, "lr": 1e-12})
+    m.setup(MethodContext(tiny_backbone, seed=1, progress=False))
+    m.fit(problem["train"], problem["val"])
+    train = problem["train"]
+    x = F.normalize(train.features["joint"].double(), dim=-1)
+    aff = torch.exp(-3.0 * (1 - x @ x.T))
+    aff.fill_diagonal_(0)
+    zs = _zero_shot_probs(tiny_backbone, train)  # softmax of s cos(x, T)
+    logits = zs.double().log() + 2.0 * tiny_backbone.logit_scale / 100 * aff @ F.one_hot(
+        train.labels).double()
+    ref = F.cross_entropy(logits, train.labels).item()
+    # one epoch at lr 1e-12 is the loss at the initial keys, averaged over minibatches
+    assert m.selected["train_loss"][0] == pytest.approx(ref, rel=1e-5)
