@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 from pyro_clip.errors import ConfigError, TrainingError
 from pyro_clip.io import save_torch
 
+#: steps between loss read-backs for the progress bar (each is a device -> host sync)
+LOG_EVERY = 25
+
 
 @dataclass
 class TrainSettings:
@@ -89,8 +92,9 @@ def train(
     bar = tqdm(total=settings.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                desc=desc, disable=not progress, leave=False)
     for epoch in range(start_epoch, settings.epochs):
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
+        # drawn where the generator lives (CPU): the same order on every device
+        order = torch.randperm(n, generator=gen, device=gen.device)
+        total = torch.zeros((), dtype=torch.float64)
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             loss = loss_fn(idx)
@@ -106,10 +110,13 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            # summed on the device; read back once an epoch (and every LOG_EVERY steps for the
+            # bar) so that a step queues its GPU work without waiting for it
+            total = total.to(loss.device) + loss.detach().double() * len(idx)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        history.append(total / n)
+            if progress and step % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        history.append(float(total) / n)
         good = {k: v.detach().clone() for k, v in module.state_dict().items()}
         if checkpoint is not None:
             save_torch(checkpoint, {

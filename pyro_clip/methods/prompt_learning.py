@@ -68,7 +68,7 @@ class PromptLearningMethod(Method):
         x = train_set.features[self.feature_kind]
         y = train_set.labels
         names = train_set.classnames
-        f0 = self.ctx.zero_shot_logits(x, names).float()
+        f0 = self.ctx.zero_shot_logits(x, names).float()  # on ctx.device, like x and y
         rng = np.random.default_rng(self.ctx.seed)
         learner, cfg = self.learner, self.ove
 
@@ -93,8 +93,8 @@ class PromptLearningMethod(Method):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         if self.learner is None:
             raise RuntimeError(f"{self.name}: fit or load_state_dict before predict")
-        logits = torch.cat([self.learner.logits(features[i : i + 256], classnames)
-                            for i in range(0, features.shape[0], 256)])
+        # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
+        logits = self.learner.predict_logits(features, classnames)
         return Prediction(logits.softmax(-1))
 
     def state_dict(self) -> dict[str, Any]:
