@@ -267,3 +267,29 @@ def test_method_on_cuda_matches_cpu(method, tmp_path):
                               "fashion-mnist", "test")
         again = reloaded.predict(feats.features["joint"], feats.classnames).probs.numpy()
         np.testing.assert_allclose(again, saved, rtol=0, atol=PROB_ATOL.get(method, 1e-4))
+
+
+# ----- the GPU benchmark script ------------------------------------------------------------
+def test_bench_gpu_cpu_smoke_measures_every_section(tmp_path):
+    from benchmarks import bench_gpu
+
+    res = bench_gpu.main(["--cpu-smoke", "--out-dir", str(tmp_path)])
+    saved = (tmp_path / "gpu_cpu_smoke.json").read_text()
+    assert '"mode": "cpu-smoke"' in saved
+    ext, steps = res["extraction"], res["prompt_steps"]
+    assert ext["images"] == bench_gpu.SMOKE["images"] and ext["extraction_vs_raw_ratio"] > 0
+    assert steps["classes"] == bench_gpu.SMOKE["classes"]
+    assert steps["pg_draws_per_step"] == steps["batch"] * (steps["classes"] - 1)
+    for key in ("softmax_step_s", "ove_pg_step_s", "ove_pg_omega_mean_step_s", "pg_draw_s"):
+        assert steps[key] > 0
+    assert res["kalman"]["n"] == bench_gpu.SMOKE["n_features"] and res["kalman"]["fit_s"] > 0
+    assert res["laplace"]["fit_s"] > 0
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a CUDA GPU is visible: the script would measure it")
+def test_bench_gpu_without_gpu_says_so_and_measures_nothing(tmp_path, capsys):
+    from benchmarks import bench_gpu
+
+    assert bench_gpu.main(["--out-dir", str(tmp_path)]) is None
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
