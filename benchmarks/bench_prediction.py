@@ -60,7 +60,7 @@ def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--images", type=int, default=2560)
-    p.add_argument("--cocoop-images", type=int, default=64)
+    p.add_argument("--cocoop-images", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()

@@ -205,13 +205,25 @@ def test_cocoop_prediction_chunks_images_by_token_budget(tiny_backbone, monkeypa
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
+class _BatchSizes(_CountingText):
+    def __call__(self, embeddings, tokens):
+        self.sizes = [*getattr(self, "sizes", []), embeddings.shape[0]]
+        return super().__call__(embeddings, tokens)
+
+
 def test_zero_shot_weights_batched_equal_one_class_at_a_time(tiny_backbone, monkeypatch):
     templates = ("a photo of a {}.", "a drawing of the {}, big.")
-    monkeypatch.setattr(backbone_base, "TEXT_BATCH", 3)  # force several batches
-    counter = _CountingText(tiny_backbone)
+    lengths = tiny_backbone.tokenize([t.format(n) for t in templates for n in NAMES]).eot_index
+    counter = _BatchSizes(tiny_backbone)
+    monkeypatch.setattr(tiny_backbone, "encode_token_embeddings", counter)
+    tiny_backbone.zero_shot_weights(NAMES, templates)
+    # one pass per distinct token length, every prompt exactly once
+    assert counter.calls == len(torch.unique(lengths)) and counter.prompts == 2 * len(NAMES)
+    monkeypatch.setattr(backbone_base, "TEXT_BATCH", 3)  # and passes of at most TEXT_BATCH
+    counter = _BatchSizes(tiny_backbone)
     monkeypatch.setattr(tiny_backbone, "encode_token_embeddings", counter)
     got = tiny_backbone.zero_shot_weights(NAMES, templates)
-    assert counter.calls == 5  # ceil(7 classes x 2 templates / 3)
+    assert max(counter.sizes) <= 3 and counter.prompts == 2 * len(NAMES)
     monkeypatch.undo()
     ref = torch.stack([
         F.normalize(F.normalize(tiny_backbone.encode_text([t.format(n) for t in templates]),
@@ -293,3 +305,31 @@ def test_bench_gpu_without_gpu_says_so_and_measures_nothing(tmp_path, capsys):
     assert bench_gpu.main(["--out-dir", str(tmp_path)]) is None
     assert "no CUDA GPU is visible" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_device_elbo_equals_pyro_trace_elbo_in_value_and_gradient():
+    """The sync-free ELBO is Pyro's Trace_ELBO: same loss, same gradient (same psi draws)."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_clip.models.ove_pg import (
+        DeviceTraceELBO,
+        OvePGConfig,
+        ove_pg_guide,
+        ove_pg_model,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    f0 = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    omega = torch.rand(6, 4, generator=gen, dtype=torch.float64) + 0.1
+    cfg = OvePGConfig(num_samples=3)
+    values, grads = [], []
+    for elbo in (Trace_ELBO(max_plate_nesting=2), DeviceTraceELBO(max_plate_nesting=2)):
+        f = (f0 + 0.3).clone().requires_grad_()
+        torch.manual_seed(7)
+        loss = elbo.differentiable_loss(ove_pg_model, ove_pg_guide, f, f0, labels, omega, cfg)
+        loss.backward()
+        values.append(loss.detach())
+        grads.append(f.grad)
+    torch.testing.assert_close(values[1], values[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)

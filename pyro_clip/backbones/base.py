@@ -117,11 +117,22 @@ class DualEncoder(nn.Module, ABC):
     ) -> torch.Tensor:
         """Zero-shot classifier (C, embed_dim) float32 on the backbone's device: the normalised
         mean of the normalised template embeddings (CLIP's prompt ensembling, Radford et al.
-        2021, sec. 3.1.4). All C x T prompts go through the text tower in batches of
-        :data:`TEXT_BATCH` (each cut after its own longest prompt), not one class at a time."""
+        2021, sec. 3.1.4). The C x T prompts are tokenised once and encoded in batches of up
+        to :data:`TEXT_BATCH` prompts of equal token length (no padding is computed, and each
+        prompt sees exactly the arithmetic of encoding it alone), not one class at a time."""
         texts = [t.format(name) for t in templates for name in classnames]
-        feats = torch.cat([self.encode_text(texts[i : i + TEXT_BATCH]).float()
-                           for i in range(0, len(texts), TEXT_BATCH)])
+        tokens = self.tokenize(texts)
+        lengths = tokens.eot_index + 1
+        feats: torch.Tensor | None = None
+        for length in torch.unique(lengths).tolist():
+            for rows in (lengths == length).nonzero().flatten().split(TEXT_BATCH):
+                sub = PromptTokens(tokens.ids[rows, :length], tokens.attention_mask[rows, :length],
+                                   tokens.eot_index[rows])
+                out = self.encode_token_embeddings(self.token_embeddings(sub.ids), sub).float()
+                if feats is None:
+                    feats = out.new_empty(len(texts), out.shape[-1])
+                feats[rows.to(feats.device)] = out
+        assert feats is not None
         feats = F.normalize(feats, dim=-1).view(len(templates), len(classnames), -1)
         return F.normalize(feats.mean(0), dim=-1)
 
