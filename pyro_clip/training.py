@@ -34,6 +34,9 @@ from pyro_clip.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+#: steps between loss read-backs for the progress bar (each is a device -> host sync)
+LOG_EVERY = 25
+
 
 @dataclass
 class TrainSettings:
@@ -112,8 +115,9 @@ def train(
     bar = progress_bar(total=settings.epochs * steps_per_epoch,
                        initial=start_epoch * steps_per_epoch, desc=desc, enabled=progress)
     for epoch in range(start_epoch, settings.epochs):
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
+        # drawn where the generator lives (CPU): the same order on every device
+        order = torch.randperm(n, generator=gen, device=gen.device)
+        total = torch.zeros((), dtype=torch.float64)
         for step in range(steps_per_epoch):
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             loss = loss_fn(idx)
@@ -129,9 +133,14 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-            bar.step(loss=loss.item())
-        history.append(total / n)
+            # summed on the device; read back once an epoch (and every LOG_EVERY steps for the
+            # bar) so that a step queues its GPU work without waiting for it
+            total = total.to(loss.device) + loss.detach().double() * len(idx)
+            if progress and step % LOG_EVERY == 0:
+                bar.step(loss=loss.item())
+            else:
+                bar.update(1)
+        history.append(float(total) / n)
         good = {k: v.detach().clone() for k, v in module.state_dict().items()}
         if checkpoint is not None:
             save_torch(checkpoint, {

@@ -157,7 +157,8 @@ def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):
     torch.testing.assert_close(cov[:, :c, :c], expect_cov, rtol=1e-6, atol=1e-9)
     # the untrained class: prior row N(s t_c, I/P), so mean = zero-shot logit, var = |x|^2/P
     zs = tiny_backbone.logit_scale * xt @ tiny_backbone.zero_shot_weights(["ship"]).double().T
-    torch.testing.assert_close(mean[:, c:], zs)
+    # float32 text weights encoded in a batch vs alone: float32 round-off, times the scale
+    torch.testing.assert_close(mean[:, c:], zs, rtol=1e-5, atol=1e-6 * tiny_backbone.logit_scale)
     torch.testing.assert_close(cov[:, c, c], torch.full((5,), 1 / 3.0, dtype=torch.float64))
     assert torch.all(cov[:, c, :c] == 0)
     # logit samples carry the predictive moments (Monte Carlo, 4000 draws)

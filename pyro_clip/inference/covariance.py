@@ -124,6 +124,14 @@ class Covariance(ABC):
         return self.dense().diagonal()
 
 
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
+           device: torch.device) -> torch.Tensor:
+    """Standard normals drawn where ``generator`` lives (the CPU), then moved to ``device``:
+    seeded draws are the same numbers whichever device the covariance is on."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, dtype=DTYPE, generator=generator, device=where).to(device)
+
+
 def _check_predict(forgetting: float, noise: float) -> None:
     if not 0 < forgetting <= 1 or noise < 0:
         raise ConfigError(
@@ -162,7 +170,7 @@ class FullCovariance(Covariance):
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance")
-        eps = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
+        eps = _randn((n_samples, self.n), generator, chol.device)
         return eps @ chol.T
 
     def dense(self) -> torch.Tensor:
@@ -228,7 +236,7 @@ class BlockCovariance(Covariance):
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance block")
-        eps = torch.randn(self.k, self.bs, n_samples, dtype=DTYPE, generator=generator)
+        eps = _randn((self.k, self.bs, n_samples), generator, chol.device)
         return (chol @ eps).permute(2, 0, 1).reshape(n_samples, self.n)
 
     def dense(self) -> torch.Tensor:
@@ -285,7 +293,7 @@ class DiagCovariance(Covariance):
         self.d = self.d / forgetting + noise
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator) * self.d.sqrt()
+        return _randn((n_samples, self.n), generator, self.d.device) * self.d.sqrt()
 
     def dense(self) -> torch.Tensor:
         return torch.diag(self.d)
@@ -365,8 +373,8 @@ class LowRankCovariance(Covariance):
         self.w = self.w * math.sqrt(forgetting)
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        e1 = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
-        e2 = torch.randn(n_samples, self.rank, dtype=DTYPE, generator=generator)
+        e1 = _randn((n_samples, self.n), generator, self.u.device)
+        e2 = _randn((n_samples, self.rank), generator, self.u.device)
         root = e1 * self.u.sqrt() + e2 @ self.w.T  # covariance = precision
         g, chol = self._woodbury()
         return root / self.u - (g @ torch.cholesky_solve(g.T @ root.T, chol)).T

@@ -85,10 +85,12 @@ class ResidualAdapter(Adapter):
         gen = torch.Generator().manual_seed(seed)
         # V starts at a random projection (He-style scale), U at zero: the prior mean is
         # exactly the zero-shot model.
-        self._v0 = torch.randn(rank, dim, generator=gen, dtype=DTYPE) * (2.0 / dim) ** 0.5
+        self._v0 = torch.randn(rank, dim, generator=gen, dtype=DTYPE,
+                               device=gen.device) * (2.0 / dim) ** 0.5
 
     def prior_mean(self) -> torch.Tensor:
-        return torch.cat([self._v0, torch.zeros(self.rank, self.dim, dtype=DTYPE)], 1).reshape(-1)
+        v0 = self._v0.to(torch.get_default_device())  # drawn on the CPU, used where the mean is
+        return torch.cat([v0, torch.zeros_like(v0)], 1).reshape(-1)
 
     def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         units = theta.reshape(self.rank, 2 * self.dim)

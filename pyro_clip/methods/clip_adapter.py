@@ -59,9 +59,12 @@ class ClipAdapter(Method):
                               f"got {o['reduction']}")
 
     def build(self, dim: int) -> Adapter:
-        with torch.random.fork_rng(devices=[]):  # initial weights seeded, global RNG untouched
+        # initial weights seeded, global RNG untouched, built on the CPU so that every device
+        # starts from the same weights; then moved to the run's device
+        with torch.random.fork_rng(), torch.device("cpu"):
             torch.manual_seed(self.ctx.seed)
-            return Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+            adapter = Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+        return adapter.to(self.ctx.device)
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
         x, y = train_set.features[self.feature_kind].float(), train_set.labels

@@ -173,8 +173,9 @@ class KalmanAdapter(Method):
         gen = torch.Generator().manual_seed(self.ctx.seed)
         obs_var, gated = float(o["obs_noise"]), 0
         threshold = float(chi2.ppf(o["gate"], df=1)) if o["gate"] > 0 else math.inf
-        batches = [
-            idx for _ in range(o["epochs"]) for idx in torch.randperm(len(y), generator=gen)
+        batches = [  # CPU generator: the same order on every device
+            idx for _ in range(o["epochs"])
+            for idx in torch.randperm(len(y), generator=gen, device=gen.device)
             .split(o["batch_size"])
         ]
         bar = track(batches, desc=f"kalman {o['covariance']} pv={prior_var:g}",
@@ -273,7 +274,8 @@ class KalmanAdapter(Method):
         assert isinstance(adapter, LinearHead)
         seen = self._class_map(classnames)
         prior = adapter.class_prior_mean(text)
-        noise = torch.randn(s, *prior.shape, generator=gen, dtype=DTYPE) * self.prior_var**0.5
+        noise = torch.randn(s, *prior.shape, generator=gen, dtype=DTYPE,
+                            device=gen.device).to(prior.device) * self.prior_var**0.5
         w = (prior + noise).clone()
         trained = thetas.reshape(s, adapter.n_classes, adapter.n_in)
         w[:, seen >= 0] = trained[:, seen[seen >= 0]]
