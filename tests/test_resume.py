@@ -44,7 +44,9 @@ CHILD = textwrap.dedent("""
         def wrapped(idx):
             calls[0] += 1
             if calls[0] == kill_at:
-                open(marker, "w").write(str(checkpoint.exists()))
+                with open(marker + ".tmp", "w") as fh:  # atomic: the test polls for marker
+                    fh.write(str(checkpoint.exists()))
+                os.replace(marker + ".tmp", marker)
                 time.sleep(600)
             return loss_fn(idx)
         return real(module, wrapped, n, settings, checkpoint=checkpoint, **kw)
