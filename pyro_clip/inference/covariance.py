@@ -30,7 +30,7 @@ from pyro_clip.errors import ConfigError
 from pyro_clip.inference.kalman_jacobian import Jacobian
 
 DTYPE = torch.float64
-COVARIANCES = ("full", "block", "diag", "lowrank")
+COVARIANCES = ("full", "block", "diag", "lowrank", "kron")
 
 
 class CovarianceWarning(UserWarning):
@@ -180,7 +180,7 @@ class FullCovariance(Covariance):
         return {"p": self.p}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p = state["p"].to(DTYPE)
+        self.p = state["p"].to(DTYPE).clone()  # updates are in place: never alias the caller's
 
 
 class BlockCovariance(Covariance):
@@ -245,7 +245,7 @@ class BlockCovariance(Covariance):
         return {"p": self.p}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p = state["p"].to(DTYPE)
+        self.p = state["p"].to(DTYPE).clone()  # updates are in place: never alias the caller's
 
 
 class DiagCovariance(Covariance):
@@ -308,7 +308,7 @@ class DiagCovariance(Covariance):
         return {"d": self.d}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.d = state["d"].to(DTYPE)
+        self.d = state["d"].to(DTYPE).clone()
 
 
 class LowRankCovariance(Covariance):
@@ -393,15 +393,58 @@ class LowRankCovariance(Covariance):
         return {"u": self.u, "w": self.w}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.u, self.w = state["u"].to(DTYPE), state["w"].to(DTYPE)
+        self.u, self.w = state["u"].to(DTYPE).clone(), state["w"].to(DTYPE).clone()
+
+
+#: state larger than this is refused before allocating (``max_state_gib`` overrides it)
+MAX_STATE_GIB = 8.0
+
+
+def estimate_bytes(kind: str, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+    """float64 bytes the structure's state will take, computed before allocating it."""
+    per_block = n // max(n_blocks, 1)
+    numbers = {
+        "full": n * n,
+        "block": n_blocks * per_block * per_block,
+        "diag": n,
+        "lowrank": n * (rank + 1),
+        "kron": 2 * (n_blocks**2 + per_block**2) + n_blocks + per_block + n,
+    }.get(kind, 0)
+    return 8 * numbers
+
+
+def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -> None:
+    need = estimate_bytes(kind, n, n_blocks, rank)
+    if need <= max_gib * 2**30:
+        return
+    fits = [k for k in ("kron", "block", "lowrank", "diag")
+            if k != kind and estimate_bytes(k, n, n_blocks, rank) <= max_gib * 2**30]
+    raise ConfigError(
+        f"covariance={kind} for {n} parameters needs {need / 2**30:.1f} GiB "
+        f"({need} bytes), more than the {max_gib:g} GiB limit; use covariance="
+        + "|".join(fits or ["diag"]) + " (or raise --opt max_state_gib=...)"
+    )
 
 
 def make_covariance(
-    kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10
+    kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10,
+    max_gib: float = MAX_STATE_GIB,
 ) -> Covariance:
-    """Factory behind the ``covariance=full|block|diag|lowrank`` option."""
+    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option.
+
+    The state size is checked before anything is allocated (``full`` on 100+ classes needs
+    tens of GiB): too large -> :class:`ConfigError` naming the bytes and structures that fit.
+    """
     if prior_var <= 0 or not math.isfinite(prior_var):
         raise ConfigError(f"prior variance must be a positive number, got {prior_var}")
+    if kind in COVARIANCES:
+        _check_memory(kind, n, n_blocks, rank, max_gib)
+    if kind == "kron":
+        from pyro_clip.inference.covariance_kron import KronCovariance  # imports this module
+
+        if n % n_blocks:
+            raise ConfigError(f"{n} parameters cannot be split into {n_blocks} classes")
+        return KronCovariance(n_blocks, n // n_blocks, prior_var)
     if kind == "full":
         return FullCovariance(n, prior_var)
     if kind == "block":

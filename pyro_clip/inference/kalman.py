@@ -107,7 +107,7 @@ class KalmanState:
         probs = torch.softmax(logits.double(), dim=-1)
         resid = F.one_hot(labels, probs.shape[-1]).to(DTYPE) - probs
         g = logit_jacobian.tmm(resid.reshape(-1, 1))[:, 0]
-        hw = logit_jacobian.mix(categorical_sqrt(probs))
+        hw = logit_jacobian.whiten_categorical(probs)
         self.mean += self.cov.update(hw, g)
         self.n_updates += 1
         return resid
