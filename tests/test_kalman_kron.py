@@ -51,7 +51,8 @@ def test_isotropic_gaussian_observations_give_the_exact_posterior():
     w_true = torch.randn(C, P, generator=g)
     y = x @ w_true.T + 0.4 * torch.randn(30, C, generator=g)
     m0 = torch.randn(C * P, generator=g)
-    states = [KalmanState(m0, FullCovariance(C * P, 2.0)), KalmanState(m0, KronCovariance(C, P, 2.0))]
+    states = [KalmanState(m0, FullCovariance(C * P, 2.0)),
+              KalmanState(m0, KronCovariance(C, P, 2.0))]
     for state in states:
         for idx in torch.arange(30).split(7):
             h = KronJacobian.logits(x[idx], C)
@@ -69,7 +70,8 @@ def test_single_input_direction_categorical_ekf_equals_full():
     x = x.expand(12, P)
     labels = torch.randint(0, C, (12,), generator=g)
     m0 = 0.3 * torch.randn(C * P, generator=g)
-    states = [KalmanState(m0, FullCovariance(C * P, 1.5)), KalmanState(m0, KronCovariance(C, P, 1.5))]
+    states = [KalmanState(m0, FullCovariance(C * P, 1.5)),
+              KalmanState(m0, KronCovariance(C, P, 1.5))]
     for state in states:
         for idx in torch.arange(12).split(4):
             w = state.mean.reshape(C, P)
@@ -87,7 +89,8 @@ def test_structured_products_match_dense_covariance():
     dense = cov.dense()
     torch.testing.assert_close(dense, dense.T)
     assert bool((torch.linalg.eigvalsh(dense) > 0).all())
-    for h in (KronJacobian.logits(x[:2], C), KronJacobian.logits(x[:2], C).whiten_categorical(probs[:2]),
+    logit_jac = KronJacobian.logits(x[:2], C)
+    for h in (logit_jac, logit_jac.whiten_categorical(probs[:2]),
               KronJacobian(torch.randn(2, 2, C, generator=g), x[:2])):
         hd = h.dense()
         torch.testing.assert_close(cov.quad(h), hd @ dense @ hd.T)
@@ -103,7 +106,7 @@ def test_structured_products_match_dense_covariance():
 
 
 def test_forgetting_scales_the_precision():
-    x, g = _x(5)
+    x, _ = _x(5)
     cov = KronCovariance(C, P, 1.0)
     cov.update(KronJacobian.logits(x, C).scale_rows(torch.full((5 * C,), 2.0)), torch.zeros(C * P))
     before = cov.dense()
@@ -138,7 +141,7 @@ def test_batch_fit_equals_laplace_torch_kron_last_layer():
 
 
 def test_load_state_dict_copies_and_resumes():
-    x, g = _x(8)
+    x, _ = _x(8)
     cov = KronCovariance(C, P, 1.0)
     cov.update(KronJacobian.logits(x, C), torch.zeros(C * P))
     saved = {k: v.clone() for k, v in cov.state_dict().items()}

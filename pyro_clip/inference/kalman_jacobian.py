@@ -125,7 +125,7 @@ class KronJacobian(Jacobian):
         return cls(eye.expand(x.shape[0], n_classes, n_classes), x, identity=True)
 
     def class_information(self) -> torch.Tensor:
-        """``sum_b coef_b^T coef_b`` (C, C): the class factor of ``H^T H = sum_b F_b kron x x^T``."""
+        """``sum_b coef_b^T coef_b`` (C, C), the class factor of ``sum_b F_b kron x_b x_b^T``."""
         if self.identity:
             eye = torch.eye(self.n_classes, dtype=self.x.dtype, device=self.x.device)
             return self.x.shape[0] * eye
