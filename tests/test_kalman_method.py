@@ -39,7 +39,7 @@ def _fit(ctx, names=NAMES, **opts):
     return m
 
 
-@pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank"])
+@pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank", "kron"])
 def test_linear_head_learns_and_is_reproducible(ctx, cov):
     test = _synthetic(ctx, NAMES, 20, seed=2)
     m = _fit(ctx, covariance=cov, rank=4)
@@ -108,7 +108,11 @@ def test_bad_input_is_rejected(ctx):
     with pytest.raises(DataError, match="width 32"):
         m.predict(torch.randn(3, 32), NAMES)
     with pytest.raises(ConfigError, match="covariance="):
-        create_method("kalman", covariance="kron")
+        create_method("kalman", covariance="sparse")
+    with pytest.raises(ConfigError, match="adapter=linear"):
+        create_method("kalman", covariance="kron", adapter="residual")
+    with pytest.raises(ConfigError, match="batch_size"):
+        create_method("kalman", batch_size=0)
     with pytest.raises(ConfigError, match="rank"):
         create_method("kalman", rank=0)
     with pytest.raises(ConfigError, match="prior_var"):

@@ -37,6 +37,7 @@ import torch
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance import DTYPE, Covariance, _check_predict
 from pyro_clip.inference.kalman_jacobian import Jacobian, KronJacobian
+from pyro_clip.inference.posteriors import MatrixNormal
 
 
 class KronCovariance(Covariance):
@@ -164,6 +165,10 @@ class KronCovariance(Covariance):
         for key in ("a_sum", "g_sum", "count", "tau"):
             setattr(self, key, state[key].to(self.a_sum).clone())
         self._refresh()
+
+    def distribution(self, mean: torch.Tensor) -> MatrixNormal:
+        """Event (C, P): ``MatrixNormal`` in the factors' eigenbasis."""
+        return MatrixNormal(mean.to(self.d).reshape(self.c, self.p), self.ua, self.ug, self.d)
 
     def memory_bytes(self) -> int:
         tensors = (self.a_sum, self.g_sum, self.ua, self.ug, self.ea, self.eg, self.d)

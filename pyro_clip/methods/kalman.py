@@ -350,6 +350,19 @@ class KalmanAdapter(Method):
             "mahalanobis": d2.min(-1).values.float(),
         }
 
+    def posterior(self) -> torch.distributions.Distribution:
+        """The filtered posterior over the adapter weights as a Pyro distribution.
+
+        Linear head: event ``(C, D + 1)`` (rows ``[w_c, b_c]`` of the training classes, the
+        layout of :func:`~pyro_clip.models.bayesian_linear.bayesian_linear_model`'s site
+        ``w``); residual adapter: event ``(n,)``. Its type follows ``covariance=`` (see
+        :mod:`pyro_clip.inference.posteriors`).
+        """
+        state, adapter = self._fitted()
+        if isinstance(adapter, LinearHead):
+            return state.posterior((adapter.n_classes, adapter.n_in))
+        return state.posterior((adapter.n_params,))
+
     # ----- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state, _ = self._fitted()
