@@ -29,7 +29,8 @@ class MatrixNormal(dist.TorchDistribution):
     The matrix normal ``MN(M, U, V)`` (covariance ``U kron V``; Gupta & Nagar 1999, def. 2.2.1)
     is the case ``v = outer(eig U, eig V)`` (:meth:`from_covariances`); the exactly damped
     Kronecker posterior ``(A kron G + tau I)^-1`` is ``v = 1 / (outer(a, g) + tau)``.
-    ``log p(X) = -1/2 |Z|^2 - 1/2 sum log v - RS/2 log 2 pi`` with ``Z = Q_r^T (X - M) Q_c / sqrt v``.
+    ``log p(X) = -1/2 |Z|^2 - 1/2 sum log v - RS/2 log 2 pi``,
+    ``Z = Q_r^T (X - M) Q_c / sqrt v``.
     """
 
     arg_constraints = {"loc": constraints.real, "eigen_var": constraints.positive}  # noqa: RUF012
@@ -125,7 +126,7 @@ class LowRankPrecisionNormal(dist.TorchDistribution):
         shape = torch.Size(sample_shape)
         kw = {"dtype": self.loc.dtype, "device": self.loc.device}
         e1 = torch.randn(shape + self.loc.shape, **kw)
-        e2 = torch.randn(shape + (self.prec_factor.shape[1],), **kw)
+        e2 = torch.randn((*shape, self.prec_factor.shape[1]), **kw)
         return self.loc + self._solve(e1 * self.prec_diag.sqrt() + e2 @ self.prec_factor.T)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
