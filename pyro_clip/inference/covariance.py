@@ -279,7 +279,7 @@ class BlockCovariance(Covariance):
         v = self.p @ x  # (K, bs) = P_c x
         m_r, diag_m = categorical_gain_terms(h.probs[0], v @ x, (v * gk).sum(1))
         delta = (self.p @ gk.unsqueeze(-1)).squeeze(-1) - v * m_r[:, None]
-        self.p -= diag_m[:, None, None] * (v.unsqueeze(2) * v.unsqueeze(1))
+        self.p.baddbmm_((v * -diag_m[:, None]).unsqueeze(2), v.unsqueeze(1))  # in place
         return delta.reshape(-1)
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
