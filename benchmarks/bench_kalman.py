@@ -2,7 +2,7 @@
 
 1. Categorical EKF update cost per example and state memory for every structure at 10, 100
    and 1,000 classes x 512-d, each at the method's ``batch_size=auto`` (kron: max(16, C);
-   the others clamp(256 // C, 1, 16)). A structure whose state or update does not fit is
+   block, diag: 1; full, lowrank: clamp(160 // C, 1, 16)). A structure whose state or update does not fit is
    reported as skipped with the bytes it would need (targets: kron at 1,000 classes
    <= 2 ms/example and <= 100 MB; block <= 30 ms/example).
 2. A kron Kalman fit of a synthetic 16,000-example, 1,000-class, 512-d problem (target < 2 min).
@@ -35,8 +35,10 @@ MAX_GIB = 8.0
 
 
 def _auto_batch(kind: str, c: int) -> int:
-    """The method's ``batch_size=auto`` (pyro_clip.methods.kalman.KalmanAdapter._batch_size)."""
-    return max(16, c) if kind == "kron" else max(1, min(16, 256 // c))
+    """The method's ``batch_size=auto``."""
+    from pyro_clip.methods.kalman import auto_batch_size
+
+    return auto_batch_size(kind, c)
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -36,6 +36,15 @@ from pyro_clip.methods.base import Method, Prediction, register_method
 _CHUNK = 128  # examples per chunk when computing predictive moments
 
 
+def auto_batch_size(covariance: str, n_classes: int) -> int:
+    """Examples per minibatch for ``batch_size=auto`` (see ``KalmanAdapter._batch_size``)."""
+    if covariance == "kron":
+        return max(16, n_classes)
+    if covariance in ("block", "diag"):
+        return 1
+    return max(1, min(16, 160 // max(n_classes, 1)))
+
+
 @register_method
 class KalmanAdapter(Method):
     """Kalman-filtered adapter over frozen image features (see module docstring)."""
@@ -55,7 +64,7 @@ class KalmanAdapter(Method):
             "observation": "categorical",  # categorical | cosine
             "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
             "prior_var_grid": [1.0, 10.0, 100.0],
-            "batch_size": "auto",  # int, or auto: kron max(16, C); others clamp(256 // C, 1, 16)
+            "batch_size": "auto",  # int, or auto (see auto_batch_size)
             "epochs": 1,
             "forgetting": 1.0,  # P <- P / forgetting before each minibatch
             "process_noise": 0.0,  # P <- P + q I before each minibatch
@@ -184,17 +193,16 @@ class KalmanAdapter(Method):
         }
 
     def _batch_size(self) -> int:
-        """``auto``: the categorical innovation is (B C) x (B C), so B C is capped near 256
-        (issue 16: batch 16 at 100 classes was 13-23x slower per example than batch 1);
+        """``auto``: the generic categorical innovation is (B C) x (B C) (issue 16: batch 16
+        at 100 classes was 13-23x slower per example than batch 1), so ``full`` and
+        ``lowrank`` take clamp(160 // C, 1, 16) examples (16 at 10 classes, 1 from 100);
+        ``block`` and ``diag`` take 1, their O(C P^2) / O(C P) Sherman-Morrison path;
         ``kron`` forms no innovation and pays two eigendecompositions per minibatch, so it
-        takes large minibatches, max(16, C)."""
+        takes max(16, C)."""
         b = self.options["batch_size"]
         if b != "auto":
             return int(b)
-        c = len(self.train_classnames)
-        if self.options["covariance"] == "kron":
-            return max(16, c)
-        return max(1, min(16, 256 // max(c, 1)))
+        return auto_batch_size(self.options["covariance"], len(self.train_classnames))
 
     def _make_cov(self, prior_var: float):
         o, adapter = self.options, self.adapter
