@@ -3,8 +3,8 @@
 1. Categorical EKF update cost per example and state memory for every structure at 10, 100
    and 1,000 classes x 512-d, each at the method's ``batch_size=auto`` (kron: max(16, C);
    block, diag: 1; full, lowrank: clamp(160 // C, 1, 16)). A structure whose state or
-   update does not fit is reported as skipped with the bytes it would need (targets: kron at 1,000 classes
-   <= 2 ms/example and <= 100 MB; block <= 30 ms/example).
+   update does not fit is reported as skipped with the bytes it would need (targets: kron
+   at 1,000 classes <= 2 ms/example and <= 100 MB; block <= 30 ms/example).
 2. A kron Kalman fit of a synthetic 16,000-example, 1,000-class, 512-d problem (target < 2 min).
 3. Accuracy of every structure against full on the embedded data (ConSE features) at 4 and
    16 shots, seeds 1-3 (target: every structure within 2 points of full, mean of 3 seeds).
