@@ -276,9 +276,11 @@ class BlockCovariance(Covariance):
     def _update_single_categorical(self, h: CategoricalKronJacobian, g: torch.Tensor):
         x = h.x[0].to(self.p)
         gk = g.to(self.p).reshape(self.k, self.bs)
-        v = self.p @ x  # (K, bs) = P_c x
+        # one pass over P (memory-bound): [P_c x, P_c g_c] together
+        both = torch.bmm(self.p, torch.stack([x.expand_as(gk), gk], dim=2))
+        v, pg = both[..., 0], both[..., 1]  # (K, bs) each
         m_r, diag_m = categorical_gain_terms(h.probs[0], v @ x, (v * gk).sum(1))
-        delta = (self.p @ gk.unsqueeze(-1)).squeeze(-1) - v * m_r[:, None]
+        delta = pg - v * m_r[:, None]
         self.p.baddbmm_((v * -diag_m[:, None]).unsqueeze(2), v.unsqueeze(1))  # in place
         return delta.reshape(-1)
 
