@@ -133,3 +133,24 @@ def test_cli_output_contract_and_reload(tmp_path):
     ev = tmp_path / "ev"
     assert main(["evaluate", str(out), "--dataset", "fashion-mnist", "--out", str(ev)]) == 0
     assert json.loads((ev / "metrics.json").read_text())
+
+
+def test_centred_inputs_keep_the_zero_shot_prior_and_reload(ctx, tmp_path):
+    """x - mu with bias prior mean s t_c . mu: the prior logits are exactly zero-shot's."""
+    from pyro_clip.inference.kalman_adapters import LinearHead
+
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    x = torch.randn(7, 64, generator=gen, dtype=torch.float64)
+    mu = torch.nn.functional.normalize(x, dim=-1).mean(0)
+    plain, centred = LinearHead(text, 30.0), LinearHead(text, 30.0, center=mu)
+    torch.testing.assert_close(centred.logits(centred.prior_mean(), x, text),
+                               plain.logits(plain.prior_mean(), x, text))
+    m = _fit(ctx, covariance="diag", center_inputs=True)
+    test = _synthetic(ctx, NAMES, 5, seed=2).features["joint"]
+    again = create_method("kalman", prior_var=10.0, covariance="diag",
+                          center_inputs=True).setup(ctx)
+    again.load_state_dict(m.state_dict())
+    torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs)
+    with pytest.raises(ConfigError, match="center_inputs"):
+        create_method("kalman", center_inputs=True, bias=False)

@@ -75,6 +75,7 @@ class KalmanAdapter(Method):
             "predictive": "probit",  # probit | mc
             "mc_samples": 64,
             "bias": True,
+            "center_inputs": False,  # linear head on x - mean(train x) (bias prior absorbs it)
             "max_state_gib": 8.0,  # refuse a covariance state larger than this, before allocating
             "residual_rank": 4,
             "residual_ratio": 1.0,
@@ -89,6 +90,7 @@ class KalmanAdapter(Method):
         self.obs_var = float(self.options["obs_noise"])
         self.dim: int | None = None
         self.prior_var = 1.0
+        self.center: torch.Tensor | None = None
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -113,6 +115,8 @@ class KalmanAdapter(Method):
             raise ConfigError(
                 f"kalman: max_state_gib must be a positive number, got {o['max_state_gib']!r}"
             )
+        if o["center_inputs"] and (o["adapter"] != "linear" or not o["bias"]):
+            raise ConfigError("kalman: center_inputs=true needs adapter=linear with bias=true")
         if o["covariance"] == "kron" and o["adapter"] != "linear":
             raise ConfigError(
                 "kalman: covariance=kron factors the linear head's weights (classes x inputs); "
@@ -152,7 +156,7 @@ class KalmanAdapter(Method):
     def _make_adapter(self, text: torch.Tensor) -> Adapter:
         scale = self.ctx.backbone.logit_scale
         if self.options["adapter"] == "linear":
-            return LinearHead(text, scale, bias=self.options["bias"])
+            return LinearHead(text, scale, bias=self.options["bias"], center=self.center)
         return ResidualAdapter(
             text.shape[1], scale, self.options["residual_rank"],
             self.options["residual_ratio"], seed=self.ctx.seed,
@@ -166,6 +170,8 @@ class KalmanAdapter(Method):
         self.dim = int(x.shape[1])
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
+        self.center = (F.normalize(x.to(DTYPE), dim=-1).mean(0)
+                       if self.options["center_inputs"] else None)
         self.adapter = self._make_adapter(text)
         o = self.options
         grid = [float(o["prior_var"])] if o["prior_var"] != "auto" else o["prior_var_grid"]
@@ -381,11 +387,13 @@ class KalmanAdapter(Method):
             "prior_var": self.prior_var,
             "obs_var": self.obs_var,
             "dim": self.dim,
+            "center": self.center,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.train_classnames = list(state["train_classnames"])
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
+        self.center = state.get("center")
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])
