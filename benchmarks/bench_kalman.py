@@ -131,7 +131,9 @@ def kron_imagenet_scale(n_classes: int = 1000, shots: int = 16, seed: int = 0) -
     return out
 
 
-def accuracy_vs_full(shots: list[int], seeds: list[int], options: dict | None = None) -> dict:
+def accuracy_vs_full(
+    shots: list[int], seeds: list[int], options: dict | None = None, on_row=None
+) -> dict:
     """Features are encoded (or read from the cache) once; each structure is fitted on the
     runner's few-shot split (``few_shot_indices``, validation shots from train) and scored
     on the 1,000-image test split with the runner's metrics."""
@@ -171,6 +173,8 @@ def accuracy_vs_full(shots: list[int], seeds: list[int], options: dict | None = 
                              "seconds": time.perf_counter() - t0,
                              "load_avg_1min": os.getloadavg()[0]})
                 print(rows[-1], flush=True)
+                if on_row is not None:  # partial results survive an interrupted run
+                    on_row({"options": options or {}, "runs": rows, "partial": True})
     summary = {}
     for k in shots:
         mean = {c: sum(r["accuracy"] for r in rows if r["shots"] == k and r["covariance"] == c)
@@ -199,7 +203,10 @@ def main() -> None:
             result["kron_16000x1000"] = kron_imagenet_scale()
     if not args.skip_accuracy:
         opts = {"center_inputs": True} if args.center_inputs else None
-        result["accuracy"] = accuracy_vs_full([4, 16], [1, 2, 3], opts)
+        name = "kalman_accuracy" if args.skip_costs else "kalman"
+        result["accuracy"] = accuracy_vs_full(
+            [4, 16], [1, 2, 3], opts,
+            on_row=lambda part: write_result(name, {**result, "accuracy": part}))
     print(json.dumps(result, indent=2))
     # the accuracy part alone (it takes long on a shared machine) gets its own file
     write_result("kalman_accuracy" if args.skip_costs else "kalman", result)
