@@ -154,3 +154,14 @@ def test_centred_inputs_keep_the_zero_shot_prior_and_reload(ctx, tmp_path):
     torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs)
     with pytest.raises(ConfigError, match="center_inputs"):
         create_method("kalman", center_inputs=True, bias=False)
+
+
+@pytest.mark.parametrize("cov", ["kron", "block"])
+def test_fitted_method_hands_back_its_posterior(ctx, cov):
+    """``posterior()`` is over the (C, D+1) weights, centred on the filtered mean."""
+    m = _fit(ctx, covariance=cov)
+    post = m.posterior()
+    assert tuple(post.event_shape) == (4, 65)
+    torch.testing.assert_close(post.mean, m.state.mean.reshape(4, 65))
+    draws = post.rsample((3,))
+    assert draws.shape == (3, 4, 65) and bool(torch.isfinite(post.log_prob(draws)).all())
