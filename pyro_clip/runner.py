@@ -20,8 +20,18 @@ import torch
 import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
 from pyro_clip.config import RunConfig
-from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
-from pyro_clip.errors import BackboneError
+from pyro_clip.data import (
+    LabeledImages,
+    SubsetImages,
+    base_new_classes,
+    default_eval_datasets,
+    eval_class_ids,
+    few_shot_indices,
+    has_validation_split,
+    load_dataset,
+    subsample_classes,
+)
+from pyro_clip.errors import BackboneError, DataError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
 from pyro_clip.methods import Method, MethodContext, Prediction, create_method
@@ -68,8 +78,66 @@ def get_backbone(spec: str) -> DualEncoder:
 
 def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
     images = load_dataset(dataset, split, root=cfg.data_root)  # embedded sets ignore root
+    return encode_images(cfg, backbone, images)
+
+
+def encode_images(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages) -> FeatureSet:
+    """Features of ``images`` from the per-image cache (only uncached images are encoded)."""
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
+
+
+@dataclass
+class RunImages:
+    """The images one run encodes, chosen from labels and class names before any encoding."""
+
+    train: LabeledImages
+    val: LabeledImages
+    test: LabeledImages
+    #: extra evaluation sets, already cut to the classes the run can score
+    extra: dict[str, LabeledImages]
+    base_ids: list[int] | None = None
+    new_ids: list[int] | None = None
+
+
+def select_images(cfg: RunConfig) -> RunImages:
+    """List the splits, draw the few-shot sample and check the evaluation sets' classes.
+
+    Only the K-shot train sample, the min(K, 4)-shot validation sample (Dassl), the test
+    split and the evaluation sets are returned; under base-to-new the train/val samples and
+    the evaluation sets are cut to the base classes. Class-incompatible evaluation sets raise
+    ``DataError`` here, before a single image is encoded.
+    """
+    train_all = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    val_all = (load_dataset(cfg.dataset, "val", root=cfg.data_root)
+               if has_validation_split(cfg.dataset) else train_all)
+    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    train_idx, val_idx = few_shot_indices(
+        train_all.labels, None if val_all is train_all else val_all.labels, cfg.shots, cfg.seed
+    )
+    base_ids = new_ids = keep = None
+    if cfg.protocol == "base-to-new":
+        base_ids, new_ids = base_new_classes(train_all.num_classes)
+        keep = [train_all.classnames[c] for c in base_ids]
+        train_idx = train_idx[np.isin(train_all.labels[train_idx], base_ids)]
+        val_idx = val_idx[np.isin(val_all.labels[val_idx], base_ids)]
+    val_tag = f"{min(cfg.shots, 4)}shot-seed{cfg.seed}"
+    train = SubsetImages(train_all, train_idx, class_ids=base_ids,
+                         name=f"{train_all.name}/{cfg.shots}shot-seed{cfg.seed}")
+    val = SubsetImages(val_all, val_idx, class_ids=base_ids, name=f"{val_all.name}/{val_tag}")
+    companions = default_eval_datasets(cfg.dataset)
+    extra: dict[str, LabeledImages] = {}
+    for name in cfg.eval_datasets or []:
+        try:
+            images = load_dataset(name, "test", root=cfg.data_root)
+        except DataError as exc:
+            why = (f"{name} is a default evaluation set of {cfg.dataset}" if name in companions
+                   else f"{name} was requested as an evaluation set")
+            raise DataError(f"{exc} ({why}; pass --no-eval-datasets to skip it)") from exc
+        ids = eval_class_ids(name, images.classnames, cfg.dataset, train_all.classnames,
+                             keep, companions)
+        extra[name] = images if ids is None else subsample_classes(images, ids)
+    return RunImages(train, val, test, extra, base_ids, new_ids)
 
 
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
@@ -84,37 +152,25 @@ def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
 
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
-    cfg.validate()
+    cfg = cfg.validate().resolved()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
+    images = select_images(cfg)  # data errors surface here, before weights or encoding
     backbone = get_backbone(cfg.backbone)
-    train_all = load_features(cfg, backbone, cfg.dataset, "train")
-    val_all = (load_features(cfg, backbone, cfg.dataset, "val")
-               if has_validation_split(cfg.dataset) else train_all)
-    test = load_features(cfg, backbone, cfg.dataset, "test")
-
-    train_idx, val_idx = few_shot_indices(
-        train_all.labels.numpy(),
-        None if val_all is train_all else val_all.labels.numpy(),
-        cfg.shots,
-        cfg.seed,
-    )
-    train, val = train_all.subset(train_idx), val_all.subset(val_idx)
+    train = encode_images(cfg, backbone, images.train)
+    val = encode_images(cfg, backbone, images.val)
+    test = encode_images(cfg, backbone, images.test)
     eval_sets: dict[str, FeatureSet] = {}
     if cfg.protocol == "base-to-new":
-        base_ids, new_ids = base_new_classes(len(train_all.classnames))
-        train, val = train.restrict_classes(base_ids), val.restrict_classes(base_ids)
-        eval_sets["base"] = test.restrict_classes(base_ids)
-        eval_sets["new"] = test.restrict_classes(new_ids)
+        eval_sets["base"] = test.restrict_classes(images.base_ids)
+        eval_sets["new"] = test.restrict_classes(images.new_ids)
     else:
         eval_sets["test"] = test
-    for extra in cfg.eval_datasets:
-        eval_sets[extra] = load_features(cfg, backbone, extra, "test")
-        if cfg.protocol == "base-to-new":
-            eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
+    for extra, extra_images in images.extra.items():
+        eval_sets[extra] = encode_images(cfg, backbone, extra_images)
 
     method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
@@ -189,6 +245,7 @@ def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None
     """Rebuild a fitted method from a run folder (config + checkpoint), checking the backbone."""
     run_dir = Path(run_dir)
     cfg, cfg_data = read_run_config(run_dir)
+    cfg = cfg.resolved()  # runs written before templates defaulted to the data set's
     backbone = backbone or get_backbone(cfg.backbone)
     method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress))
