@@ -68,7 +68,7 @@ def test_content_keys_are_opt_in(tree: Path, monkeypatch) -> None:
     Image.fromarray(pixels).save(tree / "dog" / "x.png")
     assert ImageFolderImages(tree).fingerprint() != before.fingerprint()
     monkeypatch.setenv("PYRO_CLIP_HASH", "sha1")
-    with pytest.raises(DataError, match="PYRO_CLIP_HASH='sha1'.*stat.*content"):
+    with pytest.raises(DataError, match=r"PYRO_CLIP_HASH='sha1'.*stat.*content"):
         ImageFolderImages(tree).item_keys()
 
 
