@@ -158,6 +158,7 @@ def run(cfg: RunConfig) -> RunResult:
     seed_everything(cfg.seed)
     runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
+    method = create_method(cfg.method, **cfg.options)  # bad names/options: before any work
     images = select_images(cfg)  # data errors surface here, before weights or encoding
     backbone = get_backbone(cfg.backbone)
     train = encode_images(cfg, backbone, images.train)
@@ -172,7 +173,6 @@ def run(cfg: RunConfig) -> RunResult:
     for extra, extra_images in images.extra.items():
         eval_sets[extra] = encode_images(cfg, backbone, extra_images)
 
-    method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
     fit_start = time.time()
     method.fit(train, val)
