@@ -99,3 +99,14 @@ def test_fingerprint_names_the_resolved_activation(tmp_path):
     undeclared = create_backbone(f"open_clip:{TINY}:{path}")
     assert _uses_quick_gelu(declared) and not _uses_quick_gelu(undeclared)
     assert declared.fingerprint() != undeclared.fingerprint()
+
+
+def test_suite_dry_run_reports_an_undeclared_checkpoint(tmp_path):
+    from pyro_clip.suite_check import check_backbone_spec
+
+    path = tmp_path / "ViT-B-16.pt"
+    path.write_bytes(b"weights")
+    problems, _ = check_backbone_spec(f"open_clip:ViT-B-16:{path}")
+    assert len(problems) == 1 and "?quick_gelu=1" in problems[0]
+    assert check_backbone_spec(f"open_clip:ViT-B-16:{path}?quick_gelu=1")[0] == []
+    assert check_backbone_spec("open_clip:ViT-B-16-quickgelu:openai")[0] == []

@@ -5,7 +5,8 @@ set is usable when every one of its class names is a training class (ImageNet-V2
 ImageNet; ImageNet-A/-R hold 200 of its 1000 classes). Under base-to-new only the base
 classes are trained: the evaluation set is cut to the base classes it holds. Anything else
 (Fashion-MNIST-C next to Oxford Pets) would compare unrelated label spaces, or crash on
-label indices after every feature had been extracted.
+label indices after every feature had been extracted. Transfer to other classes (CoOp's
+cross-data-set protocol) is what ``pyro-clip evaluate`` is for.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def eval_class_ids(
     """
     hint = (f"its own evaluation sets are {list(companions)}" if companions
             else f"{train_name} has no companion evaluation sets")
-    fix = f"pass --no-eval-datasets or --eval-dataset with a set of the same classes ({hint})"
+    fix = (f"pass --no-eval-datasets or --eval-dataset with a set of the same classes ({hint}); "
+           "for cross-data-set transfer to other classes use 'pyro-clip evaluate RUN --dataset "
+           f"{eval_name}'")
     foreign = [c for c in eval_classnames if c not in set(train_classnames)]
     if foreign:
         raise DataError(
