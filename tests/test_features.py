@@ -39,7 +39,8 @@ def test_cache_hit_is_served_from_disk(tmp_path, tiny_backbone, images):
     assert bb.calls == 40
     torch.testing.assert_close(first.features["joint"], second.features["joint"])
     direct = encode_range(tiny_backbone, images, 0, 40, 40)["joint"]
-    np.testing.assert_allclose(first.features["joint"].numpy(), direct, atol=1e-5)
+    # batches of 8 vs one of 40: BLAS may block the float32 products differently
+    np.testing.assert_allclose(first.features["joint"].numpy(), direct, rtol=1e-5, atol=1e-5)
     assert first.labels.tolist() == images.labels.tolist()
     assert not list(tmp_path.glob("*.parts")) and not list(tmp_path.glob(".*.tmp"))
 
