@@ -100,10 +100,10 @@ def run(cfg: RunConfig) -> RunResult:
     started = time.time()
     backbone = get_backbone(cfg.backbone)
     report: dict[str, dict[str, int]] = {}
-    train_all = load_features(cfg, backbone, cfg.dataset, "train", report)
-    val_all = (load_features(cfg, backbone, cfg.dataset, "val", report)
+    train_all = load_features(cfg, backbone, cfg.dataset, "train", report=report)
+    val_all = (load_features(cfg, backbone, cfg.dataset, "val", report=report)
                if has_validation_split(cfg.dataset) else train_all)
-    test = load_features(cfg, backbone, cfg.dataset, "test", report)
+    test = load_features(cfg, backbone, cfg.dataset, "test", report=report)
 
     train_idx, val_idx = few_shot_indices(
         train_all.labels.numpy(),
@@ -121,7 +121,7 @@ def run(cfg: RunConfig) -> RunResult:
     else:
         eval_sets["test"] = test
     for extra in cfg.eval_datasets:
-        eval_sets[extra] = load_features(cfg, backbone, extra, "test", report)
+        eval_sets[extra] = load_features(cfg, backbone, extra, "test", report=report)
         if cfg.protocol == "base-to-new":
             eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
 

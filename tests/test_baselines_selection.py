@@ -27,8 +27,8 @@ def test_search_never_reads_test_labels(method, options, tmp_path, monkeypatch):
     real_load = runner.load_features
     seen_splits = []
 
-    def corrupted(cfg, backbone, dataset, split):
-        data = real_load(cfg, backbone, dataset, split)
+    def corrupted(cfg, backbone, dataset, split, **kw):
+        data = real_load(cfg, backbone, dataset, split, **kw)
         seen_splits.append(split)
         if split == "test":  # permute every test label: a search reading them would change
             gen = torch.Generator().manual_seed(123)
