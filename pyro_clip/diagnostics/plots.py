@@ -35,18 +35,27 @@ def reliability_figure(
     axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
     for col, (name, (probs, labels)) in enumerate(sets.items()):
         rb = reliability_bins(probs, labels, bins)
-        width = np.diff(rb.edges)
-        left = rb.edges[:-1]
+        left, width = rb.edges[:-2], np.diff(rb.edges[:-1])
+        # the point bin {confidence = 1} (torchmetrics' extra bin) drawn as a sliver at 1
+        if rb.count[-1]:
+            w = width[-1]
+            left, width = np.append(left, 1 - w / 4), np.append(width[:-1], [0.75 * w, w / 4])
+        keep = slice(0, len(left))
+        acc, conf_b, count = rb.accuracy[keep], rb.confidence[keep], rb.count[keep]
         top, bottom = axes[0, col], axes[1, col]
-        top.bar(left, np.nan_to_num(rb.accuracy), width, align="edge", edgecolor="k",
+        top.bar(left, np.nan_to_num(acc), width, align="edge", edgecolor="k",
                 color="C0", label="accuracy")
-        gap = np.nan_to_num(rb.confidence - rb.accuracy)
-        top.bar(left, gap, width, bottom=np.nan_to_num(rb.accuracy), align="edge",
+        gap = np.nan_to_num(conf_b - acc)
+        top.bar(left, gap, width, bottom=np.nan_to_num(acc), align="edge",
                 color="C3", alpha=0.35, hatch="//", label="gap to confidence")
+        for x, w, a, c in zip(left, width, acc, count, strict=True):
+            if c:  # the bin count: a 2-image bin must not read like a 200-image one
+                top.text(x + w / 2, min(np.nan_to_num(a), 0.93) + 0.02, str(int(c)),
+                         ha="center", va="bottom", fontsize=6, rotation=90)
         top.plot([0, 1], [0, 1], "k--", lw=1)
-        top.set(xlim=(0, 1), ylim=(0, 1), title=name, ylabel="accuracy")
+        top.set(xlim=(0, 1), ylim=(0, 1.08), title=name, ylabel="accuracy (n per bin on bars)")
         top.legend(loc="upper left", fontsize=7)
-        bottom.bar(left, rb.count / max(rb.count.sum(), 1), width, align="edge",
+        bottom.bar(left, count / max(rb.count.sum(), 1), width, align="edge",
                    edgecolor="k", color="C7")
         conf, pred = probs.double().max(-1)
         bottom.axvline(float(conf.mean()), color="C3", ls="--", label="mean confidence")
