@@ -31,6 +31,7 @@ from pyro_clip.selection import check_validation, grid_search, log_grid, validat
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")
 CHUNK = 256  # examples per GLM-predictive call: Jacobians are (chunk, C, C*D)
+LAST_LAYER = "1"  # the Linear's name in _head's Sequential
 
 
 def _head(weight: torch.Tensor) -> nn.Sequential:
@@ -69,11 +70,14 @@ def _make_laplace(weight: torch.Tensor, structure: str, **kwargs: Any):
 
     laplace-torch is imported here, not at module import: it pulls in asdl and backpack
     (seconds of import time and deprecation warnings) for every ``pyro-clip`` command.
+    The last layer is named (``LAST_LAYER``) rather than found from a batch: laplace-torch
+    then knows ``n_params`` at construction, which its ``load_state_dict`` needs to accept
+    the (C*D,) prior mean (else ``ValueError: Invalid length of prior mean`` on reload).
     """
     from laplace import Laplace
 
     return Laplace(_head(weight), "classification", subset_of_weights="last_layer",
-                   hessian_structure=structure, **kwargs)
+                   hessian_structure=structure, last_layer_name=LAST_LAYER, **kwargs)
 
 
 @register_method
