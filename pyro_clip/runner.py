@@ -21,6 +21,7 @@ import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
 from pyro_clip.config import RunConfig
 from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
+from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import BackboneError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
@@ -51,10 +52,15 @@ class RunResult:
     metrics: dict[str, Any]
     out: Path
     runtime: Runtime = field(default_factory=Runtime)
+    #: predictions on the few-shot training set (the data the posterior is fitted to)
+    train: Evaluation | None = None
+    #: the run's ArviZ ``InferenceData`` (set by the diagnostics hook; also in ``idata.nc``)
+    idata: Any = None
 
 
-#: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
-RUN_HOOKS: list[Callable[[RunResult], None]] = []
+#: callables ``hook(result)`` run after the standard outputs are written; the diagnostics
+#: hook (idata.nc, calibration/OOD/PPC metrics, plots) is registered for every run
+RUN_HOOKS: list[Callable[[RunResult], None]] = [diagnose_run]
 
 _BACKBONES: dict[str, DualEncoder] = {}
 
@@ -130,7 +136,8 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out, runtime)
+    train_ev = evaluate(method, "train", train)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime, train=train_ev)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -204,7 +211,3 @@ def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None
         method.load_state_dict(ckpt["state"])
     return method
 
-
-from pyro_clip.diagnostics.hooks import register_diagnostics  # noqa: E402
-
-register_diagnostics(RUN_HOOKS)  # idata.nc, calibration/OOD metrics and plots for every run

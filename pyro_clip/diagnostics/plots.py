@@ -109,17 +109,48 @@ def ood_histogram_figure(
     return fig
 
 
-def ppc_figure(idata, names: list[str]) -> Figure:
-    """Per evaluation set: ArviZ ``plot_ppc`` of predicted labels (class counts) and
-    ``plot_bpv`` of the largest class share (see :mod:`pyro_clip.diagnostics.arviz_io`)."""
-    from pyro_clip.diagnostics import arviz_io
+def ppc_figure(sets: Mapping[str, tuple[torch.Tensor, object]], title: str = "") -> Figure:
+    """Per evaluation set (``name -> (probs, PredictiveDraws)``), one row of three checks of
+    p(y | x) (:mod:`pyro_clip.diagnostics.ppc`): per-bin accuracy observed vs the replicated
+    5-95% band (calibration PPC), the ECE discrepancy's replicated distribution with the
+    observed value and its Bayesian p-value, and per-class recall observed vs replicated."""
+    from pyro_clip.diagnostics.ppc import calibration_ppc, ppc_checks
 
-    fig = Figure(figsize=(9, 3.2 * len(names)))
-    axes = fig.subplots(len(names), 2, squeeze=False)
-    for row, name in enumerate(names):
-        arviz_io.plot_ppc_labels(idata, name, axes[row, 0])
-        axes[row, 0].set_title(f"{name}: class counts")
-        axes[row, 0].set_xlabel("class index")
-        arviz_io.plot_bpv_max_class_share(idata, name, axes[row, 1])
-        axes[row, 1].set_title(f"{name}: T = largest class share")
+    fig = Figure(figsize=(13, 3.3 * len(sets) + 0.4))
+    axes = fig.subplots(len(sets), 3, squeeze=False)
+    for row, (name, (probs, draws)) in enumerate(sets.items()):
+        ece, per_bin = calibration_ppc(probs, draws)
+        checks = ppc_checks(probs, draws)
+        ax = axes[row, 0]
+        full = per_bin.count > 0
+        mid = ((per_bin.edges[:-1] + per_bin.edges[1:]) / 2)[full]
+        lo, hi = np.nanpercentile(per_bin.replicated[:, full], [5, 95], axis=0)
+        ax.fill_between(mid, lo, hi, color="C0", alpha=0.3, label="replicated 5-95%")
+        ax.plot(mid, per_bin.observed[full], "ko", ms=4, label="observed")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        for x, c, a in zip(mid, per_bin.count[full], per_bin.observed[full], strict=True):
+            ax.annotate(str(int(c)), (x, a), textcoords="offset points", xytext=(0, 5),
+                        fontsize=6, ha="center")
+        ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence bin", ylabel="accuracy",
+               title=f"{name}: accuracy per confidence bin (n on points)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax = axes[row, 1]
+        ax.hist(ece.replicated, bins=30, color="C0", alpha=0.6, label="replicated")
+        ax.axvline(ece.observed, color="k", lw=2, label=f"observed, p = {ece.p_value:.2f}")
+        ax.set(xlabel="T = ECE of the labels (10 bins)", ylabel="draws",
+               title=f"{name}: calibration discrepancy")
+        ax.legend(fontsize=7)
+        ax = axes[row, 2]
+        recalls = [checks[f"recall_{c}"] for c in range(probs.shape[1])]
+        xs = np.arange(len(recalls))
+        rep = np.stack([r.replicated for r in recalls], 1)
+        lo, hi = np.nanpercentile(rep, [5, 95], axis=0)
+        ax.vlines(xs, lo, hi, color="C0", lw=5, alpha=0.5, label="replicated 5-95%")
+        ax.plot(xs, [r.observed for r in recalls], "ko", ms=4, label="observed")
+        ax.set(xticks=xs, xlabel="class", ylabel="recall", ylim=(0, 1.05),
+               title=f"{name}: per-class recall")
+        ax.set_xticklabels([str(x) for x in xs], fontsize=7)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return fig

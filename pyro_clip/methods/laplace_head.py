@@ -46,8 +46,8 @@ def probit_probs(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * var.diagonal(dim1=1, dim2=2)), -1)
 
 
-def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
+def logit_cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors (N, C, C) of the logit covariances; jitter (with a warning) if not PD."""
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
     jitter = 0.0
     for attempt in range(8):
@@ -59,7 +59,13 @@ def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> t
         raise ConfigError("logit covariance is not positive definite even with jitter; "
                           "raise the prior precision")
     if jitter:
-        warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=2)
+        warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=3)
+    return chol
+
+
+def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
+    chol = logit_cholesky(cov)
     gen = torch.Generator().manual_seed(seed)
     eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype)
     return mean + torch.einsum("nij,snj->sni", chol, eps)
@@ -167,6 +173,24 @@ class LaplaceHead(LinearProbe):
         mean, cov = self.predictive(features, classnames)
         samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
         return Prediction(probit_probs(mean, cov).float(), samples.float())
+
+    def logit_posterior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> torch.distributions.MultivariateNormal:
+        """The GLM predictive ``f(x_i) ~ N(W_MAP x_i, J_i Sigma J_i^T)`` (Laplace Redux eq. 8)."""
+        mean, cov = self.predictive(features, classnames)
+        return torch.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
+
+    @torch.no_grad()
+    def logit_prior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> torch.distributions.Distribution:
+        """``vec(W) ~ N(vec(s T), P^-1 I)`` pushed through ``f = W x``, ``|x| = 1``: independent
+        ``f_c ~ N(s cos(x, t_c), 1/P)`` (the zero-shot logits with prior variance 1/P)."""
+        x = normalize(features)
+        zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
+        prior = torch.distributions.Normal(zs, self.precision ** -0.5)
+        return torch.distributions.Independent(prior, 1)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "laplace": self.la.state_dict()}
