@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pyro.distributions
 import pytest
 import torch
 
@@ -118,8 +119,7 @@ def test_prior_group_from_the_methods_logit_prior(tmp_path):
         name = "with-prior"
 
         def logit_prior(self, features, classnames):
-            return torch.distributions.Independent(
-                torch.distributions.Normal(torch.zeros(len(features), 3), 2.0), 1)
+            return pyro.distributions.Normal(torch.zeros(len(features), 3), 2.0).to_event(1)
 
     run = make_run(tmp_path, logit_samples=True, method=WithPrior())
     diagnose_run(run, draws=500)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import pyro.distributions
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -176,21 +177,20 @@ class LaplaceHead(LinearProbe):
 
     def logit_posterior(
         self, features: torch.Tensor, classnames: Sequence[str]
-    ) -> torch.distributions.MultivariateNormal:
+    ) -> pyro.distributions.MultivariateNormal:
         """The GLM predictive ``f(x_i) ~ N(W_MAP x_i, J_i Sigma J_i^T)`` (Laplace Redux eq. 8)."""
         mean, cov = self.predictive(features, classnames)
-        return torch.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
+        return pyro.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
 
     @torch.no_grad()
     def logit_prior(
         self, features: torch.Tensor, classnames: Sequence[str]
-    ) -> torch.distributions.Distribution:
+    ) -> pyro.distributions.Distribution:
         """``vec(W) ~ N(vec(s T), P^-1 I)`` pushed through ``f = W x``, ``|x| = 1``: independent
         ``f_c ~ N(s cos(x, t_c), 1/P)`` (the zero-shot logits with prior variance 1/P)."""
         x = normalize(features)
         zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
-        prior = torch.distributions.Normal(zs, self.precision ** -0.5)
-        return torch.distributions.Independent(prior, 1)
+        return pyro.distributions.Normal(zs, self.precision ** -0.5).to_event(1)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "laplace": self.la.state_dict()}

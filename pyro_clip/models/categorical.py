@@ -11,11 +11,17 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer import Predictive
 
 
 def logit_model(logits: torch.distributions.Distribution, y: torch.Tensor | None = None):
     """``f ~ logits`` (batch (N,), event (C,)); ``y ~ Categorical(logits=f)``, observed if given."""
+    if not isinstance(logits, TorchDistributionMixin):
+        raise TypeError(
+            f"logits must be a pyro.distributions distribution, got {type(logits).__name__}; "
+            "build it from pyro.distributions (e.g. pyro.distributions.MultivariateNormal)"
+        )
     if logits.event_shape.numel() < 1 or len(logits.batch_shape) != 1:
         raise ValueError(
             f"logits must be a distribution with batch shape (N,) and event shape (C,), got "

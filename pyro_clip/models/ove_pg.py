@@ -193,7 +193,7 @@ def ove_pg_posterior_predictive(
     guide = None if prior else ove_pg_posterior_guide
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        out = Predictive(ove_pg_model, guide=guide, num_samples=num_samples,
+        out = Predictive(ove_pg_model, guide=guide, num_samples=num_samples, parallel=True,
                          return_sites=("f", "y"))(f_learner.detach(), f0.detach(), None, None,
                                                    cfg)
     b, c = f0.shape[-2:]
