@@ -68,13 +68,30 @@ def reliability_figure(
     return fig
 
 
+def distinct_colours(n: int) -> list:
+    """``n`` colours that stay distinguishable: tab10 / tab20, else evenly spaced on turbo."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
+def _line_styles(n: int) -> list[str]:
+    """Solid lines, and past 10 lines a cycle of dash patterns as a second cue."""
+    return ["-"] * n if n <= 10 else [("-", "--", ":", "-.")[i % 4] for i in range(n)]
+
+
 def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") -> Figure:
     """Selective risk vs coverage (accept the most confident first); AURC in the legend."""
     many = len(curves) > 6  # a legend inside the axes would hide the curves
     fig = Figure(figsize=(9, max(3.8, 0.2 * len(curves))) if many else (5, 3.8))
     ax = fig.subplots()
-    for name, rc in curves.items():
-        ax.plot(rc.coverage, rc.risk, label=f"{name} (AURC {rc.aurc:.3f})")
+    for (name, rc), colour, style in zip(curves.items(), distinct_colours(len(curves)),
+                                         _line_styles(len(curves)), strict=True):
+        ax.plot(rc.coverage, rc.risk, color=colour, ls=style, label=f"{name} (AURC {rc.aurc:.3f})")
     ax.set(xlabel="coverage", ylabel="risk (error rate)", xlim=(0, 1), ylim=(0, None),
            title=title or "risk-coverage")
     if many:
@@ -102,7 +119,8 @@ def ood_histogram_figure(
         ax.hist(b, edges, alpha=0.55, density=True, label=ood_name)
         sub = ""
         if metrics and name in metrics:
-            sub = f"\nAUROC {metrics[name]['auroc']:.3f}, FPR@95 {metrics[name]['fpr95']:.3f}"
+            sub = (f"\nAUROC {100 * metrics[name]['auroc']:.1f}%, "
+                   f"FPR@95 {100 * metrics[name]['fpr95']:.1f}%")
         ax.set(title=f"{name}{sub}", xlabel="score (higher = more OOD)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
