@@ -27,8 +27,11 @@ RUN_FIGURES = {
     "reliability.png": "Reliability diagram and confidence histogram",
     "risk_coverage.png": "Risk-coverage (selective prediction)",
     "ood_*.png": "OOD score histograms (in-distribution vs shifted)",
-    "ppc.png": "Posterior predictive checks (ArviZ plot_ppc, plot_bpv)",
+    "ppc.png": "Posterior predictive checks of p(y|x): per-bin accuracy, ECE discrepancy, "
+               "per-class recall (observed vs replicated)",
 }
+#: bootstrap resamples for the calibration confidence intervals
+BOOTSTRAP = 200
 
 #: (metrics key, column title) of the diagnostics table, per in-distribution set
 DIAG_COLUMNS = (
@@ -49,7 +52,10 @@ table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
 th,td{border:1px solid #bbb;padding:0.25em 0.55em;text-align:right}
 th{background:#eee} td.l{text-align:left}
 .grid{display:grid;gap:0.8em;align-items:start}
-.grid img{width:100%;height:auto;border:1px solid #ddd}
+.grid img,section img{max-width:100%;height:auto;border:1px solid #ddd}
+section{border-top:2px solid #888;margin-top:2em;padding-top:0.5em}
+figure{margin:0.8em 0} figcaption{font-size:0.85em;color:#555}
+.caveat{background:#fff4d6;border-left:4px solid #e0a800;padding:0.3em 0.6em}
 pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}
 """
 
@@ -92,33 +98,101 @@ def _main_set(metrics: dict[str, Any]) -> str | None:
 
 
 def _diagnostics_rows(labels: list[str], metrics: list[dict[str, Any]]) -> tuple[list, list]:
-    scores = sorted({
-        s for m in metrics for k, v in m.get("ood", {}).items() if k != "in_distribution"
-        for s in v
-    })
+    """In-distribution calibration/selective metrics, one row per run (accuracy in %)."""
     head = ["run", "set", *[t for _, t in DIAG_COLUMNS]]
-    head += [f"{s} {kind}" for s in scores for kind in ("AUROC", "FPR@95")]
     rows = []
     for label, m in zip(labels, metrics, strict=True):
         main = _main_set(m)
         block = m.get(main, {}) if main else {}
-        ood = {k: v for k, v in m.get("ood", {}).items() if k != "in_distribution"}
-        first_ood = next(iter(ood.values()), {})
         row = [html.escape(label), html.escape(main or "")]
         row += [_fmt(block.get(k), percent=(k == "accuracy")) for k, _ in DIAG_COLUMNS]
-        for s in scores:
-            block_s = first_ood.get(s, {})
-            row += [_fmt(block_s.get("auroc")), _fmt(block_s.get("fpr95"))]
         rows.append(row)
     return head, rows
 
 
-def _comparison_figure(runs: list[Path], labels: list[str], out: Path) -> Path | None:
-    """Risk-coverage of every run's in-distribution set on one axis (from predictions.npz)."""
+def _ood_rows(labels: list[str], metrics: list[dict[str, Any]]) -> tuple[list, list]:
+    """Long format (one row per run, OOD set and score): AUROC and FPR@95 in %."""
+    head = ["run", "in-distribution", "OOD set", "score", "AUROC %", "FPR@95 %"]
+    rows = []
+    for label, m in zip(labels, metrics, strict=True):
+        ood = m.get("ood", {})
+        for name, scores in ood.items():
+            if name == "in_distribution":
+                continue
+            for score, v in scores.items():
+                rows.append([html.escape(label), html.escape(str(ood.get("in_distribution"))),
+                             html.escape(name), html.escape(score),
+                             _fmt(v.get("auroc"), percent=True),
+                             _fmt(v.get("fpr95"), percent=True)])
+    return head, rows
+
+
+def bootstrap_calibration(
+    probs: torch.Tensor, labels: torch.Tensor, n: int = BOOTSTRAP, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """``{metric: (estimate, lo, hi)}``: percentile bootstrap 95% intervals (Efron 1979) of the
+    equal-width/equal-mass ECE, NLL and Brier score over resampled test images."""
+    from pyro_clip.diagnostics.calibration import ece_equal_mass, ece_equal_width
+    from pyro_clip.metrics import brier_score, negative_log_likelihood
+
+    fns = {"ECE (width)": ece_equal_width, "ECE (mass)": ece_equal_mass,
+           "NLL": negative_log_likelihood, "Brier": brier_score}
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(labels), (n, len(labels)), generator=gen)
+    out = {}
+    for name, fn in fns.items():
+        reps = np.array([fn(probs[i], labels[i]) for i in idx])
+        lo, hi = np.percentile(reps, [2.5, 97.5])
+        out[name] = (fn(probs, labels), float(lo), float(hi))
+    return out
+
+
+def _run_meta(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The run's settings and caveats as a small two-column table."""
+    backbone = str(cfg.get("backbone", "?"))
+    rows = [[k, html.escape(str(v))] for k, v in (
+        ("method", cfg.get("method", "?")), ("backbone", backbone),
+        ("data set", cfg.get("dataset", "?")), ("shots per class", cfg.get("shots", "?")),
+        ("seed", cfg.get("seed", "?")), ("protocol", cfg.get("protocol", "?")),
+        ("evaluation sets", ", ".join(k for k in metrics if isinstance(metrics[k], dict)
+                                      and "accuracy" in metrics[k])),
+        ("training images", cfg.get("n_train", "?")),
+    )]
+    caveats = []
+    if backbone.startswith("conse"):
+        caveats.append("ConSE backbone: not CLIP (offline MiniLM text tower); numbers are not "
+                       "comparable with published CLIP results.")
+    if "tiny" in backbone:
+        caveats.append("Randomly initialised test backbone: numbers are meaningless.")
+    note = "".join(f'<p class="caveat">{html.escape(c)}</p>' for c in caveats)
+    return _html_table(["setting", "value"], rows) + note
+
+
+def _ci_table(run: Path) -> str:
+    """Bootstrap 95% intervals of the calibration metrics on the in-distribution set."""
+    path = run / "predictions.npz"
+    if not path.exists():
+        return ""
+    with np.load(path) as npz:
+        main = next((k for k in ("test", "base") if f"{k}/probs" in npz), None)
+        if main is None:
+            return ""
+        probs = torch.from_numpy(npz[f"{main}/probs"]).double()
+        labels = torch.from_numpy(npz[f"{main}/labels"]).long()
+    rows = [[html.escape(name), f"{est:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
+            for name, (est, lo, hi) in bootstrap_calibration(probs, labels).items()]
+    return (f"<p>Calibration on <code>{main}</code> ({len(labels)} images), percentile "
+            f"bootstrap 95% intervals over {BOOTSTRAP} resamples:</p>"
+            + _html_table(["metric", "value", "95% CI"], rows))
+
+
+def _comparison_figures(runs: list[Path], labels: list[str], out: Path) -> list[Path]:
+    """Risk-coverage of every run's in-distribution set, one figure per number of classes
+    (a 10-class and a 5-class set are not on one axis), from ``predictions.npz``."""
     from pyro_clip.diagnostics.plots import risk_coverage_figure, save_png
     from pyro_clip.diagnostics.selective import risk_coverage
 
-    curves = {}
+    groups: dict[int, dict] = {}
     for run, label in zip(runs, labels, strict=True):
         path = run / "predictions.npz"
         if not path.exists():
@@ -129,11 +203,15 @@ def _comparison_figure(runs: list[Path], labels: list[str], out: Path) -> Path |
                 continue
             probs = torch.from_numpy(npz[f"{main}/probs"]).double()
             labels_ = torch.from_numpy(npz[f"{main}/labels"]).long()
-        curves[label] = risk_coverage(probs, labels_)
-    if not curves:
-        return None
-    fig = risk_coverage_figure(curves, "risk-coverage, in-distribution set, all runs")
-    return save_png(fig, out / "compare_risk_coverage.png")
+        groups.setdefault(probs.shape[1], {})[label] = risk_coverage(probs, labels_)
+    paths = []
+    for n_classes, curves in sorted(groups.items()):
+        fig = risk_coverage_figure(curves, f"risk-coverage, in-distribution set, "
+                                           f"{n_classes}-class runs")
+        name = "compare_risk_coverage.png" if len(groups) == 1 else \
+            f"compare_risk_coverage_{n_classes}class.png"
+        paths.append(save_png(fig, out / name))
+    return paths
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
@@ -158,7 +236,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
 
     from pyro_clip.tables import COLUMNS
 
-    percent = {"acc", "shift_acc", "base", "new", "h"}
+    percent = {"acc", "shift_acc", "ood_auroc", "base", "new", "h"}
     summary_rows = [[_fmt(s.get(k), k in percent) for k, _ in COLUMNS] for s in summaries]
     parts = [
         "<h1>pyro-clip report</h1>",
@@ -166,35 +244,36 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
             f"<code>{html.escape(str(r))}</code>" for r in run_paths) + "</p>",
         "<h2>Summary</h2>",
         _html_table([t for _, t in COLUMNS], summary_rows),
-        "<h2>Calibration, selective prediction and OOD detection</h2>",
+        "<h2>Calibration and selective prediction</h2>",
         "<p>Metrics on the in-distribution set (<code>test</code>, or <code>base</code> for "
-        "base-to-new); OOD = the shifted evaluation set; OOD scores are higher = more OOD.</p>",
+        "base-to-new). Accuracy in %; ECE, MCE, NLL, Brier, AURC as fractions.</p>",
         _html_table(*_diagnostics_rows(labels, metrics)),
+        "<h2>OOD detection</h2>",
+        "<p>In-distribution vs each shifted evaluation set; scores are higher = more OOD. "
+        "AUROC and FPR@95 in %.</p>",
+        _html_table(*_ood_rows(labels, metrics)),
     ]
-    compare = _comparison_figure(run_paths, labels, out)
-    if compare is not None:
+    for compare in _comparison_figures(run_paths, labels, out):
         parts += ["<h2>Risk-coverage, all runs</h2>",
-                  f'<div class="grid" style="grid-template-columns:minmax(0,640px)">'
-                  f"{_img(compare, 'risk-coverage, all runs')}</div>"]
+                  f'<figure><a href="{compare.name}" target="_blank">'
+                  f"{_img(compare, 'risk-coverage, all runs')}</a>"
+                  "<figcaption>click to open full size</figcaption></figure>"]
 
-    columns = f"grid-template-columns:repeat({len(run_paths)},minmax(0,1fr))"
-    for pattern, caption in RUN_FIGURES.items():
-        cells, any_found = [], False
-        for run, label in zip(run_paths, labels, strict=True):
-            pngs = sorted((run / "plots").glob(pattern))
-            cell = [f"<h4>{html.escape(label)}</h4>"]
-            for png in pngs:
-                any_found = True
-                dest = out / "runs" / f"{len(cells):02d}_{run.name}" / png.name
+    for i, (run, label, cfg, m) in enumerate(zip(run_paths, labels, cfgs, metrics,
+                                                  strict=True)):
+        sec = [f'<section id="run-{i}"><h2>{html.escape(label)}</h2>',
+               f"<p><code>{html.escape(str(run))}</code></p>", _run_meta(cfg, m), _ci_table(run)]
+        for pattern, caption in RUN_FIGURES.items():
+            for png in sorted((run / "plots").glob(pattern)):
+                dest = out / "runs" / f"{i:02d}_{run.name}" / png.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(png, dest)
-                cell.append(_img(png, f"{label}: {png.stem}"))
-            if not pngs:
-                cell.append("<p><em>not available for this run</em></p>")
-            cells.append("<div>" + "".join(cell) + "</div>")
-        if any_found:
-            parts += [f"<h2>{html.escape(caption)}</h2>",
-                      f'<div class="grid" style="{columns}">{"".join(cells)}</div>']
+                rel = dest.relative_to(out).as_posix()
+                sec.append(f'<figure><a href="{html.escape(rel)}" target="_blank">'
+                           f"{_img(png, f'{label}: {png.stem}')}</a><figcaption>"
+                           f"{html.escape(caption)} (click to open full size)</figcaption>"
+                           "</figure>")
+        parts.append("".join(sec) + "</section>")
     parts += ["<h2>Markdown table</h2>", f"<pre>{html.escape(table)}</pre>"]
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

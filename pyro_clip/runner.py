@@ -31,6 +31,7 @@ from pyro_clip.data import (
     load_dataset,
     subsample_classes,
 )
+from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import BackboneError, DataError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
@@ -64,10 +65,15 @@ class RunResult:
     runtime: Runtime = field(default_factory=Runtime)
     #: ``{"<dataset>/<split>": {"n_images": n, "n_skipped": k}}`` (``--skip-corrupt``)
     data_report: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: predictions on the few-shot training set (the data the posterior is fitted to)
+    train: Evaluation | None = None
+    #: the run's ArviZ ``InferenceData`` (set by the diagnostics hook; also in ``idata.nc``)
+    idata: Any = None
 
 
-#: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
-RUN_HOOKS: list[Callable[[RunResult], None]] = []
+#: callables ``hook(result)`` run after the standard outputs are written; the diagnostics
+#: hook (idata.nc, calibration/OOD/PPC metrics, plots) is registered for every run
+RUN_HOOKS: list[Callable[[RunResult], None]] = [diagnose_run]
 
 _BACKBONES: dict[tuple[str, str], DualEncoder] = {}
 
@@ -205,7 +211,9 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out, runtime, images.report)
+    train_ev = evaluate(method, "train", train)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime, images.report,
+                       train=train_ev)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -291,7 +299,3 @@ def load_trained_method(
         method.load_state_dict(ckpt["state"])
     return method
 
-
-from pyro_clip.diagnostics.hooks import register_diagnostics  # noqa: E402
-
-register_diagnostics(RUN_HOOKS)  # idata.nc, calibration/OOD metrics and plots for every run

@@ -51,9 +51,9 @@ def test_classwise_ece_by_hand():
 
 def test_reliability_bins_match_torchmetrics_ece():
     rb = reliability_bins(PROBS, LABELS, bins=4)  # edges 0, .25, .5, .75, 1
-    np.testing.assert_array_equal(rb.count, [0, 0, 2, 2])
-    np.testing.assert_allclose(rb.accuracy[2:], [0.5, 0.5])
-    np.testing.assert_allclose(rb.confidence[2:], [0.575, 0.85])
+    np.testing.assert_array_equal(rb.count, [0, 0, 2, 2, 0])  # last: the point bin {1.0}
+    np.testing.assert_allclose(rb.accuracy[2:4], [0.5, 0.5])
+    np.testing.assert_allclose(rb.confidence[2:4], [0.575, 0.85])
     ece = np.nansum(rb.count / 4 * np.abs(rb.accuracy - rb.confidence))
     assert ece == pytest.approx(ece_equal_width(PROBS, LABELS, bins=4))
 
@@ -123,3 +123,59 @@ def test_bad_bins_and_scores_are_rejected():
         ece_equal_mass(PROBS, LABELS, bins=0)
     with pytest.raises(ValueError, match="1-d"):
         auroc(torch.zeros(2, 2), torch.zeros(3))
+
+
+def test_reliability_bins_give_confidence_one_its_own_bin_like_torchmetrics():
+    """Issue 11 defect 3: conf = 1.0 has its own bin in torchmetrics' ECE (0.280, not 0.220)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probs = torch.tensor([[1, 0, 0], [1, 0, 0], [.94, .03, .03], [.94, .03, .03]],
+                         dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 0])
+    rb = reliability_bins(probs, labels, bins=15)
+    reference = float(multiclass_calibration_error(probs, labels, 3, n_bins=15))
+    assert reference == pytest.approx(0.28)
+    assert rb.ece == pytest.approx(reference, rel=1e-6)  # torchmetrics returns float32
+    assert rb.count[-1] == 2 and rb.count.sum() == 4 and len(rb.edges) == len(rb.count) + 1
+    # random float64 predictions with some exact ones: bins agree with torchmetrics too
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(300, 5, generator=gen, dtype=torch.float64).mul(3).softmax(-1)
+    p[:40] = torch.nn.functional.one_hot(torch.arange(40) % 5, 5).double()
+    y = torch.randint(0, 5, (300,), generator=gen)
+    for bins in (1, 4, 15):
+        rb = reliability_bins(p, y, bins)
+        ref = float(multiclass_calibration_error(p, y, 5, n_bins=bins))
+        assert rb.ece == pytest.approx(ref, rel=1e-5, abs=1e-7)
+
+
+def test_ece_equal_mass_is_invariant_to_row_order():
+    """Issue 11 defect 4: tied confidences must not be split across bins by row order."""
+    n = 60
+    labels = torch.arange(n) % 3
+    constant = torch.full((n, 3), 1 / 3, dtype=torch.float64)  # accuracy 1/3, confidence 1/3
+    constant[:, 0] += 1e-3
+    constant[:, 1:] -= 5e-4
+    values = set()
+    for seed in range(6):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        values.add(round(ece_equal_mass(constant[perm], labels[perm], bins=15), 15))
+    assert len(values) == 1
+    # the constant predictor sits in one bin: |acc - conf| exactly
+    assert values.pop() == pytest.approx(abs(1 / 3 - (1 / 3 + 1e-3)), rel=1e-9)
+    # mixed ties: a permutation of rows leaves the value unchanged
+    gen = torch.Generator().manual_seed(1)
+    conf = torch.tensor([0.5, 0.7, 0.9])[torch.randint(0, 3, (90,), generator=gen)].double()
+    probs = torch.stack([conf, 1 - conf], 1)
+    y = torch.randint(0, 2, (90,), generator=gen)
+    base = ece_equal_mass(probs, y, bins=4)
+    for seed in range(5):
+        perm = torch.randperm(90, generator=torch.Generator().manual_seed(seed))
+        assert ece_equal_mass(probs[perm], y[perm], bins=4) == pytest.approx(base, rel=1e-12)
+    # without ties it is the plain equal-mass ECE (brute force over np.array_split)
+    p = torch.rand(50, generator=gen, dtype=torch.float64) * 0.5 + 0.5
+    probs, y = torch.stack([p, 1 - p], 1), torch.randint(0, 2, (50,), generator=gen)
+    order = np.argsort(p.numpy())
+    correct = (y.numpy() == 0).astype(float)
+    brute = sum(len(c) * abs(correct[c].mean() - p.numpy()[c].mean())
+                for c in np.array_split(order, 7)) / 50
+    assert ece_equal_mass(probs, y, bins=7) == pytest.approx(brute, rel=1e-12)

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pyro.distributions
 import pytest
 import torch
 
@@ -17,62 +18,93 @@ from pyro_clip.runner import RUN_HOOKS, Evaluation, RunResult
 CLASSES = ["a", "b", "c"]
 
 
-def make_run(tmp_path, logit_samples: bool, method=None, n=60, s=8, seed=0):
-    """Two evaluation sets (test + a shifted set) with known predictions."""
+def make_run(tmp_path, logit_samples: bool, method=None, n=60, s=8, seed=0, n_train=30):
+    """A training set plus two evaluation sets (test + a shifted set), known predictions."""
     gen = torch.Generator().manual_seed(seed)
     evs = {}
-    for name, scale in (("test", 3.0), ("fashion-mnist-c", 0.5)):
-        labels = torch.randint(0, 3, (n,), generator=gen)
+    for name, scale in (("train", 3.0), ("test", 3.0), ("fashion-mnist-c", 0.5)):
+        size = n_train if name == "train" else n
+        labels = torch.randint(0, 3, (size,), generator=gen)
         mean = torch.nn.functional.one_hot(labels, 3).double() * scale
-        samples = mean + torch.randn(s, n, 3, generator=gen, dtype=torch.float64)
+        samples = mean + torch.randn(s, size, 3, generator=gen, dtype=torch.float64)
         probs = samples.softmax(-1).mean(0)
         pred = Prediction(probs, samples if logit_samples else None)
-        feats = torch.randn(n, 4, generator=gen)
+        feats = torch.randn(size, 4, generator=gen)
         evs[name] = Evaluation(name, pred, labels, CLASSES, classification_metrics(probs, labels),
                                features=feats)
+    train = evs.pop("train")
     cfg = RunConfig(method="zero-shot", out=str(tmp_path), seed=5)
     method = method or create_method("zero-shot")
     metrics = {k: ev.metrics for k, ev in evs.items()}
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps({**cfg.to_dict()}))
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    return RunResult(cfg, method, evs, metrics, tmp_path)
+    return RunResult(cfg, method, evs, metrics, tmp_path, train=train)
 
 
-def test_hook_is_registered():
+def test_hook_is_registered_and_hooks_do_not_import_the_runner():
     assert diagnose_run in RUN_HOOKS
+    from pathlib import Path
+
+    import pyro_clip.diagnostics.hooks as hooks
+
+    source = Path(hooks.__file__).read_text()
+    assert "pyro_clip.runner" not in source  # one direction: runner -> diagnostics
 
 
-def test_idata_with_posterior_samples(tmp_path):
+def test_idata_groups_have_their_arviz_meaning(tmp_path):
     run = make_run(tmp_path, logit_samples=True)
     diagnose_run(run)
     idata = arviz_io.load(tmp_path / "idata.nc")
-    ev = run.evaluations["test"]
-    logits = idata.posterior["logits_test"].values  # (chain, draw, obs, class)
-    assert logits.shape == (1, 8, 60, 3)
-    np.testing.assert_allclose(logits[0], ev.prediction.logit_samples.numpy(), rtol=1e-6)
-    # pointwise log-likelihood = log softmax of each sample at the observed label (by hand)
-    ll = idata.log_likelihood["y_test"].values[0]
-    s = ev.prediction.logit_samples.numpy()
-    y = ev.labels.numpy()
-    by_hand = s[:, np.arange(60), y] - np.log(np.exp(s).sum(-1))
-    np.testing.assert_allclose(ll, by_hand, rtol=1e-6)
-    np.testing.assert_array_equal(idata.observed_data["y_test"].values, y)
-    pp = idata.posterior_predictive["y_fashion_mnist_c"].values
+    assert run.idata is not None and set(run.idata.groups()) == set(idata.groups())
+    assert {"posterior", "log_likelihood", "posterior_predictive", "observed_data",
+            "predictions", "predictions_constant_data"} <= set(idata.groups())
+    train = run.train
+    s = train.prediction.logit_samples.numpy()
+    y = train.labels.numpy()
+    # log_likelihood: the TRAINING data's log softmax at the observed label, per draw (by hand)
+    ll = idata.log_likelihood["y"].values[0]
+    by_hand = s[:, np.arange(30), y] - np.log(np.exp(s).sum(-1))
+    np.testing.assert_allclose(ll, by_hand, rtol=1e-12)
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y)
+    # posterior summary: per class, mean margin f_y - max_{j != y} f_j of its training images
+    margin = idata.posterior["train_margin"].values[0]  # (draw, class)
+    assert margin.shape == (8, 3)
+    s32 = s.astype(np.float32)  # idata keeps the logit draws in float32
+    for c in range(3):
+        rows = np.flatnonzero(y == c)
+        others = np.delete(s32[:, rows], c, axis=-1).max(-1)
+        np.testing.assert_allclose(margin[:, c], (s32[:, rows, c] - others).mean(-1),
+                                   rtol=1e-6, atol=1e-6)
+    # held-out sets: predictions + their labels as constant data, not in log_likelihood
+    assert set(idata.log_likelihood.data_vars) == {"y"}
+    pp = idata.predictions["y_fashion_mnist_c"].values
     assert pp.shape == (1, 8, 60) and set(np.unique(pp)) <= {0, 1, 2}
+    np.testing.assert_array_equal(idata.predictions_constant_data["labels_test"].values,
+                                  run.evaluations["test"].labels.numpy())
     sets = arviz_io.evaluation_sets(idata)
     assert sets["fashion_mnist_c"] == {"name": "fashion-mnist-c", "classnames": CLASSES}
+    assert idata.attrs["posterior"] == "samples"
+    loo = arviz_io.loo(idata)
+    assert np.isfinite(loo.elpd_loo) and loo.n_data_points == 30
+    summary = arviz_io.summary(idata)
+    assert len(summary) == 3 and "r_hat" not in summary.columns
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m["test"]["ppc"]) >= {"p_calibration", "p_accuracy", "p_log_score"}
 
 
-def test_idata_without_posterior_and_merged_metrics(tmp_path):
+def test_point_estimate_has_no_posterior_and_loo_says_so(tmp_path):
     run = make_run(tmp_path, logit_samples=False)
     diagnose_run(run, draws=40)
     idata = arviz_io.load(tmp_path / "idata.nc")
-    assert "posterior" not in idata.groups()
-    assert idata.posterior_predictive["y_test"].shape == (1, 40, 60)
-    probs, y = run.evaluations["test"].prediction.probs, run.evaluations["test"].labels
-    ll = idata.log_likelihood["y_test"].values[0]
-    np.testing.assert_allclose(ll, np.broadcast_to(np.log(probs[range(60), y]), (40, 60)))
+    assert "posterior" not in idata.groups() and "log_likelihood" not in idata.groups()
+    assert idata.attrs["posterior"] == "none" and "point estimate" in idata.attrs["posterior_note"]
+    assert idata.posterior_predictive["y"].shape == (1, 40, 30)
+    assert idata.predictions["y_test"].shape == (1, 40, 60)
+    with pytest.raises(arviz_io.NoPosteriorError, match="point estimate"):
+        arviz_io.loo(idata)
+    with pytest.raises(arviz_io.NoPosteriorError, match="point estimate"):
+        arviz_io.compare({"a": idata, "b": idata})
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("ece_equal_width", "ece_equal_mass", "mce", "classwise_ece", "aurc", "e_aurc"):
         assert key in m["test"] and key in m["fashion-mnist-c"]
@@ -80,6 +112,23 @@ def test_idata_without_posterior_and_merged_metrics(tmp_path):
     assert set(m["ood"]["fashion-mnist-c"]) == {"msp", "entropy"}
     for png in ("reliability", "risk_coverage", "ood_fashion_mnist_c", "ppc"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
+
+
+def test_prior_group_from_the_methods_logit_prior(tmp_path):
+    class WithPrior:
+        name = "with-prior"
+
+        def logit_prior(self, features, classnames):
+            return pyro.distributions.Normal(torch.zeros(len(features), 3), 2.0).to_event(1)
+
+    run = make_run(tmp_path, logit_samples=True, method=WithPrior())
+    diagnose_run(run, draws=500)
+    idata = arviz_io.load(tmp_path / "idata.nc")
+    assert idata.prior["train_margin"].shape == (1, 500, 3)
+    assert idata.prior_predictive["y"].shape == (1, 500, 30)
+    # symmetric prior: each class's label frequency is 1/3 (binomial sd 0.0037 at 15000 draws)
+    freq = np.bincount(idata.prior_predictive["y"].values.ravel(), minlength=3) / 15000
+    np.testing.assert_allclose(freq, 1 / 3, atol=0.02)
 
 
 def test_method_ood_scores_are_used_by_duck_typing(tmp_path):

@@ -1,6 +1,7 @@
 """``pyro-clip report``: self-contained HTML, rendered in headless Chromium."""
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -38,7 +39,10 @@ def test_report_is_self_contained_with_pngs(report):
     path, runs = report
     text = path.read_text()
     assert path.name == "report.html"
-    assert "<table>" in text and "ECE (mass)" in text and "msp AUROC" in text
+    assert "<table>" in text and "ECE (mass)" in text and "AUROC %" in text
+    assert text.count("<section") == len(runs) and "95% CI" in text
+    assert "shots per class" in text and "seed" in text and "protocol" in text
+    assert "0.5" not in re.findall(r"<td>(0\.\d+)</td>", text)  # AUROC never as a fraction
     assert "src=\"http" not in text and "src='http" not in text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert len(images) == 1 + 4 * len(runs)  # comparison + 4 figures per run
@@ -77,7 +81,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    for flag in ("--headless", "--window-size=1400,1000", "--no-sandbox", "--disable-gpu",
+                 "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'profile'}"):
@@ -93,6 +98,18 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert len(widths) == 1 + 4 * len(runs) and all(w > 0 for w in widths)
         n_tables = driver.execute_script("return document.querySelectorAll('table').length")
         assert n_tables >= 2
+        # per-run figures are shown large (not thumbnails) and link to the full-size PNG
+        shown = driver.execute_script(
+            "return Array.from(document.querySelectorAll('section img')).map(i => i.width)")
+        assert len(shown) == 4 * len(runs) and min(shown) >= 300
+        links = driver.execute_script(
+            "return Array.from(document.querySelectorAll('section a')).map(a => a.href)")
+        assert all(link.endswith(".png") for link in links) and len(links) == len(shown)
+        out = Path(os.environ.get("PYRO_CLIP_SCREENSHOT_DIR", tmp_path))
+        out.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out / "report_top.png"))
+        driver.execute_script("document.getElementById('run-0').scrollIntoView()")
+        driver.save_screenshot(str(out / "report_run0.png"))
         cells = driver.execute_script(
             "return document.querySelector('table tbody').rows.length")
         assert cells == len(runs)

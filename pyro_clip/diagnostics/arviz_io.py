@@ -1,10 +1,25 @@
 """The only module that imports ArviZ (0.23 on Python 3.11; 1.x has another API).
 
-One ``InferenceData`` per run, one set of variables per evaluation set ``k`` (name made
-identifier-safe; ``attrs["evaluation_sets"]`` maps it to the set's name and class names):
-``posterior.logits_k`` (chain, draw, k_obs, k_class) when the method has posterior samples,
-``posterior_predictive.y_k`` (chain, draw, k_obs), ``observed_data.y_k`` (k_obs) and
-``log_likelihood.y_k`` (chain, draw, k_obs).
+One ``InferenceData`` per run, groups with their standard ArviZ meaning (Kumar et al. 2019,
+"ArviZ InferenceData schema"):
+
+* ``observed_data.y`` (train_obs): the few-shot *training* labels the posterior is fitted to;
+* ``log_likelihood.y`` (chain, draw, train_obs): ``log p(y_i | f_s(x_i))`` of the training data
+  per posterior draw, so ``az.loo`` / ``az.waic`` / ``az.compare`` are about the fit;
+* ``posterior.train_margin`` (chain, draw, class): a low-dimensional summary of the head's
+  posterior (its C*D weights are not stored): per class ``c``, the mean over training images of
+  class ``c`` of the logit margin ``f_c - max_{j != c} f_j`` under draw ``s``;
+* ``posterior_predictive.y`` (chain, draw, train_obs): replicated training labels;
+* ``prior.train_margin`` / ``prior_predictive.y``: the same from the method's prior over
+  logits (the zero-shot-centred prior of the Bayesian heads), when it has one;
+* ``predictions.y_<set>`` (chain, draw, <set>_obs): posterior predictive labels of each held-out
+  evaluation set, ``predictions_constant_data.labels_<set>`` its observed labels.
+
+Methods without a posterior (point estimates) get no ``posterior`` / ``log_likelihood`` groups
+(their replicated labels are plug-in draws from ``probs``) and ``attrs["posterior"] = "none"``;
+:func:`loo` and :func:`compare` then raise :class:`NoPosteriorError` instead of returning a
+number that would treat a point estimate as a posterior. Posterior draws are independent
+(exact or approximate posteriors sampled directly, not MCMC), stored as one chain.
 """
 
 from __future__ import annotations
@@ -14,10 +29,12 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pyro_clip.diagnostics.predictive import PredictiveDraws
+from pyro_clip.errors import PyroClipError
 from pyro_clip.io import atomic_write
 
 with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.x refactor on import
@@ -25,6 +42,11 @@ with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.x refactor on impo
     import arviz as az
 
 InferenceData = az.InferenceData
+NO_POSTERIOR = "none"
+
+
+class NoPosteriorError(PyroClipError, ValueError):
+    """LOO/WAIC/compare asked of a run whose method is a point estimate."""
 
 
 def var_key(name: str) -> str:
@@ -32,39 +54,120 @@ def var_key(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def to_inference_data(sets: Mapping[str, PredictiveDraws]) -> az.InferenceData:
-    """Pack every evaluation set's draws into one ``InferenceData`` (chain = 1)."""
-    posterior, pp, obs, loglik, coords, dims = {}, {}, {}, {}, {}, {}
-    names = {}
-    n_draws = {name: d.predictive.shape[0] for name, d in sets.items()}
+def train_margin(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(S, C): per class c, mean over training images of class c of ``f_c - max_{j!=c} f_j``."""
+    s, n, _ = logits.shape
+    idx = np.arange(n)
+    own = logits[:, idx, labels]
+    others = logits.copy()
+    others[:, idx, labels] = -np.inf
+    margin = own - others.max(-1)  # (S, N)
+    out = np.full((s, n_classes), np.nan)
+    for c in range(n_classes):
+        if (labels == c).any():
+            out[:, c] = margin[:, labels == c].mean(-1)
+    return out
+
+
+def to_inference_data(
+    fit: PredictiveDraws | None,
+    heldout: Mapping[str, PredictiveDraws],
+    prior: PredictiveDraws | None = None,
+    method: str = "",
+) -> az.InferenceData:
+    """Pack the training-set draws ``fit``, the held-out sets and the prior (see module doc).
+
+    ``fit=None`` (a run without its training set, e.g. ``pyro-clip evaluate``) stores the
+    held-out groups only, with ``attrs["posterior"] = "none"``.
+    """
+    n_draws = {name: d.predictive.shape[0] for name, d in heldout.items()}
     if len(set(n_draws.values())) > 1:
         raise ValueError(
             f"every evaluation set needs the same number of draws, got {n_draws}; have the "
             "method return the same number of logit samples for every set"
         )
-    for name, d in sets.items():
+    bayesian = fit is not None and fit.logits is not None
+    coords: dict[str, Any] = {}
+    dims: dict[str, list[str]] = {"y": ["train_obs"], "train_margin": ["class"]}
+    if fit is not None:
+        coords = {"train_obs": np.arange(len(fit.labels)), "class": fit.classnames}
+    names, predictions, constant = {}, {}, {}
+    for name, d in heldout.items():
         k = var_key(name)
         names[k] = {"name": name, "classnames": list(d.classnames)}
-        obs_dim, class_dim = f"{k}_obs", f"{k}_class"
-        coords[class_dim] = list(d.classnames)
-        coords[obs_dim] = np.arange(len(d.labels))
-        y = f"y_{k}"
-        dims[y] = [obs_dim]
-        obs[y] = d.labels
-        pp[y] = d.predictive[None]
-        loglik[y] = d.log_likelihood[None]
-        if d.logits is not None:
-            posterior[f"logits_{k}"] = d.logits[None]
-            dims[f"logits_{k}"] = [obs_dim, class_dim]
-    return az.from_dict(
-        posterior=posterior or None,
-        posterior_predictive=pp,
-        observed_data=obs,
-        log_likelihood=loglik,
-        coords=coords,
-        dims=dims,
-        attrs={"evaluation_sets": json.dumps(names), "creator": "pyro_clip.diagnostics"},
-    )
+        coords[f"{k}_obs"] = np.arange(len(d.labels))
+        dims[f"y_{k}"] = dims[f"labels_{k}"] = [f"{k}_obs"]
+        predictions[f"y_{k}"] = d.predictive[None]
+        constant[f"labels_{k}"] = d.labels
+    groups: dict[str, Any] = {
+        "predictions": predictions or None,
+        "predictions_constant_data": constant or None,
+    }
+    if fit is not None:
+        n_classes = len(fit.classnames)
+        groups["observed_data"] = {"y": fit.labels}
+        groups["posterior_predictive"] = {"y": fit.predictive[None]}
+    if bayesian:
+        groups["posterior"] = {"train_margin": train_margin(fit.logits, fit.labels,
+                                                            n_classes)[None]}
+        groups["log_likelihood"] = {"y": fit.log_likelihood[None]}
+    if fit is not None and prior is not None and prior.logits is not None:
+        groups["prior"] = {"train_margin": train_margin(prior.logits, prior.labels,
+                                                        n_classes)[None]}
+        groups["prior_predictive"] = {"y": prior.predictive[None]}
+    attrs = {
+        "evaluation_sets": json.dumps(names),
+        "creator": "pyro_clip.diagnostics",
+        "method": method,
+        "posterior": "samples" if bayesian else NO_POSTERIOR,
+        "posterior_note": (
+            "independent posterior draws of the logits (chain = 1); log_likelihood is the "
+            "training data's" if bayesian else
+            "point estimate: no posterior, so no log_likelihood group; LOO/WAIC are undefined "
+            "and posterior_predictive holds plug-in draws from the predicted probabilities"
+        ),
+    }
+    return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+
+
+def has_posterior(idata: az.InferenceData) -> bool:
+    """Whether the run's method had a posterior (and ``log_likelihood`` is meaningful)."""
+    return idata.attrs.get("posterior") != NO_POSTERIOR and "log_likelihood" in idata.groups()
+
+
+def _require_posterior(idata: az.InferenceData, what: str, label: str = "") -> None:
+    if not has_posterior(idata):
+        method = idata.attrs.get("method") or label or "this run"
+        raise NoPosteriorError(
+            f"{what} needs posterior draws, but {method} is a point estimate (no posterior, "
+            "no log_likelihood group); compare point estimates by test NLL in metrics.json, "
+            "or use a Bayesian method (kalman, laplace, *-ove-pg)"
+        )
+
+
+def loo(idata: az.InferenceData, pointwise: bool = False):
+    """PSIS-LOO of the fit (Vehtari et al. 2017) from ``log_likelihood.y``."""
+    _require_posterior(idata, "LOO")
+    return az.loo(idata, pointwise=pointwise)
+
+
+def compare(runs: Mapping[str, az.InferenceData]):
+    """``az.compare`` (PSIS-LOO, stacking weights) of runs fitted to the *same* training data."""
+    for label, idata in runs.items():
+        _require_posterior(idata, "az.compare", label)
+    observed = [np.asarray(i.observed_data["y"]) for i in runs.values()]
+    if any(o.shape != observed[0].shape or (o != observed[0]).any() for o in observed):
+        raise ValueError("az.compare needs runs fitted to the same training labels (same data "
+                         "set, shots and seed); these runs were fitted to different data")
+    return az.compare(dict(runs), ic="loo")
+
+
+def summary(idata: az.InferenceData, group: str = "posterior"):
+    """``az.summary`` of the low-dimensional posterior summary (statistics only: draws are
+    independent, one chain, so R-hat is not defined)."""
+    if group == "posterior":
+        _require_posterior(idata, "az.summary of the posterior")
+    return az.summary(idata, group=group, kind="stats")
 
 
 def save(idata: az.InferenceData, path: str | Path) -> Path:
@@ -78,31 +181,13 @@ def load(path: str | Path) -> az.InferenceData:
 
 
 def evaluation_sets(idata: az.InferenceData) -> dict[str, dict]:
-    """``{variable suffix: {"name", "classnames"}}`` stored in the file."""
+    """``{variable suffix: {"name", "classnames"}}`` of the held-out sets stored in the file."""
     return json.loads(idata.attrs.get("evaluation_sets", "{}"))
 
 
-def plot_ppc_labels(idata: az.InferenceData, name: str, ax, num_pp_samples: int = 50) -> None:
-    """``az.plot_ppc`` of the predicted labels: per-class counts, observed vs predictive draws."""
-    var = f"y_{var_key(name)}"
-    total = idata.posterior_predictive[var].sizes["draw"] * idata.posterior_predictive[var].sizes[
-        "chain"
-    ]
-    az.plot_ppc(idata, var_names=[var], num_pp_samples=min(num_pp_samples, total),
+def plot_ppc_labels(idata: az.InferenceData, ax, num_pp_samples: int = 50) -> None:
+    """``az.plot_ppc`` of the training labels: class counts, observed vs replicated."""
+    pp = idata.posterior_predictive["y"]
+    total = pp.sizes["draw"] * pp.sizes["chain"]
+    az.plot_ppc(idata, var_names=["y"], num_pp_samples=min(num_pp_samples, total),
                 random_seed=0, ax=ax, legend=True)
-
-
-def plot_bpv_max_class_share(idata: az.InferenceData, name: str, ax) -> None:
-    """``az.plot_bpv`` (kind ``t_stat``) with T(y) = largest class share, max_c #{y_i = c}/N.
-
-    T detects predictive collapse onto a few classes (a weak prior's typical failure); the
-    Bayesian p-value p(T(y*) <= T(y)) should be near 0.5.
-    """
-    n_classes = len(evaluation_sets(idata)[var_key(name)]["classnames"])
-
-    def max_class_share(y: np.ndarray) -> np.ndarray:
-        y = np.asarray(y)
-        return np.stack([(y == c).mean(-1) for c in range(n_classes)]).max(0)
-
-    az.plot_bpv(idata, kind="t_stat", t_stat=max_class_share, var_names=[f"y_{var_key(name)}"],
-                ax=ax)

@@ -1,15 +1,20 @@
 """The run hook: every run writes ``idata.nc``, the extra metrics and PNG plots.
 
 Method-agnostic by construction: it reads only ``Evaluation.prediction`` (``probs``, optional
-``logit_samples``), labels, class names and, when the method has one, calls
-``method.ood_scores(features, classnames) -> {name: (N,) tensor}`` (duck typing).
+``logit_samples``), labels, class names and, when the method has them, calls
+``method.ood_scores(features, classnames) -> {name: (N,) tensor}`` and
+``method.logit_prior(features, classnames) -> Distribution | None`` (duck typing).
+
+Dependency runs one way: ``runner`` imports this module; this module never imports ``runner``
+(the run result is described by the :class:`RunLike` protocol).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -18,16 +23,35 @@ from pyro_clip.diagnostics.ood import ood_metrics, prediction_scores
 from pyro_clip.diagnostics.selective import risk_coverage, selective_metrics
 from pyro_clip.io import write_json
 
-if TYPE_CHECKING:
-    from pyro_clip.runner import Evaluation, RunResult
-
-#: posterior predictive draws for methods without posterior samples
+#: posterior predictive draws for methods without posterior samples (and prior draws)
 DEFAULT_DRAWS = 100
 PLOTS_DIR = "plots"
 IN_DISTRIBUTION = ("test", "base")
 
 
-def evaluation_scores(method: Any, ev: Evaluation) -> dict[str, torch.Tensor]:
+class EvaluationLike(Protocol):
+    """What the hook reads of ``runner.Evaluation``."""
+
+    name: str
+    prediction: Any  # methods.Prediction: probs (N, C), logit_samples (S, N, C) | None
+    labels: torch.Tensor
+    classnames: list[str]
+    features: torch.Tensor | None
+
+
+class RunLike(Protocol):
+    """What the hook reads and sets of ``runner.RunResult``."""
+
+    config: Any
+    method: Any
+    evaluations: Mapping[str, EvaluationLike]
+    metrics: dict[str, Any]
+    out: Path
+    train: EvaluationLike | None
+    idata: Any
+
+
+def evaluation_scores(method: Any, ev: EvaluationLike) -> dict[str, torch.Tensor]:
     """Built-in scores from the prediction plus the method's own ``ood_scores``, if any."""
     scores = prediction_scores(ev.prediction.probs, ev.prediction.logit_samples)
     extra = getattr(method, "ood_scores", None)
@@ -44,7 +68,7 @@ def evaluation_scores(method: Any, ev: Evaluation) -> dict[str, torch.Tensor]:
     return scores
 
 
-def split_sets(result: RunResult) -> tuple[str | None, list[str]]:
+def split_sets(result: RunLike) -> tuple[str | None, list[str]]:
     """The in-distribution set (``test`` or ``base``) and the shifted/OOD sets of a run."""
     id_name = next((n for n in IN_DISTRIBUTION if n in result.evaluations), None)
     evals = result.config.resolved().eval_datasets  # None in a config = the companions
@@ -52,14 +76,43 @@ def split_sets(result: RunResult) -> tuple[str | None, list[str]]:
     return id_name, ood
 
 
+def _draws(ev: EvaluationLike, draws: int, seed: int) -> Any:
+    from pyro_clip.diagnostics.predictive import predictive_draws
+
+    return predictive_draws(ev.prediction.probs, ev.labels, ev.classnames,
+                            ev.prediction.logit_samples, draws, seed=seed)
+
+
+def prior_draws(method: Any, ev: EvaluationLike, draws: int, seed: int) -> Any:
+    """Prior logit draws on ``ev``'s inputs from ``method.logit_prior``, or None without one."""
+    from pyro_clip.diagnostics.predictive import predictive_draws
+
+    fn = getattr(method, "logit_prior", None)
+    if not callable(fn) or ev.features is None:
+        return None
+    with torch.no_grad():
+        prior = fn(ev.features, ev.classnames)
+    if prior is None:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        f = prior.sample((draws,)).detach().cpu().double()
+    return predictive_draws(f.softmax(-1).mean(0), ev.labels.cpu(), ev.classnames, f,
+                            seed=seed)
+
+
 def diagnose_run(
-    result: RunResult, draws: int = DEFAULT_DRAWS, bins: int = 15, artifacts: bool = True
+    result: RunLike, draws: int = DEFAULT_DRAWS, bins: int = 15, artifacts: bool = True
 ) -> None:
-    """Merge calibration/selective/OOD metrics into ``metrics.json``; write idata.nc and plots.
+    """Merge calibration/selective/OOD/PPC metrics into ``metrics.json``; write idata.nc and
+    plots; set ``result.idata``.
 
     ``artifacts=False`` writes the metrics only (plots cost ~4 s per run; benchmark suites).
     """
+    from pyro_clip.diagnostics.ppc import ppc_checks, ppc_summary
+
     out, evs = result.out, result.evaluations
+    seed = int(result.config.seed)
     for name, ev in evs.items():
         probs = ev.prediction.probs.double()
         result.metrics[name].update(calibration_metrics(probs, ev.labels, bins))
@@ -73,19 +126,21 @@ def diagnose_run(
             "in_distribution": id_name,
             **{n: ood_metrics(scores[id_name], scores[n]) for n in ood_names},
         }
+    sets = {name: _draws(ev, draws, seed + i) for i, (name, ev) in enumerate(evs.items())}
+    checks = {name: ppc_checks(evs[name].prediction.probs, d) for name, d in sets.items()}
+    for name, c in checks.items():
+        result.metrics[name]["ppc"] = ppc_summary(c)
+    train = getattr(result, "train", None)
     if not artifacts:
         write_json(out / "metrics.json", result.metrics)
         return
 
     from pyro_clip.diagnostics import arviz_io, plots
-    from pyro_clip.diagnostics.predictive import predictive_draws
 
-    sets = {
-        name: predictive_draws(ev.prediction.probs, ev.labels, ev.classnames,
-                               ev.prediction.logit_samples, draws, seed=result.config.seed + i)
-        for i, (name, ev) in enumerate(evs.items())
-    }
-    idata = arviz_io.to_inference_data(sets)
+    fit = _draws(train, draws, seed + 1000) if train is not None else None
+    prior = prior_draws(result.method, train, draws, seed + 2000) if train is not None else None
+    idata = arviz_io.to_inference_data(fit, sets, prior, method=str(result.config.method))
+    result.idata = idata
     arviz_io.save(idata, out / "idata.nc")
     write_json(out / "metrics.json", result.metrics)
 
@@ -99,14 +154,18 @@ def diagnose_run(
         fig = plots.ood_histogram_figure(scores[id_name], scores[n], id_name, n,
                                          result.metrics["ood"][n])
         plots.save_png(fig, pdir / f"ood_{arviz_io.var_key(n)}.png")
-    plots.save_png(plots.ppc_figure(idata, list(evs)), pdir / "ppc.png")
+    bayes = fit is not None and fit.logits is not None
+    plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
+                                    f"{title}: posterior predictive checks of p(y|x)" if bayes
+                                    else f"{title}: plug-in predictive checks (point estimate)"),
+                   pdir / "ppc.png")
 
 
 #: the hook without idata.nc and plots (same metrics)
 metrics_only_hook = functools.partial(diagnose_run, artifacts=False)
 
 
-def register_diagnostics(hooks: list[Callable[[RunResult], None]]) -> None:
+def register_diagnostics(hooks: list[Callable[[Any], None]]) -> None:
     """Add :func:`diagnose_run` to a runner's hook list (idempotent)."""
     if diagnose_run not in hooks:
         hooks.append(diagnose_run)

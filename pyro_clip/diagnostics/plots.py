@@ -35,18 +35,27 @@ def reliability_figure(
     axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
     for col, (name, (probs, labels)) in enumerate(sets.items()):
         rb = reliability_bins(probs, labels, bins)
-        width = np.diff(rb.edges)
-        left = rb.edges[:-1]
+        left, width = rb.edges[:-2], np.diff(rb.edges[:-1])
+        # the point bin {confidence = 1} (torchmetrics' extra bin) drawn as a sliver at 1
+        if rb.count[-1]:
+            w = width[-1]
+            left, width = np.append(left, 1 - w / 4), np.append(width[:-1], [0.75 * w, w / 4])
+        keep = slice(0, len(left))
+        acc, conf_b, count = rb.accuracy[keep], rb.confidence[keep], rb.count[keep]
         top, bottom = axes[0, col], axes[1, col]
-        top.bar(left, np.nan_to_num(rb.accuracy), width, align="edge", edgecolor="k",
+        top.bar(left, np.nan_to_num(acc), width, align="edge", edgecolor="k",
                 color="C0", label="accuracy")
-        gap = np.nan_to_num(rb.confidence - rb.accuracy)
-        top.bar(left, gap, width, bottom=np.nan_to_num(rb.accuracy), align="edge",
+        gap = np.nan_to_num(conf_b - acc)
+        top.bar(left, gap, width, bottom=np.nan_to_num(acc), align="edge",
                 color="C3", alpha=0.35, hatch="//", label="gap to confidence")
+        for x, w, a, c in zip(left, width, acc, count, strict=True):
+            if c:  # the bin count: a 2-image bin must not read like a 200-image one
+                top.text(x + w / 2, min(np.nan_to_num(a), 0.93) + 0.02, str(int(c)),
+                         ha="center", va="bottom", fontsize=6, rotation=90)
         top.plot([0, 1], [0, 1], "k--", lw=1)
-        top.set(xlim=(0, 1), ylim=(0, 1), title=name, ylabel="accuracy")
+        top.set(xlim=(0, 1), ylim=(0, 1.08), title=name, ylabel="accuracy (n per bin on bars)")
         top.legend(loc="upper left", fontsize=7)
-        bottom.bar(left, rb.count / max(rb.count.sum(), 1), width, align="edge",
+        bottom.bar(left, count / max(rb.count.sum(), 1), width, align="edge",
                    edgecolor="k", color="C7")
         conf, pred = probs.double().max(-1)
         bottom.axvline(float(conf.mean()), color="C3", ls="--", label="mean confidence")
@@ -59,13 +68,30 @@ def reliability_figure(
     return fig
 
 
+def distinct_colours(n: int) -> list:
+    """``n`` colours that stay distinguishable: tab10 / tab20, else evenly spaced on turbo."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
+def _line_styles(n: int) -> list[str]:
+    """Solid lines, and past 10 lines a cycle of dash patterns as a second cue."""
+    return ["-"] * n if n <= 10 else [("-", "--", ":", "-.")[i % 4] for i in range(n)]
+
+
 def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") -> Figure:
     """Selective risk vs coverage (accept the most confident first); AURC in the legend."""
     many = len(curves) > 6  # a legend inside the axes would hide the curves
     fig = Figure(figsize=(9, max(3.8, 0.2 * len(curves))) if many else (5, 3.8))
     ax = fig.subplots()
-    for name, rc in curves.items():
-        ax.plot(rc.coverage, rc.risk, label=f"{name} (AURC {rc.aurc:.3f})")
+    for (name, rc), colour, style in zip(curves.items(), distinct_colours(len(curves)),
+                                         _line_styles(len(curves)), strict=True):
+        ax.plot(rc.coverage, rc.risk, color=colour, ls=style, label=f"{name} (AURC {rc.aurc:.3f})")
     ax.set(xlabel="coverage", ylabel="risk (error rate)", xlim=(0, 1), ylim=(0, None),
            title=title or "risk-coverage")
     if many:
@@ -93,24 +119,56 @@ def ood_histogram_figure(
         ax.hist(b, edges, alpha=0.55, density=True, label=ood_name)
         sub = ""
         if metrics and name in metrics:
-            sub = f"\nAUROC {metrics[name]['auroc']:.3f}, FPR@95 {metrics[name]['fpr95']:.3f}"
+            sub = (f"\nAUROC {100 * metrics[name]['auroc']:.1f}%, "
+                   f"FPR@95 {100 * metrics[name]['fpr95']:.1f}%")
         ax.set(title=f"{name}{sub}", xlabel="score (higher = more OOD)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
     return fig
 
 
-def ppc_figure(idata, names: list[str]) -> Figure:
-    """Per evaluation set: ArviZ ``plot_ppc`` of predicted labels (class counts) and
-    ``plot_bpv`` of the largest class share (see :mod:`pyro_clip.diagnostics.arviz_io`)."""
-    from pyro_clip.diagnostics import arviz_io
+def ppc_figure(sets: Mapping[str, tuple[torch.Tensor, object]], title: str = "") -> Figure:
+    """Per evaluation set (``name -> (probs, PredictiveDraws)``), one row of three checks of
+    p(y | x) (:mod:`pyro_clip.diagnostics.ppc`): per-bin accuracy observed vs the replicated
+    5-95% band (calibration PPC), the ECE discrepancy's replicated distribution with the
+    observed value and its Bayesian p-value, and per-class recall observed vs replicated."""
+    from pyro_clip.diagnostics.ppc import calibration_ppc, ppc_checks
 
-    fig = Figure(figsize=(9, 3.2 * len(names)))
-    axes = fig.subplots(len(names), 2, squeeze=False)
-    for row, name in enumerate(names):
-        arviz_io.plot_ppc_labels(idata, name, axes[row, 0])
-        axes[row, 0].set_title(f"{name}: class counts")
-        axes[row, 0].set_xlabel("class index")
-        arviz_io.plot_bpv_max_class_share(idata, name, axes[row, 1])
-        axes[row, 1].set_title(f"{name}: T = largest class share")
+    fig = Figure(figsize=(13, 3.3 * len(sets) + 0.4))
+    axes = fig.subplots(len(sets), 3, squeeze=False)
+    for row, (name, (probs, draws)) in enumerate(sets.items()):
+        ece, per_bin = calibration_ppc(probs, draws)
+        checks = ppc_checks(probs, draws)
+        ax = axes[row, 0]
+        full = per_bin.count > 0
+        mid = ((per_bin.edges[:-1] + per_bin.edges[1:]) / 2)[full]
+        lo, hi = np.nanpercentile(per_bin.replicated[:, full], [5, 95], axis=0)
+        ax.fill_between(mid, lo, hi, color="C0", alpha=0.3, label="replicated 5-95%")
+        ax.plot(mid, per_bin.observed[full], "ko", ms=4, label="observed")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        for x, c, a in zip(mid, per_bin.count[full], per_bin.observed[full], strict=True):
+            ax.annotate(str(int(c)), (x, a), textcoords="offset points", xytext=(0, 5),
+                        fontsize=6, ha="center")
+        ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence bin", ylabel="accuracy",
+               title=f"{name}: accuracy per confidence bin (n on points)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax = axes[row, 1]
+        ax.hist(ece.replicated, bins=30, color="C0", alpha=0.6, label="replicated")
+        ax.axvline(ece.observed, color="k", lw=2, label=f"observed, p = {ece.p_value:.2f}")
+        ax.set(xlabel="T = ECE of the labels (10 bins)", ylabel="draws",
+               title=f"{name}: calibration discrepancy")
+        ax.legend(fontsize=7)
+        ax = axes[row, 2]
+        recalls = [checks[f"recall_{c}"] for c in range(probs.shape[1])]
+        xs = np.arange(len(recalls))
+        rep = np.stack([r.replicated for r in recalls], 1)
+        lo, hi = np.nanpercentile(rep, [5, 95], axis=0)
+        ax.vlines(xs, lo, hi, color="C0", lw=5, alpha=0.5, label="replicated 5-95%")
+        ax.plot(xs, [r.observed for r in recalls], "ko", ms=4, label="observed")
+        ax.set(xticks=xs, xlabel="class", ylabel="recall", ylim=(0, 1.05),
+               title=f"{name}: per-class recall")
+        ax.set_xticklabels([str(x) for x in xs], fontsize=7)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return fig

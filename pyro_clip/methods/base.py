@@ -170,6 +170,24 @@ class Method(ABC):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         """Predictive distribution for image features (N, D) over ``classnames``."""
 
+    def logit_posterior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> torch.distributions.Distribution | None:
+        """Posterior (predictive) distribution of the logits ``f(x)``: batch (N,), event (C,).
+
+        ``None`` (the default) means the method is a point estimate. With it,
+        :func:`pyro_clip.models.categorical.posterior_predictive` runs ``pyro.infer.Predictive``
+        on the model ``f ~ q(f | x), y ~ Cat(softmax f)`` (observed site ``y``).
+        """
+        return None
+
+    def logit_prior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> torch.distributions.Distribution | None:
+        """Prior distribution of the logits ``f(x)`` before any shot (batch (N,), event (C,));
+        ``None`` when the method has no prior. Feeds ArviZ's ``prior`` group."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Trained state for the checkpoint (tensors and plain Python)."""
         return {}

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import pyro.distributions
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -31,6 +32,7 @@ from pyro_clip.selection import check_validation, grid_search, log_grid, validat
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")
 CHUNK = 256  # examples per GLM-predictive call: Jacobians are (chunk, C, C*D)
+LAST_LAYER = "1"  # the Linear's name in _head's Sequential
 
 
 def _head(weight: torch.Tensor) -> nn.Sequential:
@@ -45,8 +47,8 @@ def probit_probs(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * var.diagonal(dim1=1, dim2=2)), -1)
 
 
-def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
+def logit_cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors (N, C, C) of the logit covariances; jitter (with a warning) if not PD."""
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     jitter = 0.0
     for attempt in range(8):
@@ -58,7 +60,13 @@ def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> t
         raise ConfigError("logit covariance is not positive definite even with jitter; "
                           "raise the prior precision")
     if jitter:
-        warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=2)
+        warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=3)
+    return chol
+
+
+def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
+    chol = logit_cholesky(cov)
     gen = torch.Generator().manual_seed(seed)  # CPU draws: the same samples on every device
     eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype,
                       device=gen.device).to(mean.device)
@@ -70,11 +78,14 @@ def _make_laplace(weight: torch.Tensor, structure: str, **kwargs: Any):
 
     laplace-torch is imported here, not at module import: it pulls in asdl and backpack
     (seconds of import time and deprecation warnings) for every ``pyro-clip`` command.
+    The last layer is named (``LAST_LAYER``) rather than found from a batch: laplace-torch
+    then knows ``n_params`` at construction, which its ``load_state_dict`` needs to accept
+    the (C*D,) prior mean (else ``ValueError: Invalid length of prior mean`` on reload).
     """
     from laplace import Laplace
 
     return Laplace(_head(weight), "classification", subset_of_weights="last_layer",
-                   hessian_structure=structure, **kwargs)
+                   hessian_structure=structure, last_layer_name=LAST_LAYER, **kwargs)
 
 
 @register_method
@@ -164,6 +175,23 @@ class LaplaceHead(LinearProbe):
         mean, cov = self.predictive(features, classnames)
         samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
         return Prediction(probit_probs(mean, cov).float(), samples.float())
+
+    def logit_posterior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> pyro.distributions.MultivariateNormal:
+        """The GLM predictive ``f(x_i) ~ N(W_MAP x_i, J_i Sigma J_i^T)`` (Laplace Redux eq. 8)."""
+        mean, cov = self.predictive(features, classnames)
+        return pyro.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
+
+    @torch.no_grad()
+    def logit_prior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> pyro.distributions.Distribution:
+        """``vec(W) ~ N(vec(s T), P^-1 I)`` pushed through ``f = W x``, ``|x| = 1``: independent
+        ``f_c ~ N(s cos(x, t_c), 1/P)`` (the zero-shot logits with prior variance 1/P)."""
+        x = normalize(features)
+        zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
+        return pyro.distributions.Normal(zs, self.precision ** -0.5).to_event(1)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "laplace": self.la.state_dict()}

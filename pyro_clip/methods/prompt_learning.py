@@ -4,8 +4,10 @@
 ``cocoop-ove-pg`` with the OVE-PG objective of Kim et al. (arXiv 2504.14123, eq. 10, see
 :mod:`pyro_clip.models.ove_pg`). The switch is the ``likelihood`` option, so
 ``coop --opt likelihood=ove-pg`` equals ``coop-ove-pg``. Prediction is ``softmax(f)`` of the
-learned logits (paper: argmax of f) for any class names, seen or not; ``logit_samples`` is left
-empty because the conditional Gaussian over psi needs the label (it is a training device).
+learned logits (paper: argmax of f) for any class names, seen or not. OVE-PG learners also
+return ``logit_samples``: draws of the paper's Gaussian posterior over logits
+``q(f | x) = N(f, alpha^-1 I)`` from ``pyro.infer.Predictive`` (the conditional Gaussian over
+psi needs the label, so it stays a training device).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import torch.nn.functional as F
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.models.ove_pg import OvePGConfig, ove_differences, ove_pg_loss
+from pyro_clip.models.ove_pg import (
+    PREDICTIVE_DRAWS,
+    OvePGConfig,
+    ove_differences,
+    ove_pg_loss,
+    ove_pg_posterior,
+    ove_pg_posterior_predictive,
+)
 from pyro_clip.models.polya_gamma import sample_pg
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
@@ -109,7 +118,28 @@ class PromptLearningMethod(Method):
             raise RuntimeError(f"{self.name}: fit or load_state_dict before predict")
         # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
         logits = self.learner.predict_logits(features, classnames)
-        return Prediction(logits.softmax(-1))
+        if self.options["likelihood"] != "ove-pg":
+            return Prediction(logits.softmax(-1))
+        # OVE-PG: posterior draws f ~ N(f, alpha^-1 I) via pyro.infer.Predictive (models.ove_pg)
+        f0 = self.ctx.zero_shot_logits(features, classnames).to(logits.dtype)
+        draws = ove_pg_posterior_predictive(logits, f0, self.ove, PREDICTIVE_DRAWS, self.ctx.seed)
+        return Prediction(logits.softmax(-1), draws["f"])
+
+    @torch.no_grad()
+    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
+        """OVE-PG: ``q(f | x) = N(f_learner(x), alpha^-1 I)``; softmax prompt learners: None."""
+        if self.options["likelihood"] != "ove-pg":
+            return None
+        # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
+        logits = self.learner.predict_logits(features, classnames)
+        return ove_pg_posterior(logits, self.ove)
+
+    @torch.no_grad()
+    def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
+        """OVE-PG: ``p(f | x) = N(f0(x), alpha^-1 I)`` around the zero-shot logits."""
+        if self.options["likelihood"] != "ove-pg":
+            return None
+        return ove_pg_posterior(self.ctx.zero_shot_logits(features, classnames).float(), self.ove)
 
     def state_dict(self) -> dict[str, Any]:
         assert self.learner is not None

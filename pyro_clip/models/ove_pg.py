@@ -13,12 +13,20 @@ templates), ``A_y f`` the one-vs-each differences ``psi_j = f_y - f_j`` (j != y)
 * Loss (paper eq. 10): ``mean_b (1/M) sum_m -log OVE(y_b | psi_bm)`` at M reparameterised draws
   ``+ lambda * mean((f - f0)^2)`` (the KL between equal-covariance Gaussians over logits).
 
-Pyro form: the model puts ``f ~ N(f0, C/(2 lambda) I)`` (prior over logits centred at the
-zero-shot logits), samples ``psi`` from the conditional Gaussian in a ``plate`` of size M and
-scores the OVE likelihood with ``pyro.factor``; the guide is the prompt learner's logits,
-``f ~ Delta(f_learner)``, and draws ``psi`` from the same conditional. ``Trace_ELBO`` then
-gives exactly the paper's loss plus the prior's normalising constant ``(C/2) log(2 pi tau^2)``,
-which :func:`ove_pg_loss` subtracts (it has no gradient); ``lambda = 0`` masks the prior site.
+Pyro form, with the paper's Gaussian posterior over logits: prior ``p(f | x) = N(f0, alpha^-1 I)``
+and posterior ``q(f | x) = N(f_learner, alpha^-1 I)``. Equal covariances make
+``KL(q || p) = (alpha/2) |f_learner - f0|^2``, which is ``-log p(f_learner)`` up to a constant,
+so training can use the guide's mean ``f ~ Delta(f_learner)`` (:func:`ove_pg_guide`) and still
+optimise the Gaussian ELBO exactly; ``lambda`` weights the KL as in the paper (the prior site
+is scaled by ``2 lambda / (alpha C)``, giving ``lambda * mean_c (f - f0)^2``; ``lambda = 0``
+masks it). The model samples ``psi`` from the conditional Gaussian in a ``plate`` of size M and
+scores the OVE likelihood with ``pyro.factor``; its observed site ``y ~ Cat(softmax f)`` is
+masked in the ELBO because the PG-augmented factor carries that observation's likelihood.
+``Trace_ELBO`` gives exactly the paper's loss plus the prior's scaled normalising constant,
+which :func:`ove_pg_loss` subtracts (it has no gradient). With ``labels=None`` the model
+predicts: ``pyro.infer.Predictive(ove_pg_model, guide=ove_pg_posterior_guide)`` draws
+``f ~ q`` and ``y ~ Cat(softmax f)`` (:func:`ove_pg_posterior_predictive`); without a guide it
+gives the prior predictive around the zero-shot logits.
 
 Differences from the official code (github MingyuKim87/BP_CLIP, trainers/coop_ove_pg.py):
 1. it sets ``omega = tanh(c/2)/c`` (twice the PG mean) after clamping ``c >= 1e-8`` (so every
@@ -43,12 +51,14 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Predictive, Trace_ELBO
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.models.polya_gamma import pg_mean, sample_pg
 
 KAPPA = 0.5
+#: posterior draws of the logits returned by OVE-PG prompt learners' predict()
+PREDICTIVE_DRAWS = 64
 
 
 @dataclass
@@ -82,12 +92,16 @@ class OvePGConfig:
 
 
 def ove_differences(f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``A_y f``: (B, C) logits -> (B, C-1) differences ``f_y - f_j`` over ``j != y`` (in order)."""
-    b, c = f.shape
-    diff = f.gather(1, labels[:, None]) - f
+    """``A_y f``: (..., B, C) logits -> (..., B, C-1) differences ``f_y - f_j`` over ``j != y``.
+
+    Leading sample dimensions (e.g. from ``pyro.infer.Predictive``) broadcast over ``labels``.
+    """
+    b, c = f.shape[-2:]
+    lead = f.shape[:-2]
+    diff = f.gather(-1, labels.expand(*lead, b)[..., None]) - f
     keep = torch.ones(b, c, dtype=torch.bool, device=f.device)
     keep[torch.arange(b, device=f.device), labels] = False
-    return diff[keep].reshape(b, c - 1)
+    return diff[..., keep].reshape(*lead, b, c - 1)
 
 
 def ove_log_likelihood(f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -115,18 +129,31 @@ def draw_omega(
     return sample_pg(c, rng) if omega == "sample" else pg_mean(c)
 
 
-def _prior_scale(n_classes: int, lam: float) -> float:
-    """``tau`` with ``lambda/C * sum (f-f0)^2 = sum (f-f0)^2 / (2 tau^2)``."""
-    return math.sqrt(n_classes / (2 * lam)) if lam > 0 else 1.0
+def _prior_weight(n_classes: int, cfg: OvePGConfig) -> float:
+    """Scale ``2 lambda / (alpha C)`` of the prior site: ``(alpha/2) |f-f0|^2`` becomes
+    ``lambda/C sum_c (f-f0)^2`` (the paper's KL weight); 1 when ``lambda = 0`` (masked)."""
+    return 2 * cfg.lam / (cfg.alpha * n_classes) if cfg.lam > 0 else 1.0
+
+
+def _prior_constant(n_classes: int, cfg: OvePGConfig) -> float:
+    """The scaled normalising constant ``w (C/2) log(2 pi / alpha)`` of the prior site."""
+    return _prior_weight(n_classes, cfg) * 0.5 * n_classes * math.log(2 * math.pi / cfg.alpha)
 
 
 def ove_pg_model(f_learner, f0, labels, omega, cfg: OvePGConfig) -> None:
-    """p: ``f ~ N(f0, tau^2 I)``; ``psi ~ N(Sigma(alpha A_y f + kappa), Sigma)`` x M; OVE factor."""
-    b, c = f0.shape
+    """p: ``f ~ N(f0, alpha^-1 I)``; observed ``y ~ Cat(softmax f)`` (masked: the augmented OVE
+    factor carries it); ``psi ~ N(Sigma(alpha A_y f + kappa), Sigma)`` x M and the OVE factor.
+    ``labels=None``: only ``f`` and a sampled ``y`` (prediction)."""
+    b, c = f0.shape[-2:]
     m = cfg.num_samples
     with pyro.plate("data", b, dim=-1), poutine.scale(scale=1.0 / b):
-        with poutine.mask(mask=cfg.lam > 0):
-            f = pyro.sample("f", dist.Normal(f0, _prior_scale(c, cfg.lam)).to_event(1))
+        with poutine.mask(mask=cfg.lam > 0), poutine.scale(scale=_prior_weight(c, cfg)):
+            f = pyro.sample("f", dist.Normal(f0, cfg.alpha ** -0.5).to_event(1))
+        if labels is None:
+            pyro.sample("y", dist.Categorical(logits=f))
+            return
+        with poutine.mask(mask=False):
+            pyro.sample("y", dist.Categorical(logits=f), obs=labels)
         loc, scale = conditional_psi(ove_differences(f, labels), omega, cfg.alpha)
         with pyro.plate("samples", m, dim=-2), poutine.scale(scale=1.0 / m):
             psi = pyro.sample("psi", dist.Normal(loc, scale).to_event(1))
@@ -134,8 +161,9 @@ def ove_pg_model(f_learner, f0, labels, omega, cfg: OvePGConfig) -> None:
 
 
 def ove_pg_guide(f_learner, f0, labels, omega, cfg: OvePGConfig) -> None:
-    """q: the prompt learner's logits ``f ~ Delta(f_learner)``; psi from the same conditional."""
-    b = f0.shape[0]
+    """Training guide: q's mean ``f ~ Delta(f_learner)`` (exact for the equal-covariance KL, see
+    the module docstring); psi from the same conditional."""
+    b = f0.shape[-2]
     with pyro.plate("data", b, dim=-1), poutine.scale(scale=1.0 / b):
         f = pyro.sample("f", dist.Delta(f_learner, event_dim=1))
         loc, scale = conditional_psi(ove_differences(f, labels), omega, cfg.alpha)
@@ -164,6 +192,35 @@ class DeviceTraceELBO(Trace_ELBO):
         return loss + (surrogate - surrogate.detach())
 
 
+
+def ove_pg_posterior_guide(f_learner, f0, labels, omega, cfg: OvePGConfig) -> None:
+    """The paper's Gaussian posterior over logits ``q(f | x) = N(f_learner, alpha^-1 I)``."""
+    with pyro.plate("data", f_learner.shape[-2], dim=-1):
+        pyro.sample("f", dist.Normal(f_learner, cfg.alpha ** -0.5).to_event(1))
+
+
+def ove_pg_posterior(f_learner: torch.Tensor, cfg: OvePGConfig) -> torch.distributions.Distribution:
+    """``q(f | x) = N(f_learner, alpha^-1 I)`` as a torch distribution (batch (B,), event (C,))."""
+    return dist.Normal(f_learner, cfg.alpha ** -0.5).to_event(1)
+
+
+def ove_pg_posterior_predictive(
+    f_learner: torch.Tensor, f0: torch.Tensor, cfg: OvePGConfig, num_samples: int, seed: int = 0,
+    prior: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``{"f": (S, B, C), "y": (S, B)}`` from ``pyro.infer.Predictive`` on :func:`ove_pg_model`
+    with ``labels=None``: posterior predictive (guide :func:`ove_pg_posterior_guide`), or the
+    prior predictive around ``f0`` when ``prior=True``. Seeded; global RNG state restored."""
+    guide = None if prior else ove_pg_posterior_guide
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        out = Predictive(ove_pg_model, guide=guide, num_samples=num_samples, parallel=True,
+                         return_sites=("f", "y"))(f_learner.detach(), f0.detach(), None, None,
+                                                   cfg)
+    b, c = f0.shape[-2:]
+    return {"f": out["f"].reshape(num_samples, b, c), "y": out["y"].reshape(num_samples, b)}
+
+
 _ELBO = DeviceTraceELBO(max_plate_nesting=2)
 
 
@@ -189,8 +246,6 @@ def ove_pg_loss(
     with checks:
         loss = _ELBO.differentiable_loss(ove_pg_model, ove_pg_guide, f_learner, f0, labels,
                                          omega, cfg)
-    if cfg.lam > 0:
-        n_classes = f0.shape[1]
-        tau = _prior_scale(n_classes, cfg.lam)
-        loss = loss - 0.5 * n_classes * math.log(2 * math.pi * tau**2)
+    if cfg.lam > 0:  # -log p(f) carries the constant +w (C/2) log(2 pi / alpha)
+        loss = loss - _prior_constant(f0.shape[-1], cfg)
     return loss

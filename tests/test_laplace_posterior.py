@@ -1,0 +1,31 @@
+"""Laplace head as Pyro-native distributions: posterior = its GLM predictive, prior = zero-shot
+logits with variance 1/P; both run through the shared categorical model's Predictive."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pyro_clip.models.categorical import posterior_predictive
+from tests.test_baselines import NAMES, _fit, problem  # noqa: F401  (problem is a fixture)
+
+
+def test_laplace_logit_posterior_and_prior(tiny_backbone, problem):  # noqa: F811
+    m = _fit("laplace", tiny_backbone, problem, hessian_structure="full", prior_precision=3.0,
+             n_samples=4)
+    x = problem["test"].features["joint"][:6]
+    names = [*NAMES, "ship"]  # an untrained class: its posterior row is its prior
+    mean, cov = m.predictive(x, names)
+    q = m.logit_posterior(x, names)
+    assert q.batch_shape == (6,) and q.event_shape == (len(names),)
+    torch.testing.assert_close(q.mean, mean, rtol=0, atol=0)
+    torch.testing.assert_close(q.covariance_matrix, cov, rtol=1e-10, atol=1e-12)
+    prior = m.logit_prior(x, names)
+    zs = F.normalize(x.double(), dim=-1) @ (
+        tiny_backbone.logit_scale * m.ctx.text_classifier(names).double()).T
+    torch.testing.assert_close(prior.mean, zs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prior.variance, torch.full_like(zs, 1 / m.precision),
+                               rtol=1e-12, atol=0)
+    draws = posterior_predictive(q, 3000, seed=0)
+    sd = cov.diagonal(dim1=1, dim2=2).sqrt()
+    assert ((draws["f"].mean(0) - mean).abs() < 5 * sd / 3000 ** 0.5 + 1e-9).all()
