@@ -124,17 +124,12 @@ def speed_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_offline_suite(config: Path, workers: int) -> tuple[Path, dict[str, Any]]:
-    from pyro_clip.suite import load_suite
-    from pyro_clip.suite_check import dry_run
-    from pyro_clip.suite_exec import run_suite
-    from pyro_clip.suite_results import write_results
+    from pyro_clip.suite import dry_run, load_suite, run_suite, write_results
 
     suite = load_suite(config)
     print(dry_run(suite).summary(), flush=True)
     outcome = run_suite(suite, workers=workers)
-    info = {"failures": outcome.failures, "run_seconds": outcome.seconds,
-            "wall_seconds": outcome.wall_seconds, "workers": workers,
-            "skipped_runs": outcome.skipped}
+    info = {**outcome.info(), "workers": workers}
     _, md_path = write_results(suite, outcome.runs, info)
     return md_path, info
 

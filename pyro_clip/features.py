@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_clip.backbones.base import DualEncoder
+from pyro_clip.cache_lock import locked
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
 from pyro_clip.io import save_npz
@@ -90,7 +91,9 @@ class FeatureCache:
         """Features of ``dataset`` under ``backbone``, computed on a miss, read on a hit."""
         path = self.path(backbone, dataset)
         if not path.exists():
-            self._extract(backbone, dataset, path, batch_size, progress)
+            with locked(path):  # concurrent writers: one encodes, the others wait and reuse
+                if not path.exists():
+                    self._extract(backbone, dataset, path, batch_size, progress)
         with np.load(path) as data:
             feats = {k[5:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("feat_")}
             labels = torch.from_numpy(data["labels"])

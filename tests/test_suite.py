@@ -12,10 +12,18 @@ from pyro_clip.cli import main
 from pyro_clip.errors import ConfigError
 from pyro_clip.io import write_json
 from pyro_clip.methods import get_method_class, known_methods
-from pyro_clip.suite import expand, load_suite, parse_suite
-from pyro_clip.suite_check import dry_run
-from pyro_clip.suite_exec import run_suite
-from pyro_clip.suite_results import aggregate, headline, markdown, mean_std, write_results
+from pyro_clip.suite import (
+    aggregate,
+    dry_run,
+    expand,
+    headline,
+    load_suite,
+    markdown,
+    mean_std,
+    parse_suite,
+    run_suite,
+    write_results,
+)
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from pyro_clip.data.dassl_specs import resolve_dassl
 from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_layout
 from pyro_clip.data.registry import has_validation_split, known_datasets
 from pyro_clip.errors import ConfigError, PyroClipError
-from pyro_clip.suite import SuiteConfig, SuiteRun, expand
+from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 
 EMBEDDED = ("fashion-mnist", "fashion-mnist-c")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
