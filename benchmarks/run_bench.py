@@ -75,7 +75,7 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     """
     rows = []
     for path in sorted(results_dir.glob("*.json")):
-        if path.stem.startswith("suite_") or path.stem == "bench_run":
+        if path.stem == "bench_run":
             continue
         try:
             data = json.loads(path.read_text())
@@ -83,6 +83,8 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
             continue
         if not isinstance(data, dict):
             continue
+        if path.stem.startswith("suite_") and "benchmark" not in data:
+            continue  # a suite's results table, not a speed benchmark (suite_executors is)
         flat = _flat({k: v for k, v in data.items() if k != "machine"})
         targets = {k.rsplit(".", 1)[-1][len("target_"):]: v for k, v in flat.items()
                    if k.rsplit(".", 1)[-1].startswith("target_")}
