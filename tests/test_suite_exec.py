@@ -141,3 +141,23 @@ def test_ray_executor_without_ray_fails_with_one_line_install_hint(tmp_path, mon
     assert len(err.splitlines()) == 1
     assert "pip install 'pyro-clip[ray]'" in err and "--executor local" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("**/*.json"))
+
+
+def test_ray_tasks_carry_absolute_paths(tmp_path, monkeypatch):
+    from pyro_clip.suite.executors.ray import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (run,) = expand(_suite(tmp_path, out="runs/rel", cache_dir="cache"))
+    task = absolute_paths(_run_task(run))
+    assert task.config["out"] == str(tmp_path / "runs/rel/fashion-mnist/few-shot/zero-shot/"
+                                                "shots1/seed1")
+    assert task.config["cache_dir"] == str(tmp_path / "cache")
+    assert task.key == str(run.out) and task.config["data_root"] is None
+
+
+def test_dry_run_summary_names_the_executor(tmp_path):
+    from pyro_clip.suite import dry_run
+
+    plan = dry_run(_suite(tmp_path, executor="ray", address="auto",
+                          resources={"cpus": 4, "gpus": 0.5}))
+    assert "executor ray at auto, 1 worker(s); per run 4 CPU(s), 0.5 GPU(s)" in plan.summary()

@@ -48,6 +48,10 @@ class Plan:
             f"shots {s.shots}; seeds {s.seeds}",
             f"methods: {', '.join(per_method)}",
             f"run folders under {s.out}; results {s.results_stem}.json/.md",
+            f"executor {s.executor}"
+            + (f" at {s.address}" if s.executor == "ray" and s.address else "")
+            + f", {s.workers} worker(s); per run {s.resources.cpus} CPU(s), "
+            f"{s.resources.gpus:g} GPU(s); up to {s.max_retries} retries of a dead worker",
         ]
         lines += [f"note: {n}" for n in self.notes]
         if self.problems:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pyro_clip.errors import ConfigError
@@ -32,6 +33,19 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
     return ray
+
+
+def absolute_paths(task: Task) -> Task:
+    """``out``, ``cache_dir`` and ``data_root`` made absolute against the driver's folder.
+
+    Ray workers of a cluster started elsewhere (``ray start``) do not share the driver's
+    working directory, so a relative ``out: runs/...`` would land somewhere else.
+    """
+    config = dict(task.config)
+    for key in ("out", "cache_dir", "data_root"):
+        if config.get(key):
+            config[key] = os.path.abspath(os.path.expanduser(config[key]))
+    return replace(task, config=config)
 
 
 def _ray_task(task: Task, *_prepared: Any) -> TaskResult:
@@ -88,7 +102,7 @@ class RayExecutor(Executor):
             pending: dict[Any, Task] = {}
             for task in tasks:  # prepare tasks come first, so their refs exist for the runs
                 ref = remote.options(**options, name=f"{task.kind}:{task.key}").remote(
-                    task, *(refs[k] for k in task.needs))
+                    absolute_paths(task), *(refs[k] for k in task.needs))
                 refs[task.key] = ref
                 pending[ref] = task
             while pending:
