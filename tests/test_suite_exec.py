@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -161,3 +162,25 @@ def test_dry_run_summary_names_the_executor(tmp_path):
     plan = dry_run(_suite(tmp_path, executor="ray", address="auto",
                           resources={"cpus": 4, "gpus": 0.5}))
     assert "executor ray at auto, 1 worker(s); per run 4 CPU(s), 0.5 GPU(s)" in plan.summary()
+
+
+def test_local_pool_reruns_the_runs_of_a_killed_worker(tmp_path):
+    from tests.suite_killer import Killer
+
+    ref = _suite(tmp_path / "ref", methods=["zero-shot", "linear-probe"], seeds=[1, 2])
+    suite = _suite(tmp_path / "pool", methods=["zero-shot", "linear-probe"], seeds=[1, 2],
+                   workers=2, max_retries=2)
+    assert run_suite(ref, progress=False).failures == {}
+    killer = Killer(Path(suite.out), times=1)
+    killer.start()
+    outcome = run_suite(suite, progress=False)
+    killer.stop.set()
+    killer.join()
+    assert killer.killed and outcome.failures == {}
+    assert any(a > 1 for a in outcome.attempts.values())
+    for a, b in zip(expand(ref), expand(suite), strict=True):
+        ma, mb = (json.loads((r.out / "metrics.json").read_text()) for r in (a, b))
+        for m in (ma, mb):
+            m.pop("fit_seconds"), m.pop("total_seconds")
+        assert ma == mb
+        assert not list(b.out.parent.glob(f".{b.out.name}.tmp-*"))

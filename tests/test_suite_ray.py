@@ -8,16 +8,13 @@ module stays around a minute on 2 cores.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from pyro_clip.suite import expand, parse_suite, run_suite
 from tests.conftest import TINY
+from tests.suite_killer import Killer
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'pyro-clip[ray]'")
 
@@ -42,43 +39,6 @@ def _suite(root: Path, name: str, **kw):
 def _metrics(run) -> dict:
     data = json.loads((run.out / "metrics.json").read_text())
     return {k: v for k, v in data.items() if k not in TIMING}
-
-
-class Killer(threading.Thread):
-    """SIGKILLs the worker process of the first runs it sees in progress (up to ``times``).
-
-    A run in progress is a hidden ``.seed<S>.tmp-*`` folder whose ``run.log`` names the pid.
-    """
-
-    def __init__(self, root: Path, times: int = 2) -> None:
-        super().__init__(daemon=True)
-        self.root, self.times = root, times
-        self.killed: list[tuple[int, Path]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        seen: set[Path] = set()
-        while not self.stop.is_set() and len(self.killed) < self.times:
-            for log in self.root.glob("**/.seed*.tmp-*/run.log"):
-                if log in seen:
-                    continue
-                seen.add(log)
-                text = log.read_text().split()
-                if "pid" not in text:
-                    continue
-                pid = int(text[text.index("pid") + 1].rstrip(","))
-                if pid == os.getpid():
-                    continue
-                final = log.parent.parent / log.parent.name.split(".tmp-")[0].lstrip(".")
-                if any(final == f for _, f in self.killed):
-                    continue  # one kill per run: its retry must be allowed to finish
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                self.killed.append((pid, final))
-                break
-            time.sleep(0.02)
 
 
 def test_killed_worker_is_retried_and_metrics_equal_an_uninterrupted_local_run(
