@@ -40,6 +40,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="backbone forward precision (autocast); the Bayesian maths keeps float64")
     p.add_argument("--workers", type=int,
                    help="image-decoding worker processes (default: from the CPU count)")
+    p.add_argument("--skip-corrupt", dest="skip_corrupt", action="store_true", default=None,
+                   help="skip unreadable images (counted in config.json data_report) instead "
+                        "of stopping")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

@@ -40,6 +40,9 @@ class RunConfig:
     precision: str = "fp32"
     #: image-decoding worker processes for feature extraction (``None``: from the CPU count)
     workers: int | None = None
+    #: drop unreadable images of file-based data sets instead of stopping (``--skip-corrupt``);
+    #: the count per split is written to config.json as ``data_report``
+    skip_corrupt: bool = False
 
     def validate(self) -> RunConfig:
         if self.protocol not in PROTOCOLS:

@@ -19,3 +19,7 @@ class ConfigError(PyroClipError, ValueError):
 
 class TrainingError(PyroClipError, RuntimeError):
     """Training diverged (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before its convergence criterion was met."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyro_clip.errors import DataError
 from pyro_clip.io import save_npz, write_json
 from pyro_clip.runner import (
@@ -14,6 +16,7 @@ from pyro_clip.runner import (
     load_trained_method,
     read_run_config,
 )
+from pyro_clip.runtime import Runtime
 
 
 def evaluate_run(
@@ -27,7 +30,9 @@ def evaluate_run(
         )
     cfg, cfg_data = read_run_config(run_dir)
     cfg.data_root = data_root
-    backbone = get_backbone(cfg.backbone)
+    # the run's device is where it was trained, not a request now: evaluate where we are
+    precision = cfg.precision if cfg.precision != "fp16" or torch.cuda.is_available() else "fp32"
+    backbone = get_backbone(cfg.backbone, Runtime.resolve("auto", precision))
     method = load_trained_method(run_dir, backbone)
     test = load_features(cfg, backbone, dataset, "test")
     ev = evaluate(method, dataset, test)

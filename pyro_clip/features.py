@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.cache_lock import locked
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
+from pyro_clip.extraction import extract_features, iter_features
 from pyro_clip.io import save_npz
+from pyro_clip.progress import ProgressBar, progress_bar
 
 CACHE_FORMAT = 1
 
@@ -68,9 +69,13 @@ class FeatureSet:
 class FeatureCache:
     """Disk cache of image features (see module docstring)."""
 
-    def __init__(self, root: str | Path | None = None, chunk_size: int = 512) -> None:
+    def __init__(
+        self, root: str | Path | None = None, chunk_size: int = 512, workers: int | None = None
+    ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.chunk_size = chunk_size
+        #: decoding processes (``None``: :func:`pyro_clip.extraction.default_workers`)
+        self.workers = workers
 
     def key(self, backbone: DualEncoder, dataset: LabeledImages) -> str:
         h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
@@ -113,15 +118,18 @@ class FeatureCache:
         if n == 0:
             raise DataError(f"data set {dataset.name} is empty; nothing to encode")
         starts = range(0, n, self.chunk_size)
-        bar = tqdm(total=n, desc=f"encoding {dataset.name}", unit="img", disable=not progress)
-        for start in starts:
-            stop = min(start + self.chunk_size, n)
-            part = parts_dir / f"{start:09d}.npz"
-            if not part.exists():
-                feats = encode_range(backbone, dataset, start, stop, batch_size, bar)
-                save_npz(part, compress=False, **{f"feat_{k}": v for k, v in feats.items()})
-            else:
-                bar.update(stop - start)
+        bar = progress_bar(total=n, desc=f"encoding {dataset.name}", unit="img", enabled=progress)
+        missing = [s for s in starts if not (parts_dir / f"{s:09d}.npz").exists()]
+        bar.update(n - sum(min(s + self.chunk_size, n) - s for s in missing))
+        # one DataLoader over every missing chunk (workers start once); the k-th chunk it
+        # yields is missing[k] since only the last chunk of the set can be short
+        indices = np.concatenate([np.arange(s, min(s + self.chunk_size, n)) for s in missing]
+                                 or [np.zeros(0, dtype=np.int64)])
+        chunks = iter_features(backbone, dataset, indices, backbone.runtime, batch_size,
+                               self.workers, self.chunk_size, bar) if missing else iter(())
+        for start, feats in zip(missing, chunks, strict=True):
+            save_npz(parts_dir / f"{start:09d}.npz", compress=False,
+                     **{f"feat_{k}": v.numpy() for k, v in feats.items()})
         bar.close()
         chunks = []
         for start in starts:
@@ -134,25 +142,16 @@ class FeatureCache:
         shutil.rmtree(parts_dir, ignore_errors=True)
 
 
-@torch.no_grad()
 def encode_range(
     backbone: DualEncoder,
     dataset: LabeledImages,
     start: int,
     stop: int,
     batch_size: int,
-    bar: tqdm | None = None,
+    bar: ProgressBar | None = None,
+    workers: int | None = 0,
 ) -> dict[str, np.ndarray]:
     """Preprocess and encode images ``start..stop-1`` -> float32 arrays per feature kind."""
-    out: dict[str, list[np.ndarray]] = {}
-    for b0 in range(start, stop, batch_size):
-        b1 = min(b0 + batch_size, stop)
-        pixels = torch.stack([backbone.preprocess(dataset.load_image(i)) for i in range(b0, b1)])
-        for kind, value in backbone.encode_images(pixels).items():
-            arr = value.float().cpu().numpy()
-            if not np.isfinite(arr).all():
-                raise DataError(f"{dataset.name}: backbone produced non-finite features")
-            out.setdefault(kind, []).append(arr)
-        if bar is not None:
-            bar.update(b1 - b0)
-    return {k: np.concatenate(v) for k, v in out.items()}
+    feats = extract_features(backbone, dataset, np.arange(start, stop), backbone.runtime,
+                             batch_size, workers, bar if bar is not None else False)
+    return {k: v.numpy() for k, v in feats.items()}

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then ``os.replace``.
 
-A run killed mid-write leaves either the old file or the new one, never a torn file.
+A run killed mid-write leaves either the old file or the new one, never a torn file. Files
+get the permissions a plain ``open`` would give them, ``0o666 & ~umask`` (``mkstemp`` alone
+makes them 0600, unreadable to colleagues on a shared cluster); folders get ``0o777 & ~umask``.
 """
 
 from __future__ import annotations
@@ -16,15 +18,30 @@ import numpy as np
 import torch
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where ``/proc`` allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no read-only API elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically, mode
+    ``0o666 & ~umask``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # mkdir already applies the umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

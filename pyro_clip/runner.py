@@ -25,6 +25,7 @@ from pyro_clip.errors import BackboneError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
 from pyro_clip.methods import Method, MethodContext, Prediction, create_method
+from pyro_clip.methods.base import to_device
 from pyro_clip.metrics import classification_metrics, harmonic_mean
 from pyro_clip.runtime import Runtime
 from pyro_clip.seeding import seed_everything
@@ -51,24 +52,35 @@ class RunResult:
     metrics: dict[str, Any]
     out: Path
     runtime: Runtime = field(default_factory=Runtime)
+    #: ``{"<dataset>/<split>": {"n_images": n, "n_skipped": k}}`` (``--skip-corrupt``)
+    data_report: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 #: callables ``hook(result)`` run after the standard outputs are written (diagnostics etc.)
 RUN_HOOKS: list[Callable[[RunResult], None]] = []
 
-_BACKBONES: dict[str, DualEncoder] = {}
+_BACKBONES: dict[tuple[str, str], DualEncoder] = {}
 
 
-def get_backbone(spec: str) -> DualEncoder:
-    """Backbones are expensive to build; one instance per spec per process."""
-    if spec not in _BACKBONES:
-        _BACKBONES[spec] = create_backbone(spec)
-    return _BACKBONES[spec]
+def get_backbone(spec: str, runtime: Runtime | None = None) -> DualEncoder:
+    """Backbones are expensive to build; one instance per (spec, device) per process, moved
+    to the device once; its forwards then follow ``runtime`` (precision; default CPU fp32)."""
+    runtime = runtime or Runtime()
+    key = (spec, str(runtime.device))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = create_backbone(spec)
+    return _BACKBONES[key].to_runtime(runtime)
 
 
-def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
-    images = load_dataset(dataset, split, root=cfg.data_root)  # embedded sets ignore root
-    cache = FeatureCache(cfg.cache_dir)
+def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str,
+                  report: dict[str, dict[str, int]] | None = None) -> FeatureSet:
+    """Features of one split; ``report`` (if given) receives its image and skipped counts."""
+    # embedded sets ignore root and skip_corrupt
+    images = load_dataset(dataset, split, root=cfg.data_root, skip_corrupt=cfg.skip_corrupt)
+    if report is not None:
+        report[f"{dataset}/{split}"] = {"n_images": len(images),
+                                        "n_skipped": len(getattr(images, "skipped", []))}
+    cache = FeatureCache(cfg.cache_dir, workers=cfg.workers)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
@@ -90,11 +102,12 @@ def run(cfg: RunConfig) -> RunResult:
     seed_everything(cfg.seed)
     runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
-    backbone = get_backbone(cfg.backbone)
-    train_all = load_features(cfg, backbone, cfg.dataset, "train")
-    val_all = (load_features(cfg, backbone, cfg.dataset, "val")
+    backbone = get_backbone(cfg.backbone, runtime)
+    report: dict[str, dict[str, int]] = {}
+    train_all = load_features(cfg, backbone, cfg.dataset, "train", report)
+    val_all = (load_features(cfg, backbone, cfg.dataset, "val", report)
                if has_validation_split(cfg.dataset) else train_all)
-    test = load_features(cfg, backbone, cfg.dataset, "test")
+    test = load_features(cfg, backbone, cfg.dataset, "test", report)
 
     train_idx, val_idx = few_shot_indices(
         train_all.labels.numpy(),
@@ -112,7 +125,7 @@ def run(cfg: RunConfig) -> RunResult:
     else:
         eval_sets["test"] = test
     for extra in cfg.eval_datasets:
-        eval_sets[extra] = load_features(cfg, backbone, extra, "test")
+        eval_sets[extra] = load_features(cfg, backbone, extra, "test", report)
         if cfg.protocol == "base-to-new":
             eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
 
@@ -130,7 +143,7 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out, runtime)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime, report)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -145,6 +158,7 @@ def write_outputs(result: RunResult, backbone: DualEncoder, train: FeatureSet) -
         "selected_hyperparameters": method.selected,
         "backbone_fingerprint": backbone.fingerprint(),
         "runtime": result.runtime.describe(),
+        "data_report": result.data_report,
         "train_classnames": train.classnames,
         "n_train": len(train),
         "versions": {
@@ -174,7 +188,7 @@ def save_checkpoint(path: Path, method: Method, backbone: DualEncoder, classname
             "backbone": backbone.name,
             "backbone_fingerprint": backbone.fingerprint(),
             "classnames": list(classnames),
-            "state": method.state_dict(),
+            "state": to_device(method.state_dict(), "cpu"),  # loads on any device
         },
     )
 
@@ -182,19 +196,29 @@ def save_checkpoint(path: Path, method: Method, backbone: DualEncoder, classname
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     """A run folder's :class:`RunConfig` and the whole ``config.json`` it was read from."""
     cfg_data = read_json(Path(run_dir) / "config.json")
-    return RunConfig.from_dict({k: cfg_data[k] for k in RunConfig.__dataclass_fields__}), cfg_data
+    # fields added after a run was written take their defaults
+    fields = {k: cfg_data[k] for k in RunConfig.__dataclass_fields__ if k in cfg_data}
+    return RunConfig.from_dict(fields), cfg_data
 
 
-def load_trained_method(run_dir: str | Path, backbone: DualEncoder | None = None) -> Method:
-    """Rebuild a fitted method from a run folder (config + checkpoint), checking the backbone."""
+def load_trained_method(
+    run_dir: str | Path, backbone: DualEncoder | None = None, runtime: Runtime | None = None
+) -> Method:
+    """Rebuild a fitted method from a run folder (config + checkpoint), checking the backbone.
+
+    ``runtime``: where to compute now (default: the backbone's, else the CPU), whatever device
+    the run was trained on; the checkpoint's CPU tensors are mapped there (``map_location``).
+    """
     run_dir = Path(run_dir)
     cfg, cfg_data = read_run_config(run_dir)
-    backbone = backbone or get_backbone(cfg.backbone)
+    runtime = runtime or (backbone.runtime if backbone is not None else Runtime())
+    backbone = backbone or get_backbone(cfg.backbone, runtime)
     method = create_method(cfg.method, **cfg.options)
-    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress))
+    method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress, runtime))
     method.selected = dict(cfg_data.get("selected_hyperparameters", {}))
     if method.has_weights:
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ckpt = torch.load(run_dir / "checkpoint.pt", map_location=runtime.device,
+                          weights_only=False)
         if ckpt["backbone_fingerprint"] != backbone.fingerprint():
             raise BackboneError(
                 f"checkpoint {run_dir / 'checkpoint.pt'} was trained on backbone "

@@ -103,6 +103,14 @@ class Runtime:
         """Move ``tensor`` to the device (non-blocking from pinned memory), optionally cast."""
         return tensor.to(self.device, dtype=dtype, non_blocking=self.is_cuda)
 
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Context in which tensor factories (``torch.zeros``, ``torch.eye``, ...) default to
+        the device (``torch.device`` as a context manager); a no-op on the CPU, which is the
+        default already (the mode costs Python overhead on every torch call)."""
+        if not self.is_cuda:
+            return contextlib.nullcontext()
+        return torch.device(self.device)
+
     def describe(self) -> dict[str, str]:
         """What ``config.json`` records: device, precision, math dtype and the GPU's name."""
         info = {

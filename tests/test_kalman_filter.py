@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_clip.inference.covariance import (
+    COVARIANCES,
     BlockCovariance,
     CovarianceWarning,
     DiagCovariance,
@@ -238,7 +239,7 @@ def test_lowrank_without_truncation_equals_full():
     torch.testing.assert_close(low.dense(), full.dense())
 
 
-@pytest.mark.parametrize("kind", ["full", "block", "diag", "lowrank"])
+@pytest.mark.parametrize("kind", COVARIANCES)
 def test_structures_share_interface(kind):
     """quad / var / mv / sample moments agree with the dense covariance of each structure."""
     g0 = torch.Generator().manual_seed(7)
@@ -287,3 +288,45 @@ def test_probit_reduces_to_softmax_without_variance():
     exact = torch.trapezoid(torch.sigmoid(z) * dens, z)
     approx = torch.sigmoid(torch.tensor(m / math.sqrt(1 + math.pi / 8 * v)))
     assert abs(float(exact - approx)) < 0.02
+
+
+@pytest.mark.parametrize("kind", ["block", "diag"])
+def test_single_example_categorical_fast_path_equals_generic_update(kind):
+    """The O(C) Sherman-Morrison path for one categorical example equals the generic
+    structured update (dense whitened coefficients, C x C innovation Cholesky)."""
+    g0 = torch.Generator().manual_seed(8)
+    c, p = 6, 5
+    x = torch.randn(1, p, generator=g0)
+    probs = torch.softmax(2 * torch.randn(1, c, generator=g0), -1)
+    grad = torch.randn(c * p, generator=g0)
+    fast_h = KronJacobian.logits(x, c).whiten_categorical(probs)
+    generic_h = KronJacobian(fast_h.coef.clone(), x)  # plain Kronecker Jacobian: generic path
+    covs = [make_covariance(kind, c * p, 1.0, n_blocks=c) for _ in range(2)]
+    for cov in covs:  # a non-trivial structured prior
+        KalmanState(torch.zeros(c * p), cov).update_categorical(
+            KronJacobian.logits(torch.randn(3, p, generator=torch.Generator().manual_seed(9)), c),
+            torch.randn(3, c, generator=torch.Generator().manual_seed(10)), torch.tensor([0, 2, 5]))
+    torch.testing.assert_close(covs[0].dense(), covs[1].dense())
+    step_fast = covs[0].update(fast_h, grad)
+    step_ref = covs[1].update(generic_h, grad)
+    torch.testing.assert_close(step_fast, step_ref)
+    torch.testing.assert_close(covs[0].dense(), covs[1].dense())
+
+
+@pytest.mark.parametrize("kind", COVARIANCES)
+def test_load_state_dict_copies_the_callers_tensors(kind):
+    """Filtering on after loading a checkpoint must leave the loaded dict untouched."""
+    c = C
+    cov = make_covariance(kind, c * P, 1.0, n_blocks=c, rank=2)
+    x, logits, labels = _categorical_batch(n=3)
+    KalmanState(torch.zeros(c * P), cov).update_categorical(KronJacobian.logits(x, c), logits,
+                                                           labels)
+    saved = cov.state_dict()
+    frozen = {k: v.clone() for k, v in saved.items()}
+    resumed = make_covariance(kind, c * P, 1.0, n_blocks=c, rank=2)
+    resumed.load_state_dict(saved)
+    torch.testing.assert_close(resumed.dense(), cov.dense())
+    KalmanState(torch.zeros(c * P), resumed).update_categorical(KronJacobian.logits(x, c),
+                                                               logits, labels)
+    for key, value in saved.items():
+        torch.testing.assert_close(value, frozen[key], rtol=0, atol=0)

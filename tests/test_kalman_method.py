@@ -39,7 +39,7 @@ def _fit(ctx, names=NAMES, **opts):
     return m
 
 
-@pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank"])
+@pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank", "kron"])
 def test_linear_head_learns_and_is_reproducible(ctx, cov):
     test = _synthetic(ctx, NAMES, 20, seed=2)
     m = _fit(ctx, covariance=cov, rank=4)
@@ -108,7 +108,11 @@ def test_bad_input_is_rejected(ctx):
     with pytest.raises(DataError, match="width 32"):
         m.predict(torch.randn(3, 32), NAMES)
     with pytest.raises(ConfigError, match="covariance="):
-        create_method("kalman", covariance="kron")
+        create_method("kalman", covariance="sparse")
+    with pytest.raises(ConfigError, match="adapter=linear"):
+        create_method("kalman", covariance="kron", adapter="residual")
+    with pytest.raises(ConfigError, match="batch_size"):
+        create_method("kalman", batch_size=0)
     with pytest.raises(ConfigError, match="rank"):
         create_method("kalman", rank=0)
     with pytest.raises(ConfigError, match="prior_var"):
@@ -129,3 +133,35 @@ def test_cli_output_contract_and_reload(tmp_path):
     ev = tmp_path / "ev"
     assert main(["evaluate", str(out), "--dataset", "fashion-mnist", "--out", str(ev)]) == 0
     assert json.loads((ev / "metrics.json").read_text())
+
+
+def test_centred_inputs_keep_the_zero_shot_prior_and_reload(ctx, tmp_path):
+    """x - mu with bias prior mean s t_c . mu: the prior logits are exactly zero-shot's."""
+    from pyro_clip.inference.kalman_adapters import LinearHead
+
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    x = torch.randn(7, 64, generator=gen, dtype=torch.float64)
+    mu = torch.nn.functional.normalize(x, dim=-1).mean(0)
+    plain, centred = LinearHead(text, 30.0), LinearHead(text, 30.0, center=mu)
+    torch.testing.assert_close(centred.logits(centred.prior_mean(), x, text),
+                               plain.logits(plain.prior_mean(), x, text))
+    m = _fit(ctx, covariance="diag", center_inputs=True)
+    test = _synthetic(ctx, NAMES, 5, seed=2).features["joint"]
+    again = create_method("kalman", prior_var=10.0, covariance="diag",
+                          center_inputs=True).setup(ctx)
+    again.load_state_dict(m.state_dict())
+    torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs)
+    with pytest.raises(ConfigError, match="center_inputs"):
+        create_method("kalman", center_inputs=True, bias=False)
+
+
+@pytest.mark.parametrize("cov", ["kron", "block"])
+def test_fitted_method_hands_back_its_posterior(ctx, cov):
+    """``posterior()`` is over the (C, D+1) weights, centred on the filtered mean."""
+    m = _fit(ctx, covariance=cov)
+    post = m.posterior()
+    assert tuple(post.event_shape) == (4, 65)
+    torch.testing.assert_close(post.mean, m.state.mean.reshape(4, 65))
+    draws = post.rsample((3,))
+    assert draws.shape == (3, 4, 65) and bool(torch.isfinite(post.log_prob(draws)).all())

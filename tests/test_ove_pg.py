@@ -64,6 +64,19 @@ def test_pg_closed_form_moments_match_the_infinite_series(c):
     assert pg_variance(t).item() == pytest.approx(var, rel=1e-6)
 
 
+@pytest.mark.parametrize("c", [1e-6, 1e-3, 5e-3, 9.9e-3, -9.9e-3, 1.01e-2, 0.1, 2.0, -7.0])
+def test_pg_variance_matches_high_precision_closed_form(c):
+    """Both sides of the small-|c| switch against the closed form in 50-digit arithmetic
+    (mpmath): the old series 1/24 - c^2/240 was off by ~c^2/10 relative (issue 11, defect 1)."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(50):
+        x = mpmath.mpf(abs(c))
+        ref = float((mpmath.sinh(x) - x) / (4 * x**3 * mpmath.cosh(x / 2) ** 2))
+    got = pg_variance(torch.tensor([c], dtype=torch.float64)).item()
+    # float64: the series is exact to ~1e-15; the closed form loses ~1e-16 c^-2 to cancellation
+    assert got == pytest.approx(ref, rel=1e-11, abs=0)
+
+
 @pytest.mark.parametrize("c", C_VALUES)
 def test_pg_draws_match_known_mean_and_variance(c):
     n = 200_000

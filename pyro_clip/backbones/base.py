@@ -10,13 +10,18 @@ use three hooks: :meth:`tokenize` (ids cut after the longest prompt's end-of-tex
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from pyro_clip.runtime import CPU, Runtime
+
+#: class prompts per text-tower forward in :meth:`DualEncoder.zero_shot_weights`
+TEXT_BATCH = 256
 
 
 @dataclass
@@ -34,6 +39,14 @@ class PromptTokens:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def to(self, device: torch.device | str) -> PromptTokens:
+        """The same tokens on ``device`` (a no-op when they are there already)."""
+        return PromptTokens(self.ids.to(device), self.attention_mask.to(device),
+                            self.eot_index.to(device))
+
+    def __getitem__(self, rows: slice) -> PromptTokens:
+        return PromptTokens(self.ids[rows], self.attention_mask[rows], self.eot_index[rows])
 
 
 class DualEncoder(nn.Module, ABC):
@@ -79,6 +92,19 @@ class DualEncoder(nn.Module, ABC):
 
     #: feature kinds :meth:`encode_images` returns (first is the joint space)
     image_feature_kinds: tuple[str, ...] = ("joint",)
+    #: where forwards run and in which precision (set by :meth:`to_runtime`)
+    runtime: Runtime = CPU
+
+    def to_runtime(self, runtime: Runtime) -> DualEncoder:
+        """Move the weights to ``runtime.device`` once; later forwards autocast as it says."""
+        self.to(runtime.device)
+        self.runtime = runtime
+        return self
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The :meth:`preprocess` callable handed to DataLoader workers (override with a
+        picklable transform so that ``spawn`` workers need not pickle the whole model)."""
+        return self.preprocess
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (N, embed_dim) text features through the prompt hooks (unnormalised)."""
@@ -89,12 +115,26 @@ class DualEncoder(nn.Module, ABC):
     def zero_shot_weights(
         self, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)
     ) -> torch.Tensor:
-        """Zero-shot classifier (C, embed_dim): normalised mean of normalised template embeds."""
-        weights = []
-        for name in classnames:
-            feats = F.normalize(self.encode_text([t.format(name) for t in templates]), dim=-1)
-            weights.append(F.normalize(feats.mean(0), dim=-1))
-        return torch.stack(weights)
+        """Zero-shot classifier (C, embed_dim) float32 on the backbone's device: the normalised
+        mean of the normalised template embeddings (CLIP's prompt ensembling, Radford et al.
+        2021, sec. 3.1.4). The C x T prompts are tokenised once and encoded in batches of up
+        to :data:`TEXT_BATCH` prompts of equal token length (no padding is computed, and each
+        prompt sees exactly the arithmetic of encoding it alone), not one class at a time."""
+        texts = [t.format(name) for t in templates for name in classnames]
+        tokens = self.tokenize(texts)
+        lengths = tokens.eot_index + 1
+        feats: torch.Tensor | None = None
+        for length in torch.unique(lengths).tolist():
+            for rows in (lengths == length).nonzero().flatten().split(TEXT_BATCH):
+                sub = PromptTokens(tokens.ids[rows, :length], tokens.attention_mask[rows, :length],
+                                   tokens.eot_index[rows])
+                out = self.encode_token_embeddings(self.token_embeddings(sub.ids), sub).float()
+                if feats is None:
+                    feats = out.new_empty(len(texts), out.shape[-1])
+                feats[rows.to(feats.device)] = out
+        assert feats is not None
+        feats = F.normalize(feats, dim=-1).view(len(templates), len(classnames), -1)
+        return F.normalize(feats.mean(0), dim=-1)
 
 
 def cosine_logits(

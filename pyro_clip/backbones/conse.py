@@ -91,8 +91,9 @@ class ConSEBackbone(DualEncoder):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         m = self.image_model
-        fmap = m.extract_features(pixels)
-        pooled = m._avg_pooling(fmap).flatten(1)
+        with self.runtime.autocast():
+            fmap = m.extract_features(pixels.to(self.runtime.device))
+            pooled = m._avg_pooling(fmap).flatten(1).float()
         probs = m._fc(pooled).softmax(dim=-1)
         top_p, top_i = probs.topk(self.top_t, dim=-1)
         top_p = top_p / top_p.sum(-1, keepdim=True)
@@ -107,17 +108,22 @@ class ConSEBackbone(DualEncoder):
         return PromptTokens(ids=enc["input_ids"], attention_mask=mask, eot_index=eot)
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.text_model.embeddings.word_embeddings(ids)
+        table = self.text_model.embeddings.word_embeddings
+        return table(ids.to(table.weight.device))
 
     def encode_token_embeddings(
         self, embeddings: torch.Tensor, tokens: PromptTokens
     ) -> torch.Tensor:
         mask = tokens.attention_mask.to(embeddings.device)
-        hidden = self.text_model(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
+        with self.runtime.autocast():
+            hidden = self.text_model(inputs_embeds=embeddings,
+                                     attention_mask=mask).last_hidden_state.float()
         # sentence-transformers mean pooling over real tokens
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def fingerprint(self) -> str:
         key = f"conse:effnet-lite0:minilm-l6-v2:top{self.top_t}:size{self.image_size}"
+        if self.runtime.precision != "fp32":  # bf16/fp16 features differ: never mix in a cache
+            key += f":precision={self.runtime.precision}"
         return hashlib.sha256(key.encode()).hexdigest()

@@ -105,9 +105,13 @@ class OpenClipBackbone(DualEncoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 
+    def image_transform(self):
+        return self._preprocess  # torchvision Compose: picklable for DataLoader workers
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"joint": self.model.encode_image(pixels)}
+        with self.runtime.autocast():
+            return {"joint": self.model.encode_image(pixels.to(self.runtime.device))}
 
     def tokenize(self, texts: Sequence[str]) -> PromptTokens:
         ids = self.tokenizer(list(texts))
@@ -120,22 +124,24 @@ class OpenClipBackbone(DualEncoder):
         return PromptTokens(ids=ids, attention_mask=(ids != 0).long(), eot_index=eot)
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._text["token_embedding"](ids)
+        table = self._text["token_embedding"]
+        return table(ids.to(table.weight.device))
 
     def encode_token_embeddings(
         self, embeddings: torch.Tensor, tokens: PromptTokens
     ) -> torch.Tensor:
         t = self._text
         length = embeddings.shape[1]
-        x = embeddings + t["positional_embedding"][:length].to(embeddings.dtype)
-        mask = t["attn_mask"]
-        mask = mask[:length, :length] if mask is not None else None
-        x = t["ln_final"](t["transformer"](x, attn_mask=mask))
-        x = x[torch.arange(x.shape[0]), tokens.eot_index]
-        proj = t["text_projection"]
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+        with self.runtime.autocast():
+            x = embeddings + t["positional_embedding"][:length].to(embeddings.dtype)
+            mask = t["attn_mask"]
+            mask = mask[:length, :length] if mask is not None else None
+            x = t["ln_final"](t["transformer"](x, attn_mask=mask))
+            x = x[torch.arange(x.shape[0], device=x.device), tokens.eot_index.to(x.device)]
+            proj = t["text_projection"]
+            if proj is None:
+                return x
+            return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.name.encode())
@@ -145,4 +151,6 @@ class OpenClipBackbone(DualEncoder):
         if self.pretrained is None:
             h.update(f"seed={self._seed}".encode())
         h.update(repr(self._preprocess).encode())
+        if self.runtime.precision != "fp32":  # bf16/fp16 features differ: never mix in a cache
+            h.update(f"precision={self.runtime.precision}".encode())
         return h.hexdigest()

@@ -37,10 +37,13 @@ def decode_rgb(path: Path, hint: str = "") -> Image.Image:
 
 
 def verify_image(path: Path) -> str | None:
-    """PIL's cheap structural check; returns the problem, or None if the file looks sound."""
+    """Decode ``path`` fully; returns the problem, or None if it decodes.
+
+    A full decode rather than PIL's structural ``verify``: ``verify`` passes truncated JPEGs,
+    which would then stop the run when they are encoded."""
     try:
         with Image.open(path) as img:
-            img.verify()
+            img.load()
     except DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -74,6 +74,9 @@ class DasslSplitImages(ImageFiles):
         split: ``"train"``, ``"val"`` or ``"test"``.
         image_dir: override the image folder (default: ``root / spec.image_dir``).
         split_file: override the split file (default: ``root / spec.split_file``).
+        skip_corrupt: decode every image up front and drop the unreadable ones (listed in
+            ``.skipped``, counted in the run's ``data_report``); default: a corrupt file stops
+            the run when it is decoded.
 
     Every listed image must exist (checked up front; the first missing one is named).
     """
@@ -85,8 +88,10 @@ class DasslSplitImages(ImageFiles):
         split: str,
         image_dir: str | Path | None = None,
         split_file: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         self.spec = get_dassl_spec(dataset)
+        self.skipped: list[Path] = []
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(
@@ -114,6 +119,8 @@ class DasslSplitImages(ImageFiles):
         self._labels = np.asarray([label for _, label in items], dtype=np.int64)
         self.name = f"{self.spec.name}/{split}"
         self.base_dir = self.image_dir
+        if skip_corrupt:
+            self.drop_corrupt()
 
 
 

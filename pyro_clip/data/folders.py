@@ -11,8 +11,6 @@ from pyro_clip.data._decode import IMAGE_EXTENSIONS, is_image_file, verify_image
 from pyro_clip.data._files import ImageFiles
 from pyro_clip.errors import DataError
 
-_SKIP_HINT = " Pass skip_corrupt=True to skip unreadable images (they are listed in .skipped)."
-
 
 class ImageFolderImages(ImageFiles):
     """One labelled split read from ``root/<class>/<image>`` (torchvision ``ImageFolder`` layout).
@@ -24,12 +22,10 @@ class ImageFolderImages(ImageFiles):
     Args:
         root: the folder that contains one sub-folder per class.
         split_name: used in ``name`` (``"<root name>/<split_name>"``).
-        skip_corrupt: verify every image up front (PIL ``verify``), skip the corrupt ones,
+        skip_corrupt: decode every image up front, skip the corrupt ones,
             record them in ``.skipped`` and warn with their count. Without it, a corrupt file
             raises ``DataError`` when it is decoded.
     """
-
-    decode_hint = _SKIP_HINT
 
     def __init__(
         self, root: str | Path, split_name: str | None = None, skip_corrupt: bool = False

@@ -92,9 +92,12 @@ class ImageNetVariantImages(ImageFiles):
         name: one of :func:`variant_names` (``"imagenet-v2"``, ``"imagenet-sketch"``,
             ``"imagenet-a"``, ``"imagenet-r"``; ``"ImageNetV2"`` etc. also accepted).
         split: must be ``"test"``: the variants are evaluation sets.
+        skip_corrupt: decode every image up front and drop the unreadable ones.
     """
 
-    def __init__(self, root: str | Path, name: str, split: str = "test") -> None:
+    def __init__(self, root: str | Path, name: str, split: str = "test",
+                 skip_corrupt: bool = False) -> None:
+        self.skipped: list[Path] = []
         spec = resolve_variant(name)
         if spec is None:
             raise DataError(f"unknown ImageNet variant {name!r}; known: {variant_names()}")
@@ -138,6 +141,8 @@ class ImageNetVariantImages(ImageFiles):
         self._labels = np.asarray(labels, dtype=np.int64)
         self.name = f"{spec.name}/test"
         self.base_dir = self.image_dir
+        if skip_corrupt:
+            self.drop_corrupt()
 
 
 

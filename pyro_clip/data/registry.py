@@ -60,12 +60,14 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
         split: ``"train"``, ``"val"`` or ``"test"``.
         root: folder with the images; required for ``"folder"`` and the Dassl benchmarks.
         **kw: passed on: ``invert`` (Fashion-MNIST), ``corruption`` / ``severity``
-            (Fashion-MNIST-C), ``skip_corrupt`` (folder), ``image_dir`` / ``split_file``
-            (Dassl).
+            (Fashion-MNIST-C), ``image_dir`` / ``split_file`` (Dassl), ``skip_corrupt``
+            (every data set read from files: drop unreadable images instead of stopping;
+            ignored by the embedded sets, whose images cannot be corrupt).
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     key = name.lower()
+    skip = bool(kw.pop("skip_corrupt", False))
     if key == "fashion-mnist":
         _reject_extra(name, kw, ("invert",))
         return load_embedded(split, **kw)
@@ -73,15 +75,15 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
         _reject_extra(name, kw, ("corruption", "severity", "invert"))
         return load_shifted(split, **kw)
     if key == "folder":
-        _reject_extra(name, kw, ("skip_corrupt",))
+        _reject_extra(name, kw)
         base = _require_root(name, root)
         split_dir = base / split
         folder = split_dir if split_dir.is_dir() else base
-        return ImageFolderImages(folder, split_name=split, **kw)
+        return ImageFolderImages(folder, split_name=split, skip_corrupt=skip)
     if resolve_dassl(name) is not None:
         _reject_extra(name, kw, ("image_dir", "split_file"))
-        return DasslSplitImages(_require_root(name, root), name, split, **kw)
+        return DasslSplitImages(_require_root(name, root), name, split, skip_corrupt=skip, **kw)
     if resolve_variant(name) is not None:  # ImageNet-V2/-Sketch/-A/-R: evaluation only
         _reject_extra(name, kw)
-        return ImageNetVariantImages(_require_root(name, root), name, split)
+        return ImageNetVariantImages(_require_root(name, root), name, split, skip_corrupt=skip)
     raise DataError(f"unknown data set {name!r}; known: {known_datasets()}")

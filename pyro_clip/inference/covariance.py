@@ -24,13 +24,15 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.inference.kalman_jacobian import Jacobian
+from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian
+from pyro_clip.inference.posteriors import LowRankPrecisionNormal
 
 DTYPE = torch.float64
-COVARIANCES = ("full", "block", "diag", "lowrank")
+COVARIANCES = ("full", "block", "diag", "lowrank", "kron")
 
 
 class CovarianceWarning(UserWarning):
@@ -69,6 +71,38 @@ def safe_cholesky(mat: torch.Tensor, what: str = "matrix") -> torch.Tensor:
 
 def _eye(m: int) -> torch.Tensor:
     return torch.eye(m, dtype=DTYPE)
+
+
+def _single_categorical(h: Jacobian) -> bool:
+    """One example whitened by the categorical covariance: the O(C) Sherman-Morrison path."""
+    return isinstance(h, CategoricalKronJacobian) and h.x.shape[0] == 1
+
+
+def categorical_gain_terms(
+    probs: torch.Tensor, q: torch.Tensor, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``M r`` and ``diag M`` for ``M = L (I + L^T Q L)^-1 L^T = (I + F Q)^-1 F`` in O(C).
+
+    One example of a linear head with a per-class-decoupled prior (block/diag structure)
+    has innovation ``S = I + L^T Q L``, ``Q = diag(q_c)``, ``q_c = x^T P_c x``,
+    ``L L^T = F = diag p - p p^T``; the push-through identity turns ``L^T S^-1 L`` into
+    ``(I + F Q)^-1 F`` and ``I + F Q = D - p s^T`` (``D = diag(1 + p q)``, ``s = p q``) is a
+    diagonal minus a rank one, inverted by Sherman-Morrison. Replaces the O(C^3) Cholesky of
+    the C x C innovation.
+    """
+    p, q, r = probs.reshape(-1), q.reshape(-1), r.reshape(-1)
+    dinv = 1.0 / (1.0 + p * q)
+    s = p * q
+    a, b = dinv * p, dinv * s
+    alpha = 1.0 / (1.0 - (s * a).sum())
+
+    def ainv(v: torch.Tensor) -> torch.Tensor:  # (D - p s^T)^-1 v
+        return dinv * v + alpha * a * (b @ v)
+
+    m_r = ainv(p * r - p * (p @ r))
+    fb = p * b - p * (p @ b)
+    diag_m = dinv * (p - p * p) + alpha * a * fb
+    return m_r, diag_m
 
 
 class Covariance(ABC):
@@ -115,13 +149,25 @@ class Covariance(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (tensors are copied: updates never touch the caller's)."""
+
+    @abstractmethod
+    def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
+        """``N(mean, P)`` as a Pyro distribution matching the structure (see ``posteriors``)."""
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def diagonal(self) -> torch.Tensor:
         return self.dense().diagonal()
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
+           device: torch.device) -> torch.Tensor:
+    """Standard normals drawn where ``generator`` lives (the CPU), then moved to ``device``:
+    seeded draws are the same numbers whichever device the covariance is on."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, dtype=DTYPE, generator=generator, device=where).to(device)
 
 
 def _check_predict(forgetting: float, noise: float) -> None:
@@ -162,7 +208,7 @@ class FullCovariance(Covariance):
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance")
-        eps = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
+        eps = _randn((n_samples, self.n), generator, chol.device)
         return eps @ chol.T
 
     def dense(self) -> torch.Tensor:
@@ -180,7 +226,10 @@ class FullCovariance(Covariance):
         return {"p": self.p}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p = state["p"].to(DTYPE)
+        self.p = state["p"].to(DTYPE).clone()  # updates are in place: never alias the caller's
+
+    def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
+        return dist.MultivariateNormal(mean, scale_tril=safe_cholesky(self.p, "weight covariance"))
 
 
 class BlockCovariance(Covariance):
@@ -210,6 +259,16 @@ class BlockCovariance(Covariance):
         return (self.p @ v.double().reshape(self.k, self.bs, 1)).reshape(-1)
 
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        """Diagonal blocks of the exact step from the block prior (decoupled EKF).
+
+        One categorical example (``h`` = ``L^T kron x^T``): each block sees the rank-1
+        ``x x^T``; with ``v_c = P_c x`` the step is ``delta_c = P_c g_c - v_c (M r)_c`` and
+        ``P_c -= (diag M)_c v_c v_c^T`` (``r_c = v_c^T g_c``, M from
+        :func:`categorical_gain_terms`): O(C P^2), no (C x C) innovation. Otherwise the
+        generic path below, O(C m^2 P + m^3) with m = B C rows.
+        """
+        if _single_categorical(h) and self.k == h.n_classes:
+            return self._update_single_categorical(h, g)
         cols, cross = self._cross(h)
         chol = safe_cholesky(
             _eye(h.n_obs) + torch.einsum("kmb,kbn->mn", cols, cross), "innovation covariance"
@@ -222,13 +281,24 @@ class BlockCovariance(Covariance):
         self.p.baddbmm_(w.transpose(1, 2), w, alpha=-1.0)
         return delta.reshape(-1)
 
+    def _update_single_categorical(self, h: CategoricalKronJacobian, g: torch.Tensor):
+        x = h.x[0].to(self.p)
+        gk = g.to(self.p).reshape(self.k, self.bs)
+        # one pass over P (memory-bound): [P_c x, P_c g_c] together
+        both = torch.bmm(self.p, torch.stack([x.expand_as(gk), gk], dim=2))
+        v, pg = both[..., 0], both[..., 1]  # (K, bs) each
+        m_r, diag_m = categorical_gain_terms(h.probs[0], v @ x, (v * gk).sum(1))
+        delta = pg - v * m_r[:, None]
+        self.p.baddbmm_((v * -diag_m[:, None]).unsqueeze(2), v.unsqueeze(1))  # in place
+        return delta.reshape(-1)
+
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
         _check_predict(forgetting, noise)
         self.p = self.p / forgetting + noise * _eye(self.bs)
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance block")
-        eps = torch.randn(self.k, self.bs, n_samples, dtype=DTYPE, generator=generator)
+        eps = _randn((self.k, self.bs, n_samples), generator, chol.device)
         return (chol @ eps).permute(2, 0, 1).reshape(n_samples, self.n)
 
     def dense(self) -> torch.Tensor:
@@ -245,7 +315,12 @@ class BlockCovariance(Covariance):
         return {"p": self.p}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p = state["p"].to(DTYPE)
+        self.p = state["p"].to(DTYPE).clone()  # updates are in place: never alias the caller's
+
+    def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
+        """Event (K, n/K): one MultivariateNormal per block (per class for a linear head)."""
+        chol = safe_cholesky(self.p, "weight covariance block")
+        return dist.MultivariateNormal(mean.reshape(self.k, self.bs), scale_tril=chol).to_event(1)
 
 
 class DiagCovariance(Covariance):
@@ -270,8 +345,19 @@ class DiagCovariance(Covariance):
         """``S = I + H D H^T``; step ``D g - D H^T S^-1 H D g``; keep ``diag(D - D H^T S^-1 H D)``.
 
         Never forms ``P H^T`` (n x m): with a Kronecker Jacobian the cost is O(B^2 C P + m^3)
-        instead of O(m^2 n).
+        instead of O(m^2 n). One categorical example: O(C P) via
+        :func:`categorical_gain_terms` (``v_c = d_c x``, ``d_c -= (diag M)_c v_c^2``).
         """
+        if _single_categorical(h) and self.n == h.n_params:
+            x = h.x[0].to(self.d)
+            d = self.d.reshape(h.n_classes, h.n_in)
+            gk = g.to(self.d).reshape(h.n_classes, h.n_in)
+            v = d * x
+            m_r, diag_m = categorical_gain_terms(h.probs[0], v @ x, (v * gk).sum(1))
+            delta = d * gk - v * m_r[:, None]
+            self.d = (d - diag_m[:, None] * v * v).reshape(-1)
+            self.repair()
+            return delta.reshape(-1)
         chol = safe_cholesky(_eye(h.n_obs) + h.quad_diag(self.d), "innovation covariance")
         dg = self.d * g.double()
         delta = dg - self.d * h.tmm(torch.cholesky_solve(h.mm(dg[:, None]), chol))[:, 0]
@@ -285,7 +371,7 @@ class DiagCovariance(Covariance):
         self.d = self.d / forgetting + noise
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator) * self.d.sqrt()
+        return _randn((n_samples, self.n), generator, self.d.device) * self.d.sqrt()
 
     def dense(self) -> torch.Tensor:
         return torch.diag(self.d)
@@ -308,7 +394,10 @@ class DiagCovariance(Covariance):
         return {"d": self.d}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.d = state["d"].to(DTYPE)
+        self.d = state["d"].to(DTYPE).clone()
+
+    def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
+        return dist.Normal(mean, self.d.sqrt()).to_event(1)
 
 
 class LowRankCovariance(Covariance):
@@ -365,8 +454,8 @@ class LowRankCovariance(Covariance):
         self.w = self.w * math.sqrt(forgetting)
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        e1 = torch.randn(n_samples, self.n, dtype=DTYPE, generator=generator)
-        e2 = torch.randn(n_samples, self.rank, dtype=DTYPE, generator=generator)
+        e1 = _randn((n_samples, self.n), generator, self.u.device)
+        e2 = _randn((n_samples, self.rank), generator, self.u.device)
         root = e1 * self.u.sqrt() + e2 @ self.w.T  # covariance = precision
         g, chol = self._woodbury()
         return root / self.u - (g @ torch.cholesky_solve(g.T @ root.T, chol)).T
@@ -393,15 +482,61 @@ class LowRankCovariance(Covariance):
         return {"u": self.u, "w": self.w}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.u, self.w = state["u"].to(DTYPE), state["w"].to(DTYPE)
+        self.u, self.w = state["u"].to(DTYPE).clone(), state["w"].to(DTYPE).clone()
+
+    def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
+        return LowRankPrecisionNormal(mean, self.u, self.w)
+
+
+#: state larger than this is refused before allocating (``max_state_gib`` overrides it)
+MAX_STATE_GIB = 8.0
+
+
+def estimate_bytes(kind: str, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+    """float64 bytes the structure's state will take, computed before allocating it."""
+    per_block = n // max(n_blocks, 1)
+    numbers = {
+        "full": n * n,
+        "block": n_blocks * per_block * per_block,
+        "diag": n,
+        "lowrank": n * (rank + 1),
+        "kron": 2 * (n_blocks**2 + per_block**2) + n_blocks + per_block + n,
+    }.get(kind, 0)
+    return 8 * numbers
+
+
+def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -> None:
+    need = estimate_bytes(kind, n, n_blocks, rank)
+    if need <= max_gib * 2**30:
+        return
+    fits = [k for k in ("kron", "block", "lowrank", "diag")
+            if k != kind and estimate_bytes(k, n, n_blocks, rank) <= max_gib * 2**30]
+    raise ConfigError(
+        f"covariance={kind} for {n} parameters needs {need / 2**30:.1f} GiB "
+        f"({need} bytes), more than the {max_gib:g} GiB limit; use covariance="
+        + "|".join(fits or ["diag"]) + " (or raise --opt max_state_gib=...)"
+    )
 
 
 def make_covariance(
-    kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10
+    kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10,
+    max_gib: float = MAX_STATE_GIB,
 ) -> Covariance:
-    """Factory behind the ``covariance=full|block|diag|lowrank`` option."""
+    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option.
+
+    The state size is checked before anything is allocated (``full`` on 100+ classes needs
+    tens of GiB): too large -> :class:`ConfigError` naming the bytes and structures that fit.
+    """
     if prior_var <= 0 or not math.isfinite(prior_var):
         raise ConfigError(f"prior variance must be a positive number, got {prior_var}")
+    if kind in COVARIANCES:
+        _check_memory(kind, n, n_blocks, rank, max_gib)
+    if kind == "kron":
+        from pyro_clip.inference.covariance_kron import KronCovariance  # imports this module
+
+        if n % n_blocks:
+            raise ConfigError(f"{n} parameters cannot be split into {n_blocks} classes")
+        return KronCovariance(n_blocks, n // n_blocks, prior_var)
     if kind == "full":
         return FullCovariance(n, prior_var)
     if kind == "block":

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from pyro_clip.inference.covariance import DTYPE, Covariance, safe_cholesky
 from pyro_clip.inference.kalman_jacobian import Jacobian
+from pyro_clip.inference.posteriors import reshape_event
 
 
 def categorical_sqrt(probs: torch.Tensor) -> torch.Tensor:
@@ -45,6 +46,18 @@ class KalmanState:
         self.mean = mean.to(DTYPE).clone()
         self.cov = cov
         self.n_updates = 0
+
+    def posterior(
+        self, event_shape: tuple[int, ...] | None = None
+    ) -> torch.distributions.Distribution:
+        """The Gaussian belief as a Pyro distribution of the covariance's structure.
+
+        ``event_shape`` (e.g. ``(C, D + 1)`` for the linear head, row-major like ``mean``)
+        reshapes its event; ``None`` keeps the structure's own (``(n,)``, or ``(C, P)`` for
+        ``kron`` and ``block``).
+        """
+        d = self.cov.distribution(self.mean)
+        return d if event_shape is None else reshape_event(d, tuple(event_shape))
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> KalmanState:
         """Static-parameter process model: mean kept, ``P <- P / forgetting + noise I``."""
@@ -107,7 +120,7 @@ class KalmanState:
         probs = torch.softmax(logits.double(), dim=-1)
         resid = F.one_hot(labels, probs.shape[-1]).to(DTYPE) - probs
         g = logit_jacobian.tmm(resid.reshape(-1, 1))[:, 0]
-        hw = logit_jacobian.mix(categorical_sqrt(probs))
+        hw = logit_jacobian.whiten_categorical(probs)
         self.mean += self.cov.update(hw, g)
         self.n_updates += 1
         return resid

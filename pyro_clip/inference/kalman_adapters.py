@@ -44,9 +44,18 @@ class Adapter(ABC):
 class LinearHead(Adapter):
     """``z = W x + b`` initialised from the zero-shot classifier; ``theta = vec([W, b])``."""
 
-    def __init__(self, text: torch.Tensor, scale: float, bias: bool = True) -> None:
+    def __init__(
+        self, text: torch.Tensor, scale: float, bias: bool = True,
+        center: torch.Tensor | None = None,
+    ) -> None:
+        """``center`` (D,): inputs ``x - mu`` (mu = mean training feature) with the bias
+        prior mean ``s t_c . mu``, so the prior mean logits are still zero-shot CLIP but the
+        inputs lose their common component (which the diagonal structure cannot represent)."""
         self.n_classes, self.dim = text.shape
         self.scale, self.bias = float(scale), bias
+        self.center = None if center is None else center.to(DTYPE)
+        if self.center is not None and not bias:
+            raise ValueError("centred inputs need the bias column (it carries s t_c . mu)")
         self.n_in = self.dim + int(bias)
         self.n_params, self.n_blocks = self.n_classes * self.n_in, self.n_classes
         self.text = text.to(DTYPE)
@@ -55,7 +64,9 @@ class LinearHead(Adapter):
         """Rows ``[s t_c, 0]`` for any class list (unseen classes keep these)."""
         w = self.scale * F.normalize(text.to(DTYPE), dim=-1)
         if self.bias:
-            w = torch.cat([w, torch.zeros(len(w), 1, dtype=DTYPE)], 1)
+            b = (torch.zeros(len(w), 1, dtype=DTYPE) if self.center is None
+                 else w @ self.center[:, None])
+            w = torch.cat([w, b], 1)
         return w
 
     def prior_mean(self) -> torch.Tensor:
@@ -63,6 +74,8 @@ class LinearHead(Adapter):
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x.to(DTYPE), dim=-1)
+        if self.center is not None:
+            x = x - self.center
         return torch.cat([x, torch.ones(len(x), 1, dtype=DTYPE)], 1) if self.bias else x
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -85,10 +98,12 @@ class ResidualAdapter(Adapter):
         gen = torch.Generator().manual_seed(seed)
         # V starts at a random projection (He-style scale), U at zero: the prior mean is
         # exactly the zero-shot model.
-        self._v0 = torch.randn(rank, dim, generator=gen, dtype=DTYPE) * (2.0 / dim) ** 0.5
+        self._v0 = torch.randn(rank, dim, generator=gen, dtype=DTYPE,
+                               device=gen.device) * (2.0 / dim) ** 0.5
 
     def prior_mean(self) -> torch.Tensor:
-        return torch.cat([self._v0, torch.zeros(self.rank, self.dim, dtype=DTYPE)], 1).reshape(-1)
+        v0 = self._v0.to(torch.get_default_device())  # drawn on the CPU, used where the mean is
+        return torch.cat([v0, torch.zeros_like(v0)], 1).reshape(-1)
 
     def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         units = theta.reshape(self.rank, 2 * self.dim)

@@ -63,6 +63,12 @@ class Jacobian(ABC):
         ht = self.dense().T
         return ((ht @ mat.double()) * ht).sum(1)
 
+    def whiten_categorical(self, probs: torch.Tensor) -> Jacobian:
+        """``L_b^T H_b`` per example with ``L L^T = diag p - p p^T`` (categorical whitening)."""
+        p = probs.double()
+        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+        return self.mix(p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(-2)))
+
 
 class DenseJacobian(Jacobian):
     """An explicit (m, n) Jacobian."""
@@ -95,35 +101,63 @@ class DenseJacobian(Jacobian):
 
 
 class KronJacobian(Jacobian):
-    """Row ``(b, i)`` is ``sum_c coef[b, i, c] (e_c kron x_b)^T``; parameters laid out (C, P)."""
+    """Row ``(b, i)`` is ``sum_c coef[b, i, c] (e_c kron x_b)^T``; parameters laid out (C, P).
 
-    def __init__(self, coef: torch.Tensor, x: torch.Tensor) -> None:
-        self.coef, self.x = coef.double(), x.double()
-        b, self.k, self.n_classes = self.coef.shape
+    ``identity=True`` marks the logit Jacobian itself (``coef_b = I_C``): products then skip
+    the (B, C, C) coefficient tensor entirely (it is never materialised).
+    """
+
+    def __init__(self, coef: torch.Tensor, x: torch.Tensor, identity: bool = False) -> None:
+        self._coef, self.x = coef.double(), x.double()
+        self.identity = identity
+        b, self.k, self.n_classes = self._coef.shape
         self.n_in = self.x.shape[1]
         self.n_obs, self.n_params = b * self.k, self.n_classes * self.n_in
 
+    @property
+    def coef(self) -> torch.Tensor:
+        return self._coef
+
     @classmethod
     def logits(cls, x: torch.Tensor, n_classes: int) -> KronJacobian:
-        """Jacobian of the logits ``W x_b`` (coef = identity)."""
-        eye = torch.eye(n_classes, dtype=torch.float64)
-        return cls(eye.expand(x.shape[0], n_classes, n_classes), x)
+        """Jacobian of the logits ``W x_b`` (coef = identity, never materialised)."""
+        eye = torch.eye(n_classes, dtype=torch.float64, device=x.device)
+        return cls(eye.expand(x.shape[0], n_classes, n_classes), x, identity=True)
+
+    def class_information(self) -> torch.Tensor:
+        """``sum_b coef_b^T coef_b`` (C, C), the class factor of ``sum_b F_b kron x_b x_b^T``."""
+        if self.identity:
+            eye = torch.eye(self.n_classes, dtype=self.x.dtype, device=self.x.device)
+            return self.x.shape[0] * eye
+        return torch.einsum("bic,bid->cd", self.coef, self.coef)
+
+    def whiten_categorical(self, probs: torch.Tensor) -> Jacobian:
+        if self.identity:
+            return CategoricalKronJacobian(probs, self.x)
+        return super().whiten_categorical(probs)
 
     def mm(self, v: torch.Tensor) -> torch.Tensor:
         t = torch.matmul(self.x, v.reshape(self.n_classes, self.n_in, -1))  # (C, B, k) no copy
+        if self.identity:
+            return t.transpose(0, 1).reshape(self.n_obs, -1)
         return torch.einsum("bic,cbk->bik", self.coef, t).reshape(self.n_obs, -1)
 
     def tmm(self, u: torch.Tensor) -> torch.Tensor:
-        t = torch.einsum("bic,bik->bck", self.coef, u.reshape(-1, self.k, u.shape[-1]))
+        u = u.reshape(-1, self.k, u.shape[-1])
+        t = u if self.identity else torch.einsum("bic,bik->bck", self.coef, u)
         return torch.einsum("bp,bck->cpk", self.x, t).reshape(self.n_params, -1)
 
     def rowdot(self, m: torch.Tensor) -> torch.Tensor:
         mv = m.reshape(-1, self.k, self.n_classes, self.n_in)
+        if self.identity:
+            return torch.einsum("bccp,bp->bc", mv, self.x).reshape(-1)
         t = torch.einsum("bicp,bp->bic", mv, self.x)
         return (t * self.coef).sum(-1).reshape(-1)
 
     def sq_mv(self, d: torch.Tensor) -> torch.Tensor:
         t = (self.x**2) @ d.reshape(self.n_classes, self.n_in).T  # (B, C)
+        if self.identity:
+            return t.reshape(-1)
         return torch.einsum("bic,bc->bi", self.coef**2, t).reshape(-1)
 
     def block_columns(self, n_blocks: int) -> torch.Tensor:
@@ -135,7 +169,17 @@ class KronJacobian(Jacobian):
     def scale_rows(self, w: torch.Tensor) -> KronJacobian:
         return KronJacobian(self.coef * w.double().reshape(-1, self.k, 1), self.x)
 
+    def coef_mm(self, u: torch.Tensor) -> torch.Tensor:
+        """``coef_b @ u`` for u (C, r) -> (B, k, r)."""
+        return self.coef @ u.to(self.coef)
+
+    def class_columns(self) -> torch.Tensor:
+        """``coef[b, :, c]`` as (C, B, k): class c's block of H is ``coef[:, :, c] kron x``."""
+        return self.coef.permute(2, 0, 1)
+
     def mix(self, mix: torch.Tensor) -> KronJacobian:
+        if self.identity:
+            return KronJacobian(mix.double(), self.x)
         return KronJacobian(mix.double() @ self.coef, self.x)
 
     def quad_diag(self, d: torch.Tensor) -> torch.Tensor:
@@ -151,3 +195,37 @@ class KronJacobian(Jacobian):
         m4 = mat.double().reshape(b, self.k, b, self.k)
         q = torch.einsum("bic,biej,ejc->bec", self.coef, m4, self.coef)
         return torch.einsum("bp,ep,bec->cp", self.x, self.x, q).reshape(-1)
+
+
+class CategoricalKronJacobian(KronJacobian):
+    """Logit Jacobian whitened by the categorical covariance: ``coef_b = L_b^T``, built lazily.
+
+    ``L_b^T = diag(sqrt p_b)(I - 1 p_b^T)`` (so ``L_b L_b^T = F_b = diag p_b - p_b p_b^T``). The
+    class information ``sum_b F_b = diag(sum_b p_b) - P^T P`` costs O(B C^2) without the
+    (B, C, C) coefficients, which the Kronecker and block structures never need.
+    """
+
+    def __init__(self, probs: torch.Tensor, x: torch.Tensor) -> None:
+        self.probs, self.x = probs.double(), x.double()
+        self.identity = False
+        self._dense_coef: torch.Tensor | None = None
+        b, self.n_classes = self.probs.shape
+        self.k = self.n_classes
+        self.n_in = self.x.shape[1]
+        self.n_obs, self.n_params = b * self.k, self.n_classes * self.n_in
+
+    @property
+    def coef(self) -> torch.Tensor:  # type: ignore[override]
+        if self._dense_coef is None:
+            p = self.probs
+            eye = torch.eye(self.n_classes, dtype=p.dtype, device=p.device)
+            self._dense_coef = p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(-2))
+        return self._dense_coef
+
+    def class_information(self) -> torch.Tensor:
+        return torch.diag(self.probs.sum(0)) - self.probs.T @ self.probs
+
+    def coef_mm(self, u: torch.Tensor) -> torch.Tensor:
+        """``L_b^T u = sqrt(p_b) * (u - 1 (p_b^T u))`` in O(B C r), not O(B C^2 r)."""
+        u = u.to(self.probs)
+        return self.probs.sqrt().unsqueeze(-1) * (u.unsqueeze(0) - (self.probs @ u).unsqueeze(1))

@@ -8,12 +8,17 @@ zero-shot-centred head all rows live on the same logit scale).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from pyro_clip.errors import TrainingError
+from pyro_clip.errors import ConvergenceWarning, TrainingError
+
+#: a solution counts as converged when its largest gradient entry is below ``GRAD_SLACK * tol``
+#: (L-BFGS may also stop on ``tolerance_change`` a little above ``tol`` at a true optimum)
+GRAD_SLACK = 100.0
 
 
 def normalize(features: torch.Tensor) -> torch.Tensor:
@@ -37,8 +42,16 @@ def fit_logistic(
     ``W0 = 0``); centring the penalty at ``W0 = s T`` (zero-shot rows) is the Gaussian prior
     ``W ~ N(s T, (lam N)^-1 I)``. Hand-written because scikit-learn cannot centre the penalty at
     non-zero weights. Returns ``(W, b)`` in float64 (``b`` is ``None`` without bias).
+
+    The loss and gradient are re-evaluated at the returned point (``LBFGS.step`` returns the
+    loss *before* its iterations): a non-finite loss raises :class:`TrainingError`, and a
+    gradient above ``GRAD_SLACK * tol`` (not converged, e.g. ``max_iter`` too small) warns with
+    :class:`ConvergenceWarning`.
     """
     x, prior_mean = x.double(), prior_mean.double()
+    if not (torch.isfinite(x).all() and torch.isfinite(prior_mean).all()):
+        raise TrainingError("logistic regression: the features or the prior mean contain "
+                            "inf/NaN values; check the backbone's features (cache) and inputs")
     n_classes, dim = prior_mean.shape
     # Representer theorem: the optimal W - W0 lies in the row span of x, so solve for
     # V (C, r) with W = W0 + V Q^T, x^T = Q R; exact, and r <= N is often much smaller than D.
@@ -72,9 +85,21 @@ def fit_logistic(
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"logistic regression diverged (loss {loss}); raise the penalty lam")
+    opt.step(closure)
+    final = closure()  # the loss and gradient where L-BFGS stopped
+    grads = [p.grad for p in params if p.grad is not None]
+    if not torch.isfinite(final) or not all(torch.isfinite(g).all() for g in grads):
+        raise TrainingError(
+            f"logistic regression diverged (final loss {final.item()}); check the features "
+            f"for inf/NaN values or raise the penalty lam (now {lam})")
+    grad_max = max(float(g.abs().max()) for g in grads)
+    if grad_max > GRAD_SLACK * tol:
+        n_iter = opt.state[v].get("n_iter", max_iter)
+        warnings.warn(ConvergenceWarning(
+            f"logistic regression did not converge: largest gradient entry {grad_max:.3g} > "
+            f"{GRAD_SLACK * tol:.3g} after {n_iter} L-BFGS iterations; raise max_iter (now "
+            f"{max_iter}, e.g. --opt max_iter={4 * max_iter}) or the penalty lam (now {lam})"),
+            stacklevel=2)
     v = v.detach()
     w = prior_mean + v @ m.T @ q.T
     return w, (b.detach() if b is not None else None)

@@ -9,10 +9,12 @@ zero-shot classifier for classes they never saw (base-to-new protocol).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,16 +48,19 @@ class MethodContext:
         return self.runtime.device
 
     def text_classifier(self, classnames: Sequence[str]) -> torch.Tensor:
-        """Zero-shot class weights (C, D), normalised, cached per class list."""
+        """Zero-shot class weights (C, D), normalised, on the device, cached per class list
+        (every class prompt is encoded once, in batches: :meth:`DualEncoder.zero_shot_weights`)."""
         key = tuple(classnames)
         if key not in self._text_cache:
-            self._text_cache[key] = self.backbone.zero_shot_weights(classnames, self.templates)
+            weights = self.backbone.zero_shot_weights(classnames, self.templates)
+            self._text_cache[key] = weights.to(self.device)
         return self._text_cache[key]
 
     def zero_shot_logits(self, image_features: torch.Tensor, classnames: Sequence[str]):
         """Frozen pre-trained logits ``s * cos(x, w_c)``: the prior mean of the Bayesian methods."""
         weights = self.text_classifier(classnames)
-        return cosine_logits(image_features.to(weights.dtype), weights, self.backbone.logit_scale)
+        x = image_features.to(weights.device, weights.dtype)
+        return cosine_logits(x, weights, self.backbone.logit_scale)
 
 
 @dataclass
@@ -66,8 +71,62 @@ class Prediction:
     logit_samples: torch.Tensor | None = None
 
 
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor in it (FeatureSet, Prediction, dicts, lists) on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, FeatureSet):
+        return dataclasses.replace(obj, features=to_device(obj.features, device),
+                                   labels=obj.labels.to(device))
+    if isinstance(obj, Prediction):
+        return dataclasses.replace(obj, probs=obj.probs.to(device),
+                                   logit_samples=to_device(obj.logit_samples, device))
+    if isinstance(obj, dict):
+        return type(obj)((k, to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+#: entry points run on the context's device: tensors in on the device, tensors out on the CPU
+DEVICE_BOUNDARY = ("fit", "predict", "ood_scores", "state_dict", "load_state_dict")
+
+
+def _on_device(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` under the method's runtime: inputs moved to ``ctx.device``, tensor factories
+    defaulting to it (:meth:`Runtime.scope`), results back on the CPU. Calls nested inside
+    another entry point (e.g. ``predict`` on validation data inside ``fit``) stay on device."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Method, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("_on_device_depth", 0) or self.context is None:
+            return fn(self, *args, **kwargs)
+        runtime = self.context.runtime
+        self._on_device_depth = 1
+        try:
+            with runtime.scope():
+                out = fn(self, *to_device(args, runtime.device),
+                         **to_device(kwargs, runtime.device))
+        finally:
+            self._on_device_depth = 0
+        return to_device(out, "cpu")  # the output boundary: checkpoints, metrics, plots
+
+    return wrapper
+
+
 class Method(ABC):
-    """Base class; subclasses set ``name`` and register with :func:`register_method`."""
+    """Base class; subclasses set ``name`` and register with :func:`register_method`.
+
+    The entry points in :data:`DEVICE_BOUNDARY` are wrapped for every subclass so that a
+    method computes on ``ctx.device`` and callers only ever see CPU tensors.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in DEVICE_BOUNDARY:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__isabstractmethod__", False):
+                setattr(cls, name, _on_device(fn))
 
     name: ClassVar[str]
     #: which cached image features the method consumes ("joint" = shared embedding space)

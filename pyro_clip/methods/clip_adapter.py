@@ -20,7 +20,7 @@ from pyro_clip.backbones.base import cosine_logits
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.training import TrainSettings, train
+from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 
 class Adapter(nn.Module):
@@ -59,9 +59,12 @@ class ClipAdapter(Method):
                               f"got {o['reduction']}")
 
     def build(self, dim: int) -> Adapter:
-        with torch.random.fork_rng(devices=[]):  # initial weights seeded, global RNG untouched
+        # initial weights seeded, global RNG untouched, built on the CPU so that every device
+        # starts from the same weights; then moved to the run's device
+        with torch.random.fork_rng(), torch.device("cpu"):
             torch.manual_seed(self.ctx.seed)
-            return Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+            adapter = Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+        return adapter.to(self.ctx.device)
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
         x, y = train_set.features[self.feature_kind].float(), train_set.labels
@@ -78,8 +81,10 @@ class ClipAdapter(Method):
                                  lr=float(o["lr"]), optimizer=str(o["optimizer"]),
                                  weight_decay=float(o["weight_decay"]), seed=self.ctx.seed)
         ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir is not None else None
+        identity = checkpoint_identity(self.name, o, self.ctx.backbone.fingerprint(), x, y,
+                                       templates=self.ctx.templates)
         history = train(self.adapter, loss_fn, len(y), settings, checkpoint=ckpt,
-                        progress=self.ctx.progress, desc=self.name)
+                        progress=self.ctx.progress, desc=self.name, identity=identity)
         self.adapter.eval().requires_grad_(False)
         self.selected = {"ratio": float(o["ratio"]), "searched": False,
                          "final_train_loss": history[-1]}

@@ -47,7 +47,7 @@ def probit_probs(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
 
 def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     jitter = 0.0
     for attempt in range(8):
         chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
@@ -59,8 +59,9 @@ def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> t
                           "raise the prior precision")
     if jitter:
         warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=2)
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype)
+    gen = torch.Generator().manual_seed(seed)  # CPU draws: the same samples on every device
+    eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype,
+                      device=gen.device).to(mean.device)
     return mean + torch.einsum("nij,snj->sni", chol, eps)
 
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.models.ove_pg import OvePGConfig, ove_pg_loss
+from pyro_clip.models.ove_pg import OvePGConfig, ove_differences, ove_pg_loss
+from pyro_clip.models.polya_gamma import sample_pg
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.training import TrainSettings, train
+from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 LIKELIHOODS = ("softmax", "ove-pg")
 
@@ -68,22 +69,35 @@ class PromptLearningMethod(Method):
         x = train_set.features[self.feature_kind]
         y = train_set.labels
         names = train_set.classnames
-        f0 = self.ctx.zero_shot_logits(x, names).float()
+        f0 = self.ctx.zero_shot_logits(x, names).float()  # on ctx.device, like x and y
         rng = np.random.default_rng(self.ctx.seed)
         learner, cfg = self.learner, self.ove
+        # The PG tilts c = A_y f0 are fixed (frozen f0): copied to the host once per fit, so a
+        # step's draw needs no device->host copy, runs on the CPU while the device computes the
+        # queued prompt forward, and costs one host->device copy of omega.
+        tilts = (ove_differences(f0, y).cpu()
+                 if self.options["likelihood"] == "ove-pg" and cfg.omega == "sample" else None)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             f = learner.logits(x[idx], names)
             if self.options["likelihood"] == "softmax":
                 return F.cross_entropy(f, y[idx])
-            return ove_pg_loss(f, f0[idx], y[idx], cfg, rng)
+            omega = None
+            if tilts is not None:
+                omega = sample_pg(tilts[idx.cpu()], rng).to(f.device, non_blocking=True)
+            return ove_pg_loss(f, f0[idx], y[idx], cfg, rng, omega=omega)
 
         ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir else None
         settings = TrainSettings(**{**self.settings.__dict__, "seed": self.ctx.seed})
         with torch.random.fork_rng():  # psi's reparameterised noise: seeded, global RNG kept
             torch.manual_seed(self.ctx.seed)
-            self.history = train(learner, loss_fn, len(y), settings, checkpoint=ckpt,
-                                 progress=self.ctx.progress, desc=self.name)
+            self.history = train(
+                learner, loss_fn, len(y), settings, checkpoint=ckpt, progress=self.ctx.progress,
+                desc=self.name, rngs={"polya_gamma": rng},
+                identity=checkpoint_identity(self.name, self.options,
+                                             self.ctx.backbone.fingerprint(), x, y,
+                                             templates=self.ctx.templates),
+            )
         if len(val):
             with torch.no_grad():
                 pred = self.predict(val.features[self.feature_kind], val.classnames).probs
@@ -93,8 +107,8 @@ class PromptLearningMethod(Method):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         if self.learner is None:
             raise RuntimeError(f"{self.name}: fit or load_state_dict before predict")
-        logits = torch.cat([self.learner.logits(features[i : i + 256], classnames)
-                            for i in range(0, features.shape[0], 256)])
+        # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
+        logits = self.learner.predict_logits(features, classnames)
         return Prediction(logits.softmax(-1))
 
     def state_dict(self) -> dict[str, Any]:

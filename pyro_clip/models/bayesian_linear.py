@@ -28,6 +28,17 @@ def bayesian_linear_model(
     return logits
 
 
+def posterior_guide(posterior: torch.distributions.Distribution):
+    """A guide for :func:`bayesian_linear_model` drawing ``w`` from a fitted posterior, e.g.
+    ``KalmanState.posterior((C, P))``: ``pyro.infer.Predictive(bayesian_linear_model,
+    guide=posterior_guide(post), num_samples=S)(x, None, prior_mean, prior_var)["y"]``."""
+
+    def guide(*args, **kwargs) -> None:
+        pyro.sample("w", posterior)
+
+    return guide
+
+
 def posterior_predictive(weight_samples: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``p(y | x, D) = E_w[softmax(W x)]`` from posterior draws (S, C, P) -> (N, C)."""
     return torch.softmax(torch.einsum("np,scp->snc", x, weight_samples), -1).mean(0)

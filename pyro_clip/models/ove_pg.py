@@ -33,6 +33,7 @@ As in the official code (and the paper's eq. 8), the conditional mean uses the l
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -144,7 +145,26 @@ def ove_pg_guide(f_learner, f0, labels, omega, cfg: OvePGConfig) -> None:
             pyro.sample("psi", dist.Normal(loc, scale).to_event(1))
 
 
-_ELBO = Trace_ELBO(max_plate_nesting=2)
+class DeviceTraceELBO(Trace_ELBO):
+    """``Trace_ELBO.differentiable_loss`` without its two host syncs per call.
+
+    Pyro's version returns ``loss + (surrogate - surrogate.item())`` and checks the value for
+    NaN, each a device->host copy that stalls a GPU step. Same value and gradient with
+    ``surrogate.detach()`` (Pyro's own ``JitTrace_ELBO`` form); NaN is caught by the training
+    loop's guard (:mod:`pyro_clip.training`).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle, surrogate_particle = self._differentiable_loss_particle(model_trace,
+                                                                              guide_trace)
+            loss = loss + particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+        return loss + (surrogate - surrogate.detach())
+
+
+_ELBO = DeviceTraceELBO(max_plate_nesting=2)
 
 
 def ove_pg_loss(
@@ -163,7 +183,12 @@ def ove_pg_loss(
     f0 = f0.detach().to(f_learner.dtype)
     if omega is None:
         omega = draw_omega(f0, labels, cfg.omega, rng)
-    loss = _ELBO.differentiable_loss(ove_pg_model, ove_pg_guide, f_learner, f0, labels, omega, cfg)
+    # distribution argument checks are host syncs too: on the GPU the inputs are checked once
+    # by construction (omega > 0 from the sampler, finite logits by the NaN guard)
+    checks = contextlib.nullcontext() if not f_learner.is_cuda else pyro.validation_enabled(False)
+    with checks:
+        loss = _ELBO.differentiable_loss(ove_pg_model, ove_pg_guide, f_learner, f0, labels,
+                                         omega, cfg)
     if cfg.lam > 0:
         n_classes = f0.shape[1]
         tau = _prior_scale(n_classes, cfg.lam)

@@ -26,13 +26,18 @@ def pg_variance(c: torch.Tensor) -> torch.Tensor:
     """``Var[PG(1, c)] = (sinh c - c) / (4 c^3 cosh^2(c/2))``, c -> 0 limit ``1/24``.
 
     Evaluated in float64; the closed form cancels badly for small |c|, where the Taylor
-    series ``1/24 - c^2/240`` is used instead (error below 1e-9 for |c| < 1e-2).
+    series ``1/24 - c^2/120 + 17 c^4/13440`` is used instead. From the series representation
+    ``Var = 1/(4 pi^4) sum_k ((k-1/2)^2 + c^2/(4 pi^2))^-2`` and ``sum_k (k-1/2)^-2m =
+    (2^2m - 1) zeta(2m)`` (pi^4/6, pi^6/15, 17 pi^8/630); truncation error ~1e-15 relative
+    for |c| < 1e-2.
     """
     c64 = c.double().abs()
     small = c64 < 1e-2
     safe = torch.where(small, torch.ones_like(c64), c64)
     closed = (torch.sinh(safe) - safe) / (4 * safe**3 * torch.cosh(safe / 2) ** 2)
-    return torch.where(small, 1 / 24 - c64**2 / 240, closed).to(c.dtype)
+    c2 = c64**2
+    series = 1 / 24 - c2 / 120 + 17 * c2**2 / 13440
+    return torch.where(small, series, closed).to(c.dtype)
 
 
 def sample_pg(c: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

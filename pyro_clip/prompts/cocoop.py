@@ -17,6 +17,9 @@ from torch import nn
 from pyro_clip.backbones.base import DualEncoder, PromptTokens
 from pyro_clip.prompts.coop import CoOpPromptLearner
 
+#: tokens (images x classes x sequence length) per text-tower pass when predicting
+PREDICT_TOKENS = 2**16
+
 
 class CoCoOpPromptLearner(CoOpPromptLearner):
     """Unified context plus a meta-net token shift; ``chunk`` images are encoded at a time."""
@@ -31,21 +34,40 @@ class CoCoOpPromptLearner(CoOpPromptLearner):
     ) -> None:
         super().__init__(backbone, n_ctx, ctx_init, class_specific=False, seed=seed)
         hidden = max(backbone.embed_dim // 16, 1)
-        with torch.random.fork_rng():  # seeded default init, global RNG left untouched
+        # seeded default init, global RNG left untouched; built on the CPU (whatever default
+        # device a caller set) so that every device starts from the same weights
+        with torch.random.fork_rng(), torch.device("cpu"):
             torch.manual_seed(seed)
             self.meta_net = nn.Sequential(
                 nn.Linear(backbone.embed_dim, hidden), nn.ReLU(inplace=True),
                 nn.Linear(hidden, backbone.ctx_dim),
             )
+        self.meta_net.to(backbone.runtime.device)
         self.chunk = chunk
 
-    def logits(self, image_features: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
-        """(B, K) ``s * cos(x, g(t_c(x)))`` with image-conditioned context."""
-        x = F.normalize(image_features.float(), dim=-1)
+    def logits(
+        self, image_features: torch.Tensor, classnames: Sequence[str], chunk: int | None = None
+    ) -> torch.Tensor:
+        """(B, K) ``s * cos(x, g(t_c(x)))`` with image-conditioned context; ``chunk`` images'
+        B x K prompts per text-tower pass (default ``self.chunk``)."""
+        x = F.normalize(image_features.to(self.ctx.device, torch.float32), dim=-1)
         tokens, embeds = self.prompts(classnames)
-        parts = [self._chunk_logits(x[i : i + self.chunk], tokens, embeds)
-                 for i in range(0, x.shape[0], self.chunk)]
+        chunk = chunk or self.chunk
+        parts = [self._chunk_logits(x[i : i + chunk], tokens, embeds)
+                 for i in range(0, x.shape[0], chunk)]
         return self.backbone.logit_scale * torch.cat(parts)
+
+    @torch.no_grad()
+    def predict_logits(
+        self, image_features: torch.Tensor, classnames: Sequence[str],
+        max_tokens: int = PREDICT_TOKENS,
+    ) -> torch.Tensor:
+        """(N, K) logits of many images. The prompts are image-conditional, so each image needs
+        its own K prompts: the (images x classes) prompts go through the text tower in chunks of
+        about ``max_tokens`` tokens (memory-bounded), the frozen embeddings spliced once."""
+        tokens, _ = self.prompts(classnames)
+        per_image = len(tokens) * int(tokens.ids.shape[1])
+        return self.logits(image_features, classnames, chunk=max(1, max_tokens // per_image))
 
     def _chunk_logits(self, x: torch.Tensor, tokens: PromptTokens, embeds: torch.Tensor):
         b, k = x.shape[0], len(tokens)
@@ -54,5 +76,5 @@ class CoCoOpPromptLearner(CoOpPromptLearner):
         rep = PromptTokens(tokens.ids.repeat(b, 1), tokens.attention_mask.repeat(b, 1),
                            tokens.eot_index.repeat(b))
         text = self.backbone.encode_token_embeddings(prompts.flatten(0, 1), rep)
-        text = F.normalize(text, dim=-1).view(b, k, -1)
+        text = F.normalize(text.float(), dim=-1).view(b, k, -1)
         return torch.einsum("bd,bkd->bk", x, text)

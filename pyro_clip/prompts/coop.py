@@ -26,8 +26,9 @@ def _init_context(
     """(n_ctx, ctx_dim): embeddings of ``ctx_init``'s tokens, or N(0, 0.02^2) when it is empty."""
     if n_ctx < 1:
         raise ConfigError(f"n_ctx (number of context tokens) must be >= 1, got {n_ctx}")
-    if not ctx_init:
-        return torch.randn(n_ctx, backbone.ctx_dim, generator=generator) * 0.02
+    if not ctx_init:  # drawn on the generator's (CPU) device: the same start on every device
+        return torch.randn(n_ctx, backbone.ctx_dim, generator=generator,
+                           device=generator.device) * 0.02
     tokens = backbone.tokenize([ctx_init])
     n_init = int(tokens.eot_index[0]) - 1
     if n_init != n_ctx:
@@ -69,7 +70,7 @@ class CoOpPromptLearner(nn.Module):
             if not self.class_names:
                 raise ConfigError("class-specific context needs the training class names")
             ctx = ctx.expand(len(self.class_names), -1, -1).clone()
-        self.ctx = nn.Parameter(ctx)
+        self.ctx = nn.Parameter(ctx.to(backbone.runtime.device))
         self._prompt_cache: dict[tuple[str, ...], tuple[PromptTokens, torch.Tensor]] = {}
 
     def prompts(self, classnames: Sequence[str]) -> tuple[PromptTokens, torch.Tensor]:
@@ -99,32 +100,50 @@ class CoOpPromptLearner(nn.Module):
     def _class_contexts(self, classnames: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context per class (K, n_ctx, D) for the known ones, and the mask of known classes."""
         if not self.class_specific:
-            known = torch.ones(len(classnames), dtype=torch.bool)
+            known = torch.ones(len(classnames), dtype=torch.bool, device=self.ctx.device)
             return self.ctx.expand(len(classnames), -1, -1), known
         index = {n: i for i, n in enumerate(self.class_names)}
-        known = torch.tensor([n in index for n in classnames], dtype=torch.bool)
-        rows = torch.tensor([index[n] for n in classnames if n in index], dtype=torch.long)
+        known = torch.tensor([n in index for n in classnames], dtype=torch.bool,
+                             device=self.ctx.device)
+        rows = torch.tensor([index[n] for n in classnames if n in index], dtype=torch.long,
+                            device=self.ctx.device)
         return self.ctx[rows], known
 
     def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         """(K, embed_dim) normalised class embeddings ``g(t_c)`` of the learned prompts."""
         ctx, known = self._class_contexts(classnames)
-        out = torch.empty(len(classnames), self.backbone.embed_dim, dtype=ctx.dtype)
+        out = torch.empty(len(classnames), self.backbone.embed_dim, dtype=ctx.dtype,
+                          device=ctx.device)
         if known.any():
             names = [n for n, k in zip(classnames, known.tolist(), strict=True) if k]
             tokens, embeds = self.prompts(names)
+            # all K prompts in one text-tower pass, cut at the longest prompt (autocast inside)
             feats = self.backbone.encode_token_embeddings(self._splice(embeds, ctx), tokens)
+            feats = feats.to(ctx.dtype)
             if known.all():
                 return F.normalize(feats, dim=-1)
             out = out.index_put((known.nonzero().flatten(),), F.normalize(feats, dim=-1))
         if self.fallback is None:
             raise ConfigError("class-specific CoOp met unseen classes and has no fallback")
         unseen = [n for n, k in zip(classnames, known.tolist(), strict=True) if not k]
-        weights = F.normalize(self.fallback(unseen).to(out.dtype), dim=-1)
+        weights = F.normalize(self.fallback(unseen).to(out.device, out.dtype), dim=-1)
         return out.index_put(((~known).nonzero().flatten(),), weights)
 
     def logits(self, image_features: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """(B, K) ``s * cos(x, g(t_c))``; the class prompts are encoded once for the batch."""
         text = self.text_features(classnames)
-        x = F.normalize(image_features.to(text.dtype), dim=-1)
+        x = F.normalize(image_features.to(text.device, text.dtype), dim=-1)
         return self.backbone.logit_scale * x @ text.T
+
+    @torch.no_grad()
+    def predict_logits(
+        self, image_features: torch.Tensor, classnames: Sequence[str], chunk: int = 4096
+    ) -> torch.Tensor:
+        """(N, K) logits of many images: the K class prompts are encoded once per call (not
+        once per chunk of images), then one matrix product per ``chunk`` images."""
+        text = self.text_features(classnames)
+        scale = self.backbone.logit_scale
+        return torch.cat([
+            scale * F.normalize(xb.to(text.device, text.dtype), dim=-1) @ text.T
+            for xb in image_features.split(chunk)
+        ])

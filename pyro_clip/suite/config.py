@@ -94,6 +94,10 @@ class SuiteConfig:
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     batch_size: int = 64
     cache_dir: str | None = None
+    #: every run's device / backbone precision / decoding processes (see RunConfig)
+    device: str = "auto"
+    precision: str = "fp32"
+    extraction_workers: int | None = None
     diagnostics: str = "metrics"
     out: str = "runs/suite"
     results: str | None = None
@@ -283,7 +287,8 @@ def expand(suite: SuiteConfig) -> list[SuiteRun]:
                             protocol=protocol, shots=shots, seed=seed,
                             templates=list(suite.templates), options=dict(options),
                             batch_size=suite.batch_size, cache_dir=suite.cache_dir,
-                            out=str(out), progress=False,
+                            out=str(out), progress=False, device=suite.device,
+                            precision=suite.precision, workers=suite.extraction_workers,
                         )
                         runs.append(SuiteRun(dataset, protocol, method, shots, seed, cfg))
     return runs

@@ -3,7 +3,7 @@
 Runs whose ``metrics.json`` exists are skipped (a killed suite resumes). The task list holds
 one ``prepare`` task per data set the pending runs read (it encodes every split they need,
 once) followed by the run tasks, each naming the prepare tasks it needs; executors start a
-run only after those finished. The driver shows one tqdm bar over the runs and appends one
+run only after those finished. The driver shows one progress bar over the runs and appends one
 line per finished task to ``<out>/suite.log``; each run writes its own ``run.log``.
 """
 
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from pyro_clip.data.registry import has_validation_split
 from pyro_clip.errors import ConfigError
+from pyro_clip.progress import ProgressBar, progress_bar
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 from pyro_clip.suite.executors import get_executor_class
 from pyro_clip.suite.tasks import PREPARE, RUN, Task, TaskResult
@@ -87,8 +86,8 @@ def run_suite(suite: SuiteConfig, workers: int | None = None, progress: bool = T
     started = time.perf_counter()
     log_path = Path(suite.out) / "suite.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(runs), initial=outcome.skipped, desc=suite.name, unit="run",
-              disable=not progress) as bar, open(log_path, "a", buffering=1) as log:
+    with progress_bar(total=len(runs), initial=outcome.skipped, desc=suite.name, unit="run",
+                      enabled=progress) as bar, open(log_path, "a", buffering=1) as log:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} suite {suite.name}: {len(pending)} "
                   f"run(s) to do, {outcome.skipped} done before, executor {suite.executor}\n")
 
@@ -102,7 +101,7 @@ def run_suite(suite: SuiteConfig, workers: int | None = None, progress: bool = T
     return outcome
 
 
-def _record(outcome: SuiteOutcome, result: TaskResult, bar: tqdm, log: Any) -> None:
+def _record(outcome: SuiteOutcome, result: TaskResult, bar: ProgressBar, log: Any) -> None:
     where = f"{result.host} pid {result.pid}"
     if result.kind == PREPARE:
         outcome.prepare_seconds[result.key] = result.seconds

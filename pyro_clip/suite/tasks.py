@@ -177,13 +177,14 @@ def execute_run(task: Task, capture_output: bool = False) -> TaskResult:
 def execute_prepare(task: Task) -> TaskResult:
     """Encode (or find cached) every ``task.splits`` entry with the runs' backbone."""
     from pyro_clip.runner import get_backbone, load_features
+    from pyro_clip.runtime import Runtime
 
     cfg = RunConfig.from_dict(task.config)
     started = time.perf_counter()
     error = None
     try:
-        with torch_threads(task.threads):
-            backbone = get_backbone(cfg.backbone)
+        with torch_threads(task.threads):  # the runs' device and precision: the same features
+            backbone = get_backbone(cfg.backbone, Runtime.resolve(cfg.device, cfg.precision))
             for dataset, split in task.splits:
                 load_features(cfg, backbone, dataset, split)
     except Exception:  # the runs that need these features report the failure in their folders

@@ -1,0 +1,144 @@
+"""The Kalman posterior over the weights as a Pyro/torch distribution matching its structure.
+
+``full`` -> ``MultivariateNormal``; ``block`` -> a batch of per-block ``MultivariateNormal``
+(event (K, n/K), i.e. (C, P) for the linear head); ``diag`` -> independent ``Normal``;
+``lowrank`` -> :class:`LowRankPrecisionNormal` (LoFi keeps the *precision* as ``diag(u) + W W^T``,
+whose covariance is a low-rank *downdate* of a diagonal, which torch's
+``LowRankMultivariateNormal`` (diagonal plus a positive low-rank term) cannot express);
+``kron`` -> :class:`MatrixNormal`. Both new distributions are Pyro ``TorchDistribution``s,
+so they work as guide sites in :class:`pyro.infer.Predictive`. Hand-written because neither
+torch nor Pyro ships a matrix normal or a precision-form low-rank normal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class MatrixNormal(dist.TorchDistribution):
+    """Gaussian over (R, S) matrices whose covariance is diagonal in a Kronecker eigenbasis.
+
+    ``vec(X - M) = (Q_r kron Q_c) diag(v)^(1/2) vec(E)``, ``E`` standard normal, with
+    orthogonal ``Q_r`` (R, R), ``Q_c`` (S, S) and eigen-variances ``v`` (R, S), row-major vec.
+    The matrix normal ``MN(M, U, V)`` (covariance ``U kron V``; Gupta & Nagar 1999, def. 2.2.1)
+    is the case ``v = outer(eig U, eig V)`` (:meth:`from_covariances`); the exactly damped
+    Kronecker posterior ``(A kron G + tau I)^-1`` is ``v = 1 / (outer(a, g) + tau)``.
+    ``log p(X) = -1/2 |Z|^2 - 1/2 sum log v - RS/2 log 2 pi``,
+    ``Z = Q_r^T (X - M) Q_c / sqrt v``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "eigen_var": constraints.positive}  # noqa: RUF012
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        row_basis: torch.Tensor,
+        col_basis: torch.Tensor,
+        eigen_var: torch.Tensor,
+        validate_args: bool | None = None,
+    ) -> None:
+        if loc.shape != eigen_var.shape or loc.ndim != 2:
+            raise ValueError(f"loc and eigen_var must both be (R, S), got {loc.shape}, "
+                             f"{eigen_var.shape}")
+        self.loc, self.row_basis, self.col_basis, self.eigen_var = (
+            loc, row_basis, col_basis, eigen_var)
+        super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    @classmethod
+    def from_covariances(
+        cls, loc: torch.Tensor, row_cov: torch.Tensor, col_cov: torch.Tensor
+    ) -> MatrixNormal:
+        """``MN(M, U, V)``: ``vec(X) ~ N(vec(M), U kron V)`` (U among rows, V among columns)."""
+        ur, qr = torch.linalg.eigh(row_cov)
+        uc, qc = torch.linalg.eigh(col_cov)
+        return cls(loc, qr, qc, torch.outer(ur, uc))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.row_basis**2) @ self.eigen_var @ (self.col_basis**2).T
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        """Dense (RS, RS) covariance (small problems and tests only)."""
+        q = torch.kron(self.row_basis, self.col_basis)
+        return (q * self.eigen_var.reshape(-1)) @ q.T
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = torch.Size(sample_shape) + self.loc.shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.row_basis @ (eps * self.eigen_var.sqrt()) @ self.col_basis.T
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        z = self.row_basis.T @ (value - self.loc) @ self.col_basis
+        maha = (z * z / self.eigen_var).sum((-2, -1))
+        return -0.5 * (maha + self.eigen_var.log().sum() + self.loc.numel() * _LOG_2PI)
+
+
+class LowRankPrecisionNormal(dist.TorchDistribution):
+    """``N(loc, (diag(u) + W W^T)^-1)`` (LoFi's precision form), never forming n x n.
+
+    log-density by the matrix determinant lemma,
+    ``log det(diag u + W W^T) = sum log u + log det(I + W^T diag(u)^-1 W)``; draws as
+    ``Lambda^-1 (sqrt(u) e1 + W e2)`` (covariance ``Lambda^-1 Lambda Lambda^-1``) by Woodbury.
+    """
+
+    arg_constraints = {"loc": constraints.real, "prec_diag": constraints.positive}  # noqa: RUF012
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self, loc: torch.Tensor, prec_diag: torch.Tensor, prec_factor: torch.Tensor,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.loc, self.prec_diag, self.prec_factor = loc, prec_diag, prec_factor
+        g = prec_factor / prec_diag[:, None]
+        cap = torch.eye(prec_factor.shape[1], dtype=loc.dtype, device=loc.device)
+        self._g, self._cap_chol = g, torch.linalg.cholesky(cap + prec_factor.T @ g)
+        super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def _solve(self, v: torch.Tensor) -> torch.Tensor:
+        """``Lambda^-1 v`` for v (..., n) by Woodbury."""
+        inner = torch.cholesky_solve((v @ self._g).unsqueeze(-1), self._cap_chol).squeeze(-1)
+        return v / self.prec_diag - inner @ self._g.T
+
+    @property
+    def variance(self) -> torch.Tensor:
+        hg = torch.linalg.solve_triangular(self._cap_chol, self._g.T, upper=False)
+        return 1.0 / self.prec_diag - (hg * hg).sum(0)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = torch.Size(sample_shape)
+        kw = {"dtype": self.loc.dtype, "device": self.loc.device}
+        e1 = torch.randn(shape + self.loc.shape, **kw)
+        e2 = torch.randn((*shape, self.prec_factor.shape[1]), **kw)
+        return self.loc + self._solve(e1 * self.prec_diag.sqrt() + e2 @ self.prec_factor.T)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        d = value - self.loc
+        maha = (d * d * self.prec_diag).sum(-1) + ((d @ self.prec_factor) ** 2).sum(-1)
+        logdet = self.prec_diag.log().sum() + 2 * self._cap_chol.diagonal().log().sum()
+        return -0.5 * (maha - logdet + self.loc.numel() * _LOG_2PI)
+
+
+def reshape_event(d: torch.distributions.Distribution, shape: tuple[int, ...]):
+    """The same distribution with its event reshaped to ``shape`` (row-major, log-det 0)."""
+    if tuple(d.event_shape) == tuple(shape):
+        return d
+    transform = torch.distributions.ReshapeTransform(d.event_shape, torch.Size(shape))
+    return dist.TransformedDistribution(d, [transform])
