@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from pyro_clip.errors import ConfigError
+from pyro_clip.suite.config import SuiteConfig
 from pyro_clip.suite.executors.base import Executor, Report
 from pyro_clip.suite.tasks import Task, TaskResult, execute_task
 
@@ -58,7 +59,7 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, suite: Any) -> None:
+    def __init__(self, suite: SuiteConfig) -> None:
         super().__init__(suite)
         self.ray = import_ray()
         self.cluster: dict[str, float] = {}
