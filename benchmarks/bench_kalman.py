@@ -55,12 +55,14 @@ def _inputs(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([x, torch.ones(n, 1)], 1).double()
 
 
-def structure_costs(classes: list[int], repeats: int) -> list[dict]:
+def structure_costs(
+    classes: list[int], repeats: int, kinds: tuple[str, ...] = COVARIANCES
+) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for c in classes:
         n = c * (DIM + 1)
-        for kind in COVARIANCES:
+        for kind in kinds:
             batch = _auto_batch(kind, c)
             row = {"classes": c, "dim": DIM, "covariance": kind, "batch": batch,
                    "load_avg_1min": os.getloadavg()[0]}
@@ -192,24 +194,32 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-costs", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 avoids oversubscription on a loaded machine)")
+    parser.add_argument("--structures", default=",".join(COVARIANCES),
+                        help="comma-separated structures for the cost part")
+    parser.add_argument("--name", default=None, help="results file name (default kalman)")
     parser.add_argument("--center-inputs", action="store_true",
                         help="accuracy part with --opt center_inputs=true for every structure")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     classes = [10, 100] if args.quick else [10, 100, 1000]
+    kinds = tuple(args.structures.split(","))
     result: dict = {"threads": torch.get_num_threads()}
     if not args.skip_costs:
-        result["structures"] = structure_costs(classes, args.repeats)
-        if not args.quick:
+        result["structures"] = structure_costs(classes, args.repeats, kinds)
+        if not args.quick and "kron" in kinds:
             result["kron_16000x1000"] = kron_imagenet_scale()
     if not args.skip_accuracy:
         opts = {"center_inputs": True} if args.center_inputs else None
-        name = "kalman_accuracy" if args.skip_costs else "kalman"
+        name = args.name or ("kalman_accuracy" if args.skip_costs else "kalman")
         result["accuracy"] = accuracy_vs_full(
             [4, 16], [1, 2, 3], opts,
             on_row=lambda part: write_result(name, {**result, "accuracy": part}))
     print(json.dumps(result, indent=2))
     # the accuracy part alone (it takes long on a shared machine) gets its own file
-    write_result("kalman_accuracy" if args.skip_costs else "kalman", result)
+    write_result(args.name or ("kalman_accuracy" if args.skip_costs else "kalman"), result)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="data set name (pyro-clip list datasets)")
     p.add_argument("--data-root", dest="data_root", help="folder holding the images")
     p.add_argument("--eval-dataset", dest="eval_datasets", action="append",
-                   help="extra evaluation set, repeatable (default: fashion-mnist-c)")
+                   help="extra evaluation set, repeatable (default: the data set's own shifted "
+                   "companions: fashion-mnist-c for fashion-mnist, the ImageNet variants for "
+                   "imagenet, none otherwise)")
     p.add_argument("--no-eval-datasets", action="store_true", help="evaluate on test only")
     p.add_argument("--protocol", choices=["few-shot", "base-to-new"])
     p.add_argument("--shots", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--template", dest="templates", action="append", help="prompt with '{}'")
+    p.add_argument("--template", dest="templates", action="append",
+                   help="prompt with '{}', repeatable (default: the data set's standard templates)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method hyper-parameter, repeatable")
     p.add_argument("--batch-size", dest="batch_size", type=int)

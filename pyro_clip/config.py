@@ -22,12 +22,14 @@ class RunConfig:
     backbone: str = "conse"
     dataset: str = "fashion-mnist"
     data_root: str | None = None
-    #: extra evaluation sets, e.g. ``["fashion-mnist-c"]`` (their test split is used)
-    eval_datasets: list[str] = field(default_factory=lambda: ["fashion-mnist-c"])
+    #: extra evaluation sets (their test split); ``None``: the data set's own shifted
+    #: companions (fashion-mnist -> fashion-mnist-c, imagenet -> its variants, else none)
+    eval_datasets: list[str] | None = None
     protocol: str = "few-shot"
     shots: int = 16
     seed: int = 1
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    #: prompt templates with ``{}``; ``None``: the data set's standard ones (CoOp's)
+    templates: list[str] | None = None
     #: method hyper-parameters (``--opt key=value``)
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
@@ -54,9 +56,25 @@ class RunConfig:
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0 (0 = decode in the main process), "
                               f"got {self.workers}")
-        if not self.templates or any("{}" not in t for t in self.templates):
+        if self.templates is not None and (
+            not self.templates or any("{}" not in t for t in self.templates)
+        ):
             raise ConfigError("every prompt template needs a '{}' for the class name")
         return self
+
+    def resolved(self) -> RunConfig:
+        """A copy with ``templates`` and ``eval_datasets`` filled from the data set's defaults
+        (what ``config.json`` records)."""
+        from pyro_clip.data import default_eval_datasets, default_templates
+
+        return dataclasses.replace(
+            self,
+            templates=list(self.templates) if self.templates is not None
+            else default_templates(self.dataset),
+            eval_datasets=list(self.eval_datasets) if self.eval_datasets is not None
+            else default_eval_datasets(self.dataset),
+            options=dict(self.options),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

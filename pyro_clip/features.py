@@ -1,15 +1,28 @@
-"""Image-feature cache: each (backbone, data set) is encoded once and served from disk after.
+"""Image-feature cache: one feature row per (backbone, image), stored in atomic shards.
 
-The key is a hash of the backbone fingerprint (weights + preprocessing) and the data set's
-content fingerprint. Features are computed in chunks that are each written atomically, so a
-killed extraction resumes at the first missing chunk; the finished file replaces the chunks.
+Layout: ``<root>/items-v2/<backbone key>/<shard>.npz`` where the backbone key is a hash of
+``backbone.fingerprint()`` (weights, resolved architecture, preprocessing). A shard holds
+``keys`` (the images' :meth:`~pyro_clip.data.base.LabeledImages.item_keys`: pixel hashes for
+in-memory sets, relative path + size + mtime for files, or file content with
+``PYRO_CLIP_HASH=content``) and one ``feat_<kind>`` array per feature kind, row ``i`` for
+``keys[i]``.
+
+``get(backbone, images)`` looks each image's key up in the shards of that backbone; only the
+missing ones are decoded and encoded, in chunks of ``chunk_size`` images, each written
+atomically as a new shard (named by the hash of its keys) before the next chunk starts, so a
+killed extraction keeps every finished chunk. Because rows are found by image key, any two
+sets that share images share their features: the few-shot samples of every shot count and
+seed, the validation shots, base/new class subsets and the test set. A run therefore encodes
+only the images it uses (few-shot train + validation shots + test + evaluation sets), never
+a whole training split. Encoding goes through one DataLoader pipeline,
+:func:`pyro_clip.extraction.iter_features`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +33,12 @@ from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.cache_lock import locked
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
-from pyro_clip.extraction import extract_features, iter_features
+from pyro_clip.extraction import iter_features
 from pyro_clip.io import save_npz
-from pyro_clip.progress import ProgressBar, progress_bar
+from pyro_clip.progress import progress_bar
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+_STORE = "items-v2"
 
 
 def default_cache_dir() -> Path:
@@ -67,24 +81,57 @@ class FeatureSet:
 
 
 class FeatureCache:
-    """Disk cache of image features (see module docstring)."""
+    """Disk cache of image features keyed per image (see module docstring)."""
 
     def __init__(
         self, root: str | Path | None = None, chunk_size: int = 512, workers: int | None = None
     ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        if chunk_size < 1:
+            raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
         #: decoding processes (``None``: :func:`pyro_clip.extraction.default_workers`)
         self.workers = workers
+        #: per backbone folder: item key -> (shard path, row), and the shards already read
+        self._index: dict[Path, dict[str, tuple[Path, int]]] = {}
+        self._seen: dict[Path, set[str]] = {}
 
-    def key(self, backbone: DualEncoder, dataset: LabeledImages) -> str:
+    def backbone_dir(self, backbone: DualEncoder) -> Path:
+        """The folder holding every shard of ``backbone``'s features."""
         h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
         h.update(backbone.fingerprint().encode())
-        h.update(dataset.fingerprint().encode())
+        return self.root / _STORE / h.hexdigest()[:32]
+
+    def key(self, backbone: DualEncoder, dataset: LabeledImages) -> str:
+        """Hash of the backbone and every image key of ``dataset`` (identifies its features)."""
+        h = hashlib.sha256(str(self.backbone_dir(backbone)).encode())
+        for k in dataset.item_keys():
+            h.update(k.encode())
         return h.hexdigest()[:32]
 
-    def path(self, backbone: DualEncoder, dataset: LabeledImages) -> Path:
-        return self.root / f"{self.key(backbone, dataset)}.npz"
+    def _refresh(self, folder: Path) -> dict[str, tuple[Path, int]]:
+        """Add the keys of shards written since the last look (by us or another process)."""
+        index = self._index.setdefault(folder, {})
+        seen = self._seen.setdefault(folder, set())
+        if folder.is_dir():
+            for shard in sorted(folder.glob("*.npz")):
+                if shard.name in seen:
+                    continue
+                with np.load(shard) as data:
+                    for row, k in enumerate(data["keys"].tolist()):
+                        index.setdefault(k, (shard, row))
+                seen.add(shard.name)
+        return index
+
+    def missing(self, backbone: DualEncoder, dataset: LabeledImages) -> list[int]:
+        """Indices of the images of ``dataset`` whose features are not cached yet
+        (the first image of each distinct key)."""
+        index = self._refresh(self.backbone_dir(backbone))
+        first: dict[str, int] = {}
+        for i, k in enumerate(dataset.item_keys()):
+            if k not in index:
+                first.setdefault(k, i)
+        return list(first.values())
 
     def get(
         self,
@@ -93,65 +140,70 @@ class FeatureCache:
         batch_size: int = 64,
         progress: bool = True,
     ) -> FeatureSet:
-        """Features of ``dataset`` under ``backbone``, computed on a miss, read on a hit."""
-        path = self.path(backbone, dataset)
-        if not path.exists():
-            with locked(path):  # concurrent writers: one encodes, the others wait and reuse
-                if not path.exists():
-                    self._extract(backbone, dataset, path, batch_size, progress)
-        with np.load(path) as data:
-            feats = {k[5:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("feat_")}
-            labels = torch.from_numpy(data["labels"])
+        """Features of ``dataset`` under ``backbone``: cached rows, encoding only the missing."""
+        if len(dataset) == 0:
+            raise DataError(f"data set {dataset.name} is empty; nothing to encode")
+        folder = self.backbone_dir(backbone)
+        todo = self.missing(backbone, dataset)
+        if todo:
+            with locked(folder):  # concurrent writers: one encodes, the others wait and reuse
+                todo = self.missing(backbone, dataset)
+                if todo:
+                    self._extract(backbone, dataset, todo, folder, batch_size, progress)
+        feats = self._gather(folder, dataset.item_keys())
+        labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64).copy())
         return FeatureSet(feats, labels, list(dataset.classnames), dataset.name)
 
     def _extract(
         self,
         backbone: DualEncoder,
         dataset: LabeledImages,
-        path: Path,
+        indices: list[int],
+        folder: Path,
         batch_size: int,
         progress: bool,
     ) -> None:
-        parts_dir = path.with_suffix(".parts")
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        n = len(dataset)
-        if n == 0:
-            raise DataError(f"data set {dataset.name} is empty; nothing to encode")
-        starts = range(0, n, self.chunk_size)
-        bar = progress_bar(total=n, desc=f"encoding {dataset.name}", unit="img", enabled=progress)
-        missing = [s for s in starts if not (parts_dir / f"{s:09d}.npz").exists()]
-        bar.update(n - sum(min(s + self.chunk_size, n) - s for s in missing))
-        # one DataLoader over every missing chunk (workers start once); the k-th chunk it
-        # yields is missing[k] since only the last chunk of the set can be short
-        indices = np.concatenate([np.arange(s, min(s + self.chunk_size, n)) for s in missing]
-                                 or [np.zeros(0, dtype=np.int64)])
+        """Encode ``indices`` of ``dataset``, one atomic shard per chunk of ``chunk_size``.
+
+        One DataLoader (:func:`pyro_clip.extraction.iter_features`) serves every chunk, so
+        decoding workers start once; it checks the features are finite.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = dataset.item_keys()
+        indices = np.asarray(indices, dtype=np.int64)
+        bar = progress_bar(total=len(indices), desc=f"encoding {dataset.name}", unit="img",
+                           enabled=progress)
         chunks = iter_features(backbone, dataset, indices, backbone.runtime, batch_size,
-                               self.workers, self.chunk_size, bar) if missing else iter(())
-        for start, feats in zip(missing, chunks, strict=True):
-            save_npz(parts_dir / f"{start:09d}.npz", compress=False,
-                     **{f"feat_{k}": v.numpy() for k, v in feats.items()})
+                               self.workers, self.chunk_size, bar)
+        for start, feats in zip(range(0, len(indices), self.chunk_size), chunks, strict=True):
+            chunk = indices[start:start + self.chunk_size]
+            arrays = {f"feat_{kind}": value.numpy() for kind, value in feats.items()}
+            chunk_keys = [keys[i] for i in chunk]
+            name = hashlib.sha256("".join(chunk_keys).encode()).hexdigest()[:32]
+            # float features barely compress; plain npz keeps extraction at raw-forward speed
+            save_npz(folder / f"{name}.npz", compress=False,
+                     keys=np.asarray(chunk_keys), **arrays)
         bar.close()
-        chunks = []
-        for start in starts:
-            with np.load(parts_dir / f"{start:09d}.npz") as data:
-                chunks.append({k: data[k] for k in data.files})
-        merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        # float features barely compress; plain npz keeps extraction at raw-forward speed
-        save_npz(path, compress=False, labels=np.asarray(dataset.labels, dtype=np.int64),
-                 **merged)
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        self._refresh(folder)
 
-
-def encode_range(
-    backbone: DualEncoder,
-    dataset: LabeledImages,
-    start: int,
-    stop: int,
-    batch_size: int,
-    bar: ProgressBar | None = None,
-    workers: int | None = 0,
-) -> dict[str, np.ndarray]:
-    """Preprocess and encode images ``start..stop-1`` -> float32 arrays per feature kind."""
-    feats = extract_features(backbone, dataset, np.arange(start, stop), backbone.runtime,
-                             batch_size, workers, bar if bar is not None else False)
-    return {k: v.numpy() for k, v in feats.items()}
+    def _gather(self, folder: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Rows of ``keys`` from the shards, in order -> ``{kind: (N, D) float32}``."""
+        index = self._refresh(folder)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for out_row, k in enumerate(keys):
+            shard, row = index[k]
+            by_shard.setdefault(shard, []).append((out_row, row))
+        out: dict[str, np.ndarray] = {}
+        for shard, pairs in by_shard.items():
+            dst = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+            src = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+            with np.load(shard) as data:
+                for name in data.files:
+                    if not name.startswith("feat_"):
+                        continue
+                    arr = data[name]
+                    kind = name[5:]
+                    if kind not in out:
+                        out[kind] = np.empty((len(keys), *arr.shape[1:]), dtype=arr.dtype)
+                    out[kind][dst] = arr[src]
+        return {k: torch.from_numpy(v) for k, v in out.items()}

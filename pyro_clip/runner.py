@@ -20,8 +20,18 @@ import torch
 import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
 from pyro_clip.config import RunConfig
-from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
-from pyro_clip.errors import BackboneError
+from pyro_clip.data import (
+    LabeledImages,
+    SubsetImages,
+    base_new_classes,
+    default_eval_datasets,
+    eval_class_ids,
+    few_shot_indices,
+    has_validation_split,
+    load_dataset,
+    subsample_classes,
+)
+from pyro_clip.errors import BackboneError, DataError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
 from pyro_clip.methods import Method, MethodContext, Prediction, create_method
@@ -72,16 +82,81 @@ def get_backbone(spec: str, runtime: Runtime | None = None) -> DualEncoder:
     return _BACKBONES[key].to_runtime(runtime)
 
 
-def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str,
-                  report: dict[str, dict[str, int]] | None = None) -> FeatureSet:
-    """Features of one split; ``report`` (if given) receives its image and skipped counts."""
+def load_dataset_reported(cfg: RunConfig, dataset: str, split: str,
+                          report: dict[str, dict[str, int]]) -> LabeledImages:
+    """``load_dataset`` with ``skip_corrupt``; ``report`` receives its image and skipped counts."""
     # embedded sets ignore root and skip_corrupt
     images = load_dataset(dataset, split, root=cfg.data_root, skip_corrupt=cfg.skip_corrupt)
-    if report is not None:
-        report[f"{dataset}/{split}"] = {"n_images": len(images),
-                                        "n_skipped": len(getattr(images, "skipped", []))}
+    report[f"{dataset}/{split}"] = {"n_images": len(images),
+                                    "n_skipped": len(getattr(images, "skipped", []))}
+    return images
+
+
+def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
+    images = load_dataset(dataset, split, root=cfg.data_root, skip_corrupt=cfg.skip_corrupt)
+    return encode_images(cfg, backbone, images)
+
+
+def encode_images(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages) -> FeatureSet:
+    """Features of ``images`` from the per-image cache (only uncached images are encoded)."""
     cache = FeatureCache(cfg.cache_dir, workers=cfg.workers)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
+
+
+@dataclass
+class RunImages:
+    """The images one run encodes, chosen from labels and class names before any encoding."""
+
+    train: LabeledImages
+    val: LabeledImages
+    test: LabeledImages
+    #: extra evaluation sets, already cut to the classes the run can score
+    extra: dict[str, LabeledImages]
+    base_ids: list[int] | None = None
+    new_ids: list[int] | None = None
+    #: per loaded split: number of images and of corrupt images skipped (``skip_corrupt``)
+    report: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def select_images(cfg: RunConfig) -> RunImages:
+    """List the splits, draw the few-shot sample and check the evaluation sets' classes.
+
+    Only the K-shot train sample, the min(K, 4)-shot validation sample (Dassl), the test
+    split and the evaluation sets are returned; under base-to-new the train/val samples and
+    the evaluation sets are cut to the base classes. Class-incompatible evaluation sets raise
+    ``DataError`` here, before a single image is encoded.
+    """
+    report: dict[str, dict[str, int]] = {}
+    train_all = load_dataset_reported(cfg, cfg.dataset, "train", report)
+    val_all = (load_dataset_reported(cfg, cfg.dataset, "val", report)
+               if has_validation_split(cfg.dataset) else train_all)
+    test = load_dataset_reported(cfg, cfg.dataset, "test", report)
+    train_idx, val_idx = few_shot_indices(
+        train_all.labels, None if val_all is train_all else val_all.labels, cfg.shots, cfg.seed
+    )
+    base_ids = new_ids = keep = None
+    if cfg.protocol == "base-to-new":
+        base_ids, new_ids = base_new_classes(train_all.num_classes)
+        keep = [train_all.classnames[c] for c in base_ids]
+        train_idx = train_idx[np.isin(train_all.labels[train_idx], base_ids)]
+        val_idx = val_idx[np.isin(val_all.labels[val_idx], base_ids)]
+    val_tag = f"{min(cfg.shots, 4)}shot-seed{cfg.seed}"
+    train = SubsetImages(train_all, train_idx, class_ids=base_ids,
+                         name=f"{train_all.name}/{cfg.shots}shot-seed{cfg.seed}")
+    val = SubsetImages(val_all, val_idx, class_ids=base_ids, name=f"{val_all.name}/{val_tag}")
+    companions = default_eval_datasets(cfg.dataset)
+    extra: dict[str, LabeledImages] = {}
+    for name in cfg.eval_datasets or []:
+        try:
+            images = load_dataset_reported(cfg, name, "test", report)
+        except DataError as exc:
+            why = (f"{name} is a default evaluation set of {cfg.dataset}" if name in companions
+                   else f"{name} was requested as an evaluation set")
+            raise DataError(f"{exc} ({why}; pass --no-eval-datasets to skip it)") from exc
+        ids = eval_class_ids(name, images.classnames, cfg.dataset, train_all.classnames,
+                             keep, companions)
+        extra[name] = images if ids is None else subsample_classes(images, ids)
+    return RunImages(train, val, test, extra, base_ids, new_ids, report)
 
 
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
@@ -96,40 +171,27 @@ def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
 
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
-    cfg.validate()
+    cfg = cfg.validate().resolved()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     runtime = Runtime.resolve(cfg.device, cfg.precision)
     started = time.time()
+    method = create_method(cfg.method, **cfg.options)  # bad names/options: before any work
+    images = select_images(cfg)  # data errors surface here, before weights or encoding
     backbone = get_backbone(cfg.backbone, runtime)
-    report: dict[str, dict[str, int]] = {}
-    train_all = load_features(cfg, backbone, cfg.dataset, "train", report)
-    val_all = (load_features(cfg, backbone, cfg.dataset, "val", report)
-               if has_validation_split(cfg.dataset) else train_all)
-    test = load_features(cfg, backbone, cfg.dataset, "test", report)
-
-    train_idx, val_idx = few_shot_indices(
-        train_all.labels.numpy(),
-        None if val_all is train_all else val_all.labels.numpy(),
-        cfg.shots,
-        cfg.seed,
-    )
-    train, val = train_all.subset(train_idx), val_all.subset(val_idx)
+    train = encode_images(cfg, backbone, images.train)
+    val = encode_images(cfg, backbone, images.val)
+    test = encode_images(cfg, backbone, images.test)
     eval_sets: dict[str, FeatureSet] = {}
     if cfg.protocol == "base-to-new":
-        base_ids, new_ids = base_new_classes(len(train_all.classnames))
-        train, val = train.restrict_classes(base_ids), val.restrict_classes(base_ids)
-        eval_sets["base"] = test.restrict_classes(base_ids)
-        eval_sets["new"] = test.restrict_classes(new_ids)
+        eval_sets["base"] = test.restrict_classes(images.base_ids)
+        eval_sets["new"] = test.restrict_classes(images.new_ids)
     else:
         eval_sets["test"] = test
-    for extra in cfg.eval_datasets:
-        eval_sets[extra] = load_features(cfg, backbone, extra, "test", report)
-        if cfg.protocol == "base-to-new":
-            eval_sets[extra] = eval_sets[extra].restrict_classes(base_ids)
+    for extra, extra_images in images.extra.items():
+        eval_sets[extra] = encode_images(cfg, backbone, extra_images)
 
-    method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
     fit_start = time.time()
     method.fit(train, val)
@@ -143,7 +205,7 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.time() - started
 
-    result = RunResult(cfg, method, evaluations, metrics, out, runtime, report)
+    result = RunResult(cfg, method, evaluations, metrics, out, runtime, images.report)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
@@ -211,6 +273,7 @@ def load_trained_method(
     """
     run_dir = Path(run_dir)
     cfg, cfg_data = read_run_config(run_dir)
+    cfg = cfg.resolved()  # runs written before templates defaulted to the data set's
     runtime = runtime or (backbone.runtime if backbone is not None else Runtime())
     backbone = backbone or get_backbone(cfg.backbone, runtime)
     method = create_method(cfg.method, **cfg.options)

@@ -40,7 +40,12 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         "brier": main.get("brier"),
         "fit_s": m.get("fit_seconds"),
     }
-    shifted = [k for k in cfg.get("eval_datasets", []) if k in m]
+    evals = cfg.get("eval_datasets", [])
+    if evals is None:  # an unresolved config: None means the data set's companions
+        from pyro_clip.data import default_eval_datasets
+
+        evals = default_eval_datasets(cfg.get("dataset", "fashion-mnist"))
+    shifted = [k for k in evals if k in m]
     row["shift_acc"] = m[shifted[0]]["accuracy"] if shifted else None
     # in-distribution vs shifted inputs, scored by max softmax probability (diagnostics hook)
     msp = m.get("ood", {}).get(shifted[0], {}).get("msp", {}) if shifted else {}

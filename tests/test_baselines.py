@@ -130,8 +130,8 @@ def test_classic_probe_matches_scikit_learn(tiny_backbone, problem):
 def test_zero_shot_centred_probe_tends_to_zero_shot(tiny_backbone, problem):
     test = problem["test"]
     m = _fit("linear-probe", tiny_backbone, problem, lam=1e6)
-    torch.testing.assert_close(m.predict(test.features["joint"], NAMES).probs.double(),
-                               _zero_shot_probs(tiny_backbone, test).double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(m.predict(test.features["joint"], NAMES).probs,
+                               _zero_shot_probs(tiny_backbone, test), atol=1e-4, rtol=0)
 
 
 def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):

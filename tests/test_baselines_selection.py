@@ -24,18 +24,19 @@ def _run(tmp_path, method, options=None):
 ])
 def test_search_never_reads_test_labels(method, options, tmp_path, monkeypatch):
     clean = _run(tmp_path / "clean", method, options)
-    real_load = runner.load_features
+    real_encode = runner.encode_images
     seen_splits = []
 
-    def corrupted(cfg, backbone, dataset, split):
-        data = real_load(cfg, backbone, dataset, split)
+    def corrupted(cfg, backbone, images):
+        data = real_encode(cfg, backbone, images)
+        split = "test" if images.name == "fashion-mnist/test" else images.name
         seen_splits.append(split)
         if split == "test":  # permute every test label: a search reading them would change
             gen = torch.Generator().manual_seed(123)
             data.labels = data.labels[torch.randperm(len(data.labels), generator=gen)]
         return data
 
-    monkeypatch.setattr(runner, "load_features", corrupted)
+    monkeypatch.setattr(runner, "encode_images", corrupted)
     dirty = _run(tmp_path / "dirty", method, options)
     assert "test" in seen_splits
     assert clean.method.selected == dirty.method.selected

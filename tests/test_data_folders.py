@@ -39,15 +39,37 @@ def test_layout_labels_and_names(tree: Path) -> None:
     assert img.mode == "RGB" and np.asarray(img)[0, 0].tolist() == [20, 20, 20]
 
 
-def test_fingerprint_keyed_by_content(tree: Path) -> None:
-    before = ImageFolderImages(tree).fingerprint()
-    assert ImageFolderImages(tree).fingerprint() == before
-    (tree / "dog" / "x.png").touch()  # new mtime, same bytes
-    assert ImageFolderImages(tree).fingerprint() == before
+def test_keys_follow_path_size_and_mtime_without_reading_bytes(tree: Path, monkeypatch) -> None:
+    before = ImageFolderImages(tree)
+    again = ImageFolderImages(tree)
+    assert again.fingerprint() == before.fingerprint()
+    assert again.item_keys() == before.item_keys()
+    _png(tree / "dog" / "x.png", 30, size=7)  # rewritten: new size (and mtime)
+    changed = ImageFolderImages(tree)
+    assert changed.fingerprint() != before.fingerprint()
+    assert changed.item_keys()[0] != before.item_keys()[0]
+    assert changed.item_keys()[1:] == before.item_keys()[1:]
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the default key must not read image bytes")
+
+    monkeypatch.setattr("pyro_clip.data._hashing.file_digest", no_reads)
+    assert ImageFolderImages(tree).item_keys() == changed.item_keys()
+
+
+def test_content_keys_are_opt_in(tree: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PYRO_CLIP_HASH", "content")
+    before = ImageFolderImages(tree)
+    (tree / "dog" / "x.png").touch()  # new mtime, same bytes: same content key
+    assert ImageFolderImages(tree).item_keys() == before.item_keys()
+    assert ImageFolderImages(tree).fingerprint() == before.fingerprint()
     pixels = np.full((6, 6), 30, dtype=np.uint8)
     pixels[2, 3] = 31
     Image.fromarray(pixels).save(tree / "dog" / "x.png")
-    assert ImageFolderImages(tree).fingerprint() != before
+    assert ImageFolderImages(tree).fingerprint() != before.fingerprint()
+    monkeypatch.setenv("PYRO_CLIP_HASH", "sha1")
+    with pytest.raises(DataError, match=r"PYRO_CLIP_HASH='sha1'.*stat.*content"):
+        ImageFolderImages(tree).item_keys()
 
 
 def test_missing_folder(tmp_path: Path) -> None:

@@ -162,7 +162,8 @@ def test_paper_configs_cover_the_protocols():
     assert set(dg.evals_for("few-shot")) == {"imagenet-v2", "imagenet-sketch", "imagenet-a",
                                              "imagenet-r"}
     for s in (b2n, fs, dg):
-        assert s.backbone == "open_clip:ViT-B-16:openai"
+        assert s.backbone == "open_clip:ViT-B-16-quickgelu:openai"  # OpenAI weights: QuickGELU
+        assert s.templates is None  # each data set's standard templates
     off = load_suite(ROOT / "configs/bench/offline.yaml")
     assert off.methods == "all" and off.shots == [1, 2, 4, 8, 16] and off.seeds == [1, 2, 3]
     assert off.backbone == "conse" and set(off.protocols) == {"few-shot", "base-to-new"}

@@ -8,6 +8,7 @@ end-of-text token leaves every feature unchanged and saves most of the 77-token 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,80 @@ from PIL import Image
 from pyro_clip.backbones.base import DualEncoder, PromptTokens
 from pyro_clip.errors import BackboneError
 
+QUICKGELU_SUFFIX = "-quickgelu"
 
-def _load_open_clip(model_name: str, pretrained: str | None, image_size: int | None):
+
+def _quick_gelu_tags(model_name: str) -> list[str]:
+    """Pretrained tags of ``model_name`` (or its ``-quickgelu`` twin) trained with QuickGELU."""
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    names = [model_name]
+    if not model_name.endswith(QUICKGELU_SUFFIX):
+        names.append(model_name + QUICKGELU_SUFFIX)
+    return sorted({t for m in names for t in list_pretrained_tags_by_model(m)
+                   if get_pretrained_cfg(m, t).get("quick_gelu", False)})
+
+
+def resolve_quick_gelu(model_name: str, pretrained: str | None, declared: bool | None) -> bool:
+    """Whether the model must use QuickGELU ``x * sigmoid(1.702 x)`` (OpenAI CLIP) or GELU.
+
+    Sources, all of which must agree: the model config (``-quickgelu`` names set
+    ``quick_gelu``), the pretrained tag's config in open_clip (``openai`` tags say
+    ``quick_gelu=True``) and the spec's declaration ``?quick_gelu=0|1``. open_clip itself only
+    warns when a GELU model loads QuickGELU weights (and says nothing for a local file,
+    open_clip issue #771), so every feature would silently come from a mis-specified network.
+    A local checkpoint for a model with QuickGELU tags must declare its activation.
+    """
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    model_qg = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if model_qg and declared is False:
+        raise BackboneError(
+            f"{model_name} is a QuickGELU model but the spec declares quick_gelu=0; drop the "
+            f"{QUICKGELU_SUFFIX!r} suffix for a GELU model or drop '?quick_gelu=0'"
+        )
+    if pretrained is None:  # random weights: the config or the declaration decides
+        return model_qg or bool(declared)
+    base = model_name.removesuffix(QUICKGELU_SUFFIX)
+    tag_cfg = {} if os.path.exists(pretrained) else (
+        get_pretrained_cfg(model_name, pretrained) or get_pretrained_cfg(base, pretrained))
+    if tag_cfg:
+        tag_qg = bool(tag_cfg.get("quick_gelu", False))
+        if declared is not None and declared != tag_qg:
+            raise BackboneError(
+                f"open_clip:{model_name}:{pretrained} weights were trained with "
+                f"{'QuickGELU' if tag_qg else 'GELU'}, but the spec declares "
+                f"quick_gelu={int(declared)}; drop the '?quick_gelu=' part"
+            )
+        if model_qg and not tag_qg:
+            raise BackboneError(
+                f"open_clip tag {pretrained!r} was trained with GELU, not QuickGELU; use "
+                f"open_clip:{base}:{pretrained}"
+            )
+        return tag_qg
+    if declared is not None or model_qg:  # a local file (or an unknown tag open_clip reports)
+        return model_qg or bool(declared)
+    qg_tags = _quick_gelu_tags(model_name) if os.path.exists(pretrained) else []
+    if qg_tags:
+        raise BackboneError(
+            f"checkpoint {pretrained}: cannot tell whether it was trained with QuickGELU "
+            f"({model_name}'s {qg_tags} weights were, the others used GELU). Declare it: "
+            f"open_clip:{model_name}:{pretrained}?quick_gelu=1 (OpenAI weights) or "
+            f"open_clip:{model_name}:{pretrained}?quick_gelu=0"
+        )
+    return False
+
+
+def architecture_name(model_name: str, quick_gelu: bool) -> str:
+    """The model name with the resolved activation: ``ViT-B-16-quickgelu`` or ``ViT-B-16``."""
+    base = model_name.removesuffix(QUICKGELU_SUFFIX)
+    return base + QUICKGELU_SUFFIX if quick_gelu else base
+
+
+def _load_open_clip(
+    model_name: str, pretrained: str | None, image_size: int | None, quick_gelu: bool = False
+):
     import open_clip
 
     if model_name not in open_clip.list_models():
@@ -27,7 +100,7 @@ def _load_open_clip(model_name: str, pretrained: str | None, image_size: int | N
             f"unknown open_clip model {model_name!r}; see open_clip.list_models(), "
             "e.g. ViT-B-32, ViT-B-16, ViT-L-14, RN50"
         )
-    kwargs = {}
+    kwargs: dict = {"force_quick_gelu": quick_gelu}
     if image_size is not None:
         kwargs["force_image_size"] = image_size
     try:
@@ -49,7 +122,12 @@ def _load_open_clip(model_name: str, pretrained: str | None, image_size: int | N
 
 
 class OpenClipBackbone(DualEncoder):
-    """An open_clip model; ``pretrained=None`` builds it with random weights (tests only)."""
+    """An open_clip model; ``pretrained=None`` builds it with random weights (tests only).
+
+    ``quick_gelu``: the activation the weights were trained with, if the caller declares it
+    (``None``: resolved from the model name and the pretrained tag; see
+    :func:`resolve_quick_gelu`). ``architecture`` holds the resolved model name.
+    """
 
     def __init__(
         self,
@@ -57,6 +135,7 @@ class OpenClipBackbone(DualEncoder):
         pretrained: str | None = None,
         image_size: int | None = None,
         seed: int = 0,
+        quick_gelu: bool | None = None,
     ) -> None:
         super().__init__()
         import open_clip
@@ -65,7 +144,16 @@ class OpenClipBackbone(DualEncoder):
         self.model_name = model_name
         self.pretrained = pretrained
         self._seed = seed
-        self.model, self._preprocess = _load_open_clip(model_name, pretrained, image_size)
+        self.quick_gelu = resolve_quick_gelu(model_name, pretrained, quick_gelu)
+        self.architecture = architecture_name(model_name, self.quick_gelu)
+        self._model_cfg = dict(open_clip.get_model_config(model_name) or {})
+        self._model_cfg["quick_gelu"] = self.quick_gelu
+        if image_size is not None:
+            self._model_cfg["vision_cfg"] = {**self._model_cfg.get("vision_cfg", {}),
+                                             "image_size": image_size}
+        self.model, self._preprocess = _load_open_clip(
+            model_name, pretrained, image_size, self.quick_gelu
+        )
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.name = f"open_clip:{model_name}:{pretrained or 'random'}"
@@ -144,7 +232,11 @@ class OpenClipBackbone(DualEncoder):
             return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(self.name.encode())
+        """Weights (tag, or file size + mtime), the resolved architecture (model config with
+        its activation) and the preprocessing."""
+        h = hashlib.sha256(f"open_clip:{self.pretrained or 'random'}".encode())
+        h.update(f"arch={self.architecture}".encode())
+        h.update(json.dumps(self._model_cfg, sort_keys=True, default=str).encode())
         if self.pretrained and Path(self.pretrained).exists():
             stat = Path(self.pretrained).stat()
             h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())

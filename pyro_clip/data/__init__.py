@@ -6,6 +6,7 @@ from pyro_clip.data.base import LabeledImages, SubsetImages
 from pyro_clip.data.dassl import DasslSplitImages, validate_dassl_layout
 from pyro_clip.data.dassl_specs import DASSL_DATASETS, dassl_names
 from pyro_clip.data.embedded import FASHION_MNIST_CLASSNAMES, load_embedded
+from pyro_clip.data.eval_sets import eval_class_ids
 from pyro_clip.data.fewshot import (
     FewShotSplit,
     base_new_classes,
@@ -15,7 +16,13 @@ from pyro_clip.data.fewshot import (
     subsample_classes,
 )
 from pyro_clip.data.folders import ImageFolderImages
-from pyro_clip.data.registry import has_validation_split, known_datasets, load_dataset
+from pyro_clip.data.registry import (
+    default_eval_datasets,
+    default_templates,
+    has_validation_split,
+    known_datasets,
+    load_dataset,
+)
 from pyro_clip.data.shifted import CORRUPTIONS, load_shifted
 
 __all__ = [
@@ -30,6 +37,9 @@ __all__ = [
     "SubsetImages",
     "base_new_classes",
     "dassl_names",
+    "default_eval_datasets",
+    "default_templates",
+    "eval_class_ids",
     "few_shot_indices",
     "has_validation_split",
     "known_datasets",

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from pyro_clip.data._decode import decode_rgb, verify_image
-from pyro_clip.data._hashing import files_fingerprint
+from pyro_clip.data._hashing import file_keys, files_fingerprint
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
 
@@ -31,6 +31,7 @@ class ImageFiles(LabeledImages):
     #: files left out because they could not be decoded (``skip_corrupt``)
     skipped: list[Path]
     _fingerprint: str | None = None
+    _item_keys: list[str] | None = None
 
     @property
     def n_skipped(self) -> int:
@@ -69,10 +70,17 @@ class ImageFiles(LabeledImages):
         """Paths relative to ``base_dir``, POSIX style."""
         return [p.relative_to(self.base_dir).as_posix() for p in self.paths]
 
+    def item_keys(self) -> list[str]:
+        """Per-file keys: path, size and mtime, or content with ``PYRO_CLIP_HASH=content``
+        (see :mod:`pyro_clip.data._hashing`); computed once per instance."""
+        if self._item_keys is None:
+            self._item_keys = file_keys(self.paths, self.relpaths())
+        return self._item_keys
+
     def fingerprint(self) -> str:
-        """sha256 over file contents (streamed), relative paths, labels and class names."""
+        """sha256 over the per-file keys, relative paths, labels and class names."""
         if self._fingerprint is None:
             self._fingerprint = files_fingerprint(
-                self.paths, self.relpaths(), self._labels, self.classnames
+                self.item_keys(), self.relpaths(), self._labels, self.classnames
             )
         return self._fingerprint

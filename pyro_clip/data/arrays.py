@@ -57,6 +57,7 @@ class ArrayImages(LabeledImages):
         self.name = name
         self.tag = tag
         self._fingerprint: str | None = None
+        self._item_keys: list[str] | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -69,6 +70,14 @@ class ArrayImages(LabeledImages):
 
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self._images[index]).convert("RGB")
+
+    def item_keys(self) -> list[str]:
+        """sha256 of each image's shape and pixel bytes."""
+        if self._item_keys is None:
+            shape = repr(self._images.shape[1:]).encode()
+            self._item_keys = [hashlib.sha256(shape + img.tobytes()).hexdigest()
+                               for img in self._images]
+        return self._item_keys
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -1,7 +1,8 @@
 """The labelled-image interface every data source implements.
 
 A data set is an indexable collection of RGB PIL images with integer labels, its class names,
-and a content fingerprint used as the feature-cache key. Labels are readable without decoding
+a fingerprint of the whole set, and one key per image (:meth:`LabeledImages.item_keys`) under
+which the feature cache stores that image's features. Labels are readable without decoding
 images so that few-shot sampling never touches pixels.
 """
 
@@ -35,6 +36,16 @@ class LabeledImages(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """Hex digest that changes whenever any image content, label or class name changes."""
+
+    def item_keys(self) -> list[str]:
+        """One hex key per image that changes when that image changes (not its label).
+
+        Default: the set's fingerprint and the index, so nothing is shared across sets;
+        sources override it with a key of the image alone (pixels, or file path/size/mtime),
+        which lets overlapping subsets, shots and seeds share cached features.
+        """
+        fp = self.fingerprint()
+        return [hashlib.sha256(f"{fp}:{i}".encode()).hexdigest() for i in range(len(self))]
 
     def __len__(self) -> int:
         return int(len(self.labels))
@@ -79,6 +90,10 @@ class SubsetImages(LabeledImages):
 
     def load_image(self, index: int) -> Image.Image:
         return self.base.load_image(int(self.indices[index]))
+
+    def item_keys(self) -> list[str]:
+        keys = self.base.item_keys()
+        return [keys[i] for i in self.indices]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.base.fingerprint().encode())

@@ -8,12 +8,13 @@ benchmarks (``root`` = the folder holding them; see :mod:`pyro_clip.data.dassl`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.data.dassl import DasslSplitImages
-from pyro_clip.data.dassl_specs import dassl_names, resolve_dassl
+from pyro_clip.data.dassl_specs import PLAIN_TEMPLATE, dassl_names, resolve_dassl
 from pyro_clip.data.embedded import load_embedded
 from pyro_clip.data.folders import ImageFolderImages
 from pyro_clip.data.imagenet_variants import ImageNetVariantImages, resolve_variant, variant_names
@@ -22,6 +23,45 @@ from pyro_clip.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _BUILTIN = ("fashion-mnist", "fashion-mnist-c", "folder")
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """Run defaults of a built-in source (the Dassl sets carry theirs on ``DasslSpec``)."""
+
+    templates: tuple[str, ...] = (PLAIN_TEMPLATE,)
+    companions: tuple[str, ...] = ()
+
+
+_BUILTIN_SPECS = {
+    "fashion-mnist": BuiltinSpec(companions=("fashion-mnist-c",)),
+    "fashion-mnist-c": BuiltinSpec(),
+    "folder": BuiltinSpec(),
+}
+
+
+def _spec(name: str) -> BuiltinSpec:
+    key = name.lower()
+    if key in _BUILTIN_SPECS:
+        return _BUILTIN_SPECS[key]
+    dassl = resolve_dassl(name)
+    if dassl is not None:
+        return BuiltinSpec(dassl.default_templates(), dassl.companions)
+    if resolve_variant(name) is not None:  # evaluated with the training set's templates
+        return BuiltinSpec()
+    raise DataError(f"unknown data set {name!r}; known: {known_datasets()}")
+
+
+def default_templates(name: str) -> list[str]:
+    """The data set's standard prompt templates (CoOp's per-data-set template; ImageNet: the
+    CLIP/Tip-Adapter ensemble), used when a run sets no ``templates``."""
+    return list(_spec(name).templates)
+
+
+def default_eval_datasets(name: str) -> list[str]:
+    """The data set's own shifted companions (fashion-mnist -> fashion-mnist-c, imagenet ->
+    its four variants), evaluated when a run sets no ``eval_datasets``; empty for most."""
+    return list(_spec(name).companions)
 
 
 def known_datasets() -> list[str]:

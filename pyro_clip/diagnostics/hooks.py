@@ -47,7 +47,8 @@ def evaluation_scores(method: Any, ev: Evaluation) -> dict[str, torch.Tensor]:
 def split_sets(result: RunResult) -> tuple[str | None, list[str]]:
     """The in-distribution set (``test`` or ``base``) and the shifted/OOD sets of a run."""
     id_name = next((n for n in IN_DISTRIBUTION if n in result.evaluations), None)
-    ood = [n for n in result.config.eval_datasets if n in result.evaluations and n != id_name]
+    evals = result.config.resolved().eval_datasets  # None in a config = the companions
+    ood = [n for n in evals if n in result.evaluations and n != id_name]
     return id_name, ood
 
 

@@ -10,6 +10,9 @@ minibatch at a time by :class:`~pyro_clip.inference.kalman.KalmanState`:
   2017, eq. 18 -- the paper states R_k is adaptive without giving its rule) and a Mahalanobis
   gate on the innovation (chi^2_1 quantile ``gate``).
 
+Covariance structures: ``full``, ``block``, ``diag``, ``lowrank`` and the Kronecker-factored
+``kron`` (:mod:`pyro_clip.inference.covariance_kron`, for ImageNet-sized heads); the fitted
+posterior is handed back as a Pyro distribution by :meth:`KalmanAdapter.posterior`.
 The prior variance is chosen on validation NLL. Predictive: linearised probit
 ``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over weights; ``logit_samples`` is always
 filled. Unseen classes (base-to-new) keep their prior (zero-shot) weights.

@@ -72,28 +72,41 @@ def check_backbone_spec(spec: str) -> tuple[list[str], list[str]]:
         )
     import open_clip
 
-    from pyro_clip.backbones.registry import known_backbones
+    from pyro_clip.backbones.open_clip_backbone import resolve_quick_gelu
+    from pyro_clip.backbones.registry import known_backbones, parse_open_clip_spec
+    from pyro_clip.errors import BackboneError
 
-    parts = spec.split(":", 2)
-    model = parts[1]
+    try:
+        model, pretrained, quick_gelu = parse_open_clip_spec(spec)
+    except BackboneError as exc:
+        raise ConfigError(str(exc)) from exc
     if f"open_clip:{model}" not in known_backbones():
         raise ConfigError(
             f"unknown open_clip model {model!r} in backbone {spec!r}; see 'pyro-clip list "
             "backbones'"
         )
-    pretrained = parts[2] if len(parts) > 2 else ""
-    if pretrained in ("", "random", "none"):
+    if pretrained is None:
         return [], [f"{spec}: random weights (tests only; no pre-trained prior)"]
     is_file = "/" in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
     if is_file:
         path = Path(pretrained).expanduser()
-        return ([] if path.is_file() else [f"checkpoint {path} for {spec} does not exist"]), []
+        if not path.is_file():
+            return [f"checkpoint {path} for {spec} does not exist"], []
+        try:  # a checkpoint of a model with QuickGELU weights must declare its activation
+            resolve_quick_gelu(model, str(path), quick_gelu)
+        except BackboneError as exc:
+            return [str(exc)], []
+        return [], []
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         raise ConfigError(
             f"open_clip has no pretrained tag {pretrained!r} for {model}; tags: {tags} "
             "(or pass a local checkpoint file)"
         )
+    try:
+        resolve_quick_gelu(model, pretrained, quick_gelu)
+    except BackboneError as exc:
+        raise ConfigError(str(exc)) from exc
     return [], [f"{spec}: weights are fetched from the Hugging Face hub (or its local cache) "
                 "when the suite runs; offline, pass a local checkpoint path instead"]
 

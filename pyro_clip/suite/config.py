@@ -91,7 +91,8 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     #: per-method seed lists overriding ``seeds`` (for methods too costly for the full grid)
     method_seeds: dict[str, list[int]] = field(default_factory=dict)
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    #: prompt templates for every run; ``None``: each data set's standard templates
+    templates: list[str] | None = None
     batch_size: int = 64
     cache_dir: str | None = None
     #: every run's device / backbone precision / decoding processes (see RunConfig)
@@ -171,7 +172,8 @@ def parse_suite(data: dict[str, Any], source: str = "<dict>") -> SuiteConfig:
     cfg.protocols = _as_list(cfg.protocols, "protocols", source, str)
     cfg.shots = _as_list(cfg.shots, "shots", source, int)
     cfg.seeds = _as_list(cfg.seeds, "seeds", source, int)
-    cfg.templates = _as_list(cfg.templates, "templates", source, str)
+    if cfg.templates is not None:
+        cfg.templates = _as_list(cfg.templates, "templates", source, str)
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad:
         raise ConfigError(f"{source}: unknown protocol(s) {bad}; choose from {list(PROTOCOLS)}")
@@ -285,7 +287,8 @@ def expand(suite: SuiteConfig) -> list[SuiteRun]:
                             method=method, backbone=suite.backbone, dataset=dataset,
                             data_root=suite.data_root, eval_datasets=suite.evals_for(protocol),
                             protocol=protocol, shots=shots, seed=seed,
-                            templates=list(suite.templates), options=dict(options),
+                            templates=suite.templates and list(suite.templates),
+                            options=dict(options),
                             batch_size=suite.batch_size, cache_dir=suite.cache_dir,
                             out=str(out), progress=False, device=suite.device,
                             precision=suite.precision, workers=suite.extraction_workers,
