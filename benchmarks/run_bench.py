@@ -75,7 +75,7 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     """
     rows = []
     for path in sorted(results_dir.glob("*.json")):
-        if path.stem.startswith("suite_") or path.stem == "bench_run":
+        if path.stem == "bench_run":
             continue
         try:
             data = json.loads(path.read_text())
@@ -83,6 +83,8 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
             continue
         if not isinstance(data, dict):
             continue
+        if path.stem.startswith("suite_") and "benchmark" not in data:
+            continue  # a suite's results table, not a speed benchmark (suite_executors is)
         flat = _flat({k: v for k, v in data.items() if k != "machine"})
         targets = {k.rsplit(".", 1)[-1][len("target_"):]: v for k, v in flat.items()
                    if k.rsplit(".", 1)[-1].startswith("target_")}
@@ -124,17 +126,12 @@ def speed_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_offline_suite(config: Path, workers: int) -> tuple[Path, dict[str, Any]]:
-    from pyro_clip.suite import load_suite
-    from pyro_clip.suite_check import dry_run
-    from pyro_clip.suite_exec import run_suite
-    from pyro_clip.suite_results import write_results
+    from pyro_clip.suite import dry_run, load_suite, run_suite, write_results
 
     suite = load_suite(config)
     print(dry_run(suite).summary(), flush=True)
     outcome = run_suite(suite, workers=workers)
-    info = {"failures": outcome.failures, "run_seconds": outcome.seconds,
-            "wall_seconds": outcome.wall_seconds, "workers": workers,
-            "skipped_runs": outcome.skipped}
+    info = {**outcome.info(), "workers": workers}
     _, md_path = write_results(suite, outcome.runs, info)
     return md_path, info
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pyro_clip.config import RunConfig, load_yaml_config, parse_option
 from pyro_clip.errors import PyroClipError
+from pyro_clip.suite.executors import EXECUTORS
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -99,27 +100,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from pyro_clip.suite import load_suite
-    from pyro_clip.suite_check import dry_run
+    from pyro_clip.suite import dry_run, load_suite
 
     suite = load_suite(args.config, data_root=args.data_root, out=args.out,
-                       results=args.results)
+                       results=args.results, executor=args.executor, address=args.address,
+                       workers=args.workers)
     plan = dry_run(suite)  # config errors raise before anything runs
     print(plan.summary())
     if args.dry_run:
         return 0
-    from pyro_clip.suite_exec import run_suite
-    from pyro_clip.suite_results import write_results
+    from pyro_clip.suite import run_suite, write_results
 
-    outcome = run_suite(suite, workers=args.workers, progress=args.progress)
-    json_path, md_path = write_results(suite, outcome.runs, {
-        "failures": outcome.failures, "run_seconds": outcome.seconds,
-        "wall_seconds": outcome.wall_seconds, "workers": args.workers,
-        "skipped_runs": outcome.skipped,
-    })
+    outcome = run_suite(suite, progress=args.progress)
+    json_path, md_path = write_results(suite, outcome.runs, outcome.info())
     print(md_path.read_text())
-    print(f"{len(outcome.seconds)} run(s) in {outcome.wall_seconds:.0f} s, {outcome.skipped} "
-          f"skipped (done before); results in {json_path} and {md_path}")
+    retried = sum(a > 1 for a in outcome.attempts.values())
+    print(f"{len(outcome.seconds)} run(s) in {outcome.wall_seconds:.0f} s "
+          f"({suite.executor} executor{f', {retried} retried' if retried else ''}), "
+          f"{outcome.skipped} skipped (done before); results in {json_path} and {md_path}")
     if outcome.failures:
         print(f"{len(outcome.failures)} run(s) failed; see error.txt in their folders",
               file=sys.stderr)
@@ -176,8 +174,14 @@ def make_parser() -> argparse.ArgumentParser:
     su.add_argument("config", help="suite file, e.g. configs/bench/offline.yaml")
     su.add_argument("--dry-run", action="store_true",
                     help="validate every run and list missing data; load no weights")
-    su.add_argument("--workers", type=int, default=1,
-                    help="processes with one torch thread each (default 1)")
+    su.add_argument("--workers", type=int, default=None,
+                    help="local: worker processes; ray: CPUs of a local cluster "
+                         "(default: the suite's workers, 1)")
+    su.add_argument("--executor", choices=list(EXECUTORS), default=None,
+                    help="where runs execute (default: the suite's executor, local)")
+    su.add_argument("--address", default=None,
+                    help="ray: cluster address, e.g. auto or ray://head:10001 "
+                         "(default: $RAY_ADDRESS, else a local cluster)")
     su.add_argument("--data-root", dest="data_root", help="override the suite's data_root")
     su.add_argument("--out", help="override the suite's run folder")
     su.add_argument("--results", help="override the results path stem (.json and .md)")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pyro_clip.backbones.base import DualEncoder
+from pyro_clip.cache_lock import locked
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
 from pyro_clip.extraction import iter_features
@@ -145,7 +146,10 @@ class FeatureCache:
         folder = self.backbone_dir(backbone)
         todo = self.missing(backbone, dataset)
         if todo:
-            self._extract(backbone, dataset, todo, folder, batch_size, progress)
+            with locked(folder):  # concurrent writers: one encodes, the others wait and reuse
+                todo = self.missing(backbone, dataset)
+                if todo:
+                    self._extract(backbone, dataset, todo, folder, batch_size, progress)
         feats = self._gather(folder, dataset.item_keys())
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64).copy())
         return FeatureSet(feats, labels, list(dataset.classnames), dataset.name)

@@ -12,7 +12,7 @@ stamp=".venv/.pyro-clip-$(cat pyproject.toml requirements/constraints.txt | sha2
 if [ ! -f "$stamp" ]; then
     echo "[setup] installing pyro-clip and its pinned dependencies (a few minutes the first time)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test,notebooks]"
+    .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test,notebooks,ray]"
     rm -f .venv/.pyro-clip-*
     touch "$stamp"
 fi

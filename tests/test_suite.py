@@ -12,10 +12,18 @@ from pyro_clip.cli import main
 from pyro_clip.errors import ConfigError
 from pyro_clip.io import write_json
 from pyro_clip.methods import get_method_class, known_methods
-from pyro_clip.suite import expand, load_suite, parse_suite
-from pyro_clip.suite_check import dry_run
-from pyro_clip.suite_exec import run_suite
-from pyro_clip.suite_results import aggregate, headline, markdown, mean_std, write_results
+from pyro_clip.suite import (
+    aggregate,
+    dry_run,
+    expand,
+    headline,
+    load_suite,
+    markdown,
+    mean_std,
+    parse_suite,
+    run_suite,
+    write_results,
+)
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,11 +319,15 @@ def test_speed_rows_pair_ratios_with_targets(tmp_path):
     write_json(tmp_path / "kalman.json", {"benchmark": "kalman",
                                           "block": {"speedup_vs_full": 18.0}})
     write_json(tmp_path / "suite_offline.json", {"pipeline_ratio": 1.0})  # not a speed file
+    write_json(tmp_path / "suite_executors.json", {  # a suite benchmark: a speed file
+        "benchmark": "suite_executors", "ray_vs_local_throughput_ratio": 0.95,
+        "target_ray_vs_local_throughput": 0.9})
     rows = speed_rows(tmp_path)
     got = {(r["benchmark"], r["measure"]): (r["value"], r["target"]) for r in rows}
     assert got == {("features", "pipeline_vs_raw_ratio"): (0.75, 0.9),
                    ("features", "rerun_speedup"): (120.0, 50),
-                   ("kalman", "block.speedup_vs_full"): (18.0, None)}
+                   ("kalman", "block.speedup_vs_full"): (18.0, None),
+                   ("suite_executors", "ray_vs_local_throughput_ratio"): (0.95, 0.9)}
     table = speed_table(rows)
     assert "| features | pipeline_vs_raw_ratio | 0.75 | 0.9 | no |" in table
     assert "| features | rerun_speedup | 120 | 50 | yes |" in table

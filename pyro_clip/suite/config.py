@@ -17,8 +17,14 @@ A suite file (see ``configs/bench/offline.yaml``, ``configs/paper/*.yaml``)::
     diagnostics: metrics            # full (plots, idata.nc) | metrics | none
     out: runs/bench/offline         # run folders: <out>/<dataset>/<protocol>/<method>/...
     results: benchmarks/results/suite_offline   # -> .json and .md
+    executor: local                 # local (process pool) | ray (see pyro_clip.suite.executors)
+    address: null                   # ray: cluster address (null: RAY_ADDRESS or a local one)
+    workers: 1                      # local: worker processes; ray: CPUs of a local cluster
+    resources: {cpus: 1, gpus: 0}   # per run: torch threads, and what Ray reserves
+    max_retries: 2                  # re-runs of a task whose worker process died
 
-Run folders whose ``metrics.json`` exists are skipped, so a killed suite resumes.
+Run folders are written atomically (``pyro_clip.suite.tasks``) and those whose
+``metrics.json`` exists are skipped, so a killed suite resumes.
 """
 
 from __future__ import annotations
@@ -35,6 +41,35 @@ from pyro_clip.errors import ConfigError
 
 OPTIONS_FROM = ("demo", "defaults")
 DIAGNOSTICS = ("full", "metrics", "none")
+RESOURCE_KEYS = ("cpus", "gpus")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per run: ``cpus`` torch threads (and Ray CPUs), ``gpus`` Ray GPUs (may be fractional)."""
+
+    cpus: int = 1
+    gpus: float = 0.0
+
+    @classmethod
+    def parse(cls, value: Any, source: str) -> Resources:
+        if isinstance(value, Resources):
+            return value
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: resources must be a mapping like {{cpus: 4, gpus: 1}}, "
+                              f"got {value!r}")
+        unknown = sorted(set(value) - set(RESOURCE_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown resources key(s) {unknown}; known: "
+                              f"{list(RESOURCE_KEYS)}")
+        cpus, gpus = value.get("cpus", 1), value.get("gpus", 0)
+        if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
+            raise ConfigError(f"{source}: resources.cpus must be an integer >= 1, got {cpus!r}")
+        if not isinstance(gpus, int | float) or isinstance(gpus, bool) or gpus < 0:
+            raise ConfigError(f"{source}: resources.gpus must be a number >= 0, got {gpus!r}")
+        return cls(cpus=cpus, gpus=float(gpus))
 
 
 @dataclass
@@ -67,6 +102,16 @@ class SuiteConfig:
     diagnostics: str = "metrics"
     out: str = "runs/suite"
     results: str | None = None
+    #: how runs are executed: a name in ``pyro_clip.suite.executors.EXECUTORS``
+    executor: str = "local"
+    #: Ray cluster address (``auto``, ``ray://host:10001``); None: $RAY_ADDRESS or a local cluster
+    address: str | None = None
+    #: local: worker processes; ray without an address: CPUs of the local cluster it starts
+    workers: int = 1
+    #: per run: ``{cpus, gpus}``; cpus is also each run's torch thread count
+    resources: Resources = field(default_factory=Resources)
+    #: how often a task whose worker process died is re-run (Ray ``max_retries``)
+    max_retries: int = 2
     #: where the file was read from (for messages); not a YAML key
     source: str = "<dict>"
 
@@ -166,6 +211,15 @@ def parse_suite(data: dict[str, Any], source: str = "<dict>") -> SuiteConfig:
     for key in ("datasets", "protocols", "shots", "seeds"):
         if not getattr(cfg, key):
             raise ConfigError(f"{source}: {key!r} is empty; list at least one")
+    cfg.resources = Resources.parse(cfg.resources, source)
+    for key in ("workers", "max_retries"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "workers"):
+            raise ConfigError(f"{source}: {key} must be an integer >= {int(key == 'workers')}, "
+                              f"got {value!r}")
+    from pyro_clip.suite.executors import check_executor_name
+
+    check_executor_name(cfg.executor, source)
     cfg.data_root = _expand_path(cfg.data_root)
     cfg.cache_dir = _expand_path(cfg.cache_dir)
     return cfg

@@ -16,7 +16,7 @@ from pyro_clip.data.dassl_specs import resolve_dassl
 from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_layout
 from pyro_clip.data.registry import has_validation_split, known_datasets
 from pyro_clip.errors import ConfigError, PyroClipError
-from pyro_clip.suite import SuiteConfig, SuiteRun, expand
+from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 
 EMBEDDED = ("fashion-mnist", "fashion-mnist-c")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -48,6 +48,10 @@ class Plan:
             f"shots {s.shots}; seeds {s.seeds}",
             f"methods: {', '.join(per_method)}",
             f"run folders under {s.out}; results {s.results_stem}.json/.md",
+            f"executor {s.executor}"
+            + (f" at {s.address}" if s.executor == "ray" and s.address else "")
+            + f", {s.workers} worker(s); per run {s.resources.cpus} CPU(s), "
+            f"{s.resources.gpus:g} GPU(s); up to {s.max_retries} retries of a dead worker",
         ]
         lines += [f"note: {n}" for n in self.notes]
         if self.problems:

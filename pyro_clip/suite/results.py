@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_clip.io import atomic_write, read_json, write_json
-from pyro_clip.suite import SuiteConfig, SuiteRun
+from pyro_clip.suite.config import SuiteConfig, SuiteRun
 
 #: (key, column title, shown as a percentage)
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
