@@ -69,18 +69,45 @@ def test_tasks_prepare_each_data_set_once_before_its_runs(tmp_path):
     runs = expand(suite)
     tasks = build_tasks(suite, runs)
     prepares = [t for t in tasks if t.kind == PREPARE]
-    assert [t.key for t in prepares] == ["features:fashion-mnist", "features:fashion-mnist-c"]
-    assert tasks[:2] == prepares  # before every run
-    # every split runner.run reads: the embedded set has train, val and test
-    assert prepares[0].splits == (("fashion-mnist", "train"), ("fashion-mnist", "val"),
-                                  ("fashion-mnist", "test"))
-    assert prepares[1].splits == (("fashion-mnist-c", "test"),)
+    assert [t.key for t in prepares] == ["features:fashion-mnist"]
+    assert tasks[:1] == prepares  # before every run
+    # the prepare task encodes the images of exactly the pending runs (select_images)
+    assert [c["out"] for c in prepares[0].run_configs] == [str(r.out) for r in runs]
     by_key = {t.key: t for t in tasks if t.kind == RUN}
     assert set(by_key) == {str(r.out) for r in runs}
     for r in runs:
-        expected = ("features:fashion-mnist",) + (
-            ("features:fashion-mnist-c",) if r.protocol == "few-shot" else ())
-        assert by_key[str(r.out)].needs == expected
+        assert by_key[str(r.out)].needs == ("features:fashion-mnist",)
+
+
+def test_prepare_encodes_only_the_runs_images(tmp_path, monkeypatch):
+    from pyro_clip import features
+    from pyro_clip.suite.tasks import execute_prepare
+
+    suite = _suite(tmp_path, methods=["zero-shot"], seeds=[1, 2], protocols=["few-shot"],
+                   eval_datasets={"few-shot": []})
+    runs = expand(suite)
+    (prepare,) = [t for t in build_tasks(suite, runs) if t.kind == PREPARE]
+    encoded: list[int] = []
+    real = features.iter_features
+
+    def counting(backbone, images, indices, *args, **kwargs):
+        encoded.append(len(indices))
+        return real(backbone, images, indices, *args, **kwargs)
+
+    monkeypatch.setattr(features, "iter_features", counting)
+    result = execute_prepare(prepare)
+    assert result.error is None
+    from pyro_clip.config import RunConfig
+    from pyro_clip.runner import select_images
+
+    wanted = set()
+    for c in prepare.run_configs:
+        images = select_images(RunConfig.from_dict(c).resolved())
+        for part in (images.train, images.val, images.test):
+            wanted.update(part.item_keys())
+    # each distinct image of the two runs once (1 shot + 1 val shot per class and seed, the
+    # 1,000 test images), never the whole 800-image training split
+    assert sum(encoded) == len(wanted) <= 2 * (10 + 10) + 1000
 
 
 def test_local_pool_runs_equal_in_process_runs(tmp_path):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.data.registry import has_validation_split
 from pyro_clip.errors import ConfigError
 from pyro_clip.progress import ProgressBar, progress_bar
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
@@ -45,29 +44,24 @@ class SuiteOutcome:
                 "wall_seconds": self.wall_seconds, "skipped_runs": self.skipped}
 
 
-def feature_splits(dataset: str) -> tuple[str, ...]:
-    """The splits :func:`pyro_clip.runner.run` reads for a training data set."""
-    return ("train", "val", "test") if has_validation_split(dataset) else ("train", "test")
-
-
 def build_tasks(suite: SuiteConfig, pending: list[SuiteRun]) -> list[Task]:
-    """One prepare task per data set read by ``pending`` (all splits), then the run tasks."""
+    """One prepare task per training data set of ``pending``, then the run tasks.
+
+    A prepare task holds the configs of every pending run on its data set and encodes the
+    union of the images those runs read (:func:`pyro_clip.runner.select_images`: few-shot
+    sample, validation shots, test split, evaluation sets), never a whole training split.
+    """
     threads = suite.resources.cpus
-    prepares: dict[str, tuple[dict[str, Any], dict[tuple[str, str], None]]] = {}
+    prepares: dict[str, list[dict[str, Any]]] = {}
     runs = []
     for r in pending:
-        needs = []
-        reads = [(r.dataset, feature_splits(r.dataset)),
-                 *((e, ("test",)) for e in r.config.eval_datasets)]
-        for dataset, splits in reads:
-            key = f"features:{dataset}"
-            _, entries = prepares.setdefault(key, (r.config.to_dict(), {}))
-            entries.update(dict.fromkeys((dataset, s) for s in splits))
-            needs.append(key)
+        key = f"features:{r.dataset}"
+        prepares.setdefault(key, []).append(r.config.to_dict())
         runs.append(Task(RUN, str(r.out), r.config.to_dict(), suite.diagnostics, threads,
-                         needs=tuple(dict.fromkeys(needs))))
-    first = [Task(PREPARE, key, config, suite.diagnostics, threads, splits=tuple(entries))
-             for key, (config, entries) in prepares.items()]
+                         needs=(key,)))
+    first = [Task(PREPARE, key, configs[0], suite.diagnostics, threads,
+                  run_configs=tuple(configs))
+             for key, configs in prepares.items()]
     return first + runs
 
 

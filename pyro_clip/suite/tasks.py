@@ -36,8 +36,8 @@ TMP_MARK = ".tmp-"
 class Task:
     """One prepare or run task; ``config`` is a :meth:`RunConfig.to_dict` (plain data, picklable).
 
-    ``needs`` are the keys of the prepare tasks a run reads the features of; ``splits`` are
-    ``(data set, split)`` pairs a prepare task encodes.
+    ``needs`` are the keys of the prepare tasks a run reads the features of; ``run_configs``
+    are the configs of the runs whose images a prepare task encodes.
     """
 
     kind: str
@@ -46,7 +46,7 @@ class Task:
     diagnostics: str = "metrics"
     threads: int = 1
     needs: tuple[str, ...] = ()
-    splits: tuple[tuple[str, str], ...] = ()
+    run_configs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -175,8 +175,12 @@ def execute_run(task: Task, capture_output: bool = False) -> TaskResult:
 
 
 def execute_prepare(task: Task) -> TaskResult:
-    """Encode (or find cached) every ``task.splits`` entry with the runs' backbone."""
-    from pyro_clip.runner import get_backbone, load_features
+    """Encode (or find cached) the images of every run in ``task.run_configs``.
+
+    The cache is per image, so images shared by several runs (the test split, overlapping
+    few-shot samples) are encoded once.
+    """
+    from pyro_clip.runner import encode_images, get_backbone, select_images
     from pyro_clip.runtime import Runtime
 
     cfg = RunConfig.from_dict(task.config)
@@ -185,8 +189,11 @@ def execute_prepare(task: Task) -> TaskResult:
     try:
         with torch_threads(task.threads):  # the runs' device and precision: the same features
             backbone = get_backbone(cfg.backbone, Runtime.resolve(cfg.device, cfg.precision))
-            for dataset, split in task.splits:
-                load_features(cfg, backbone, dataset, split)
+            for config in task.run_configs:
+                run_cfg = RunConfig.from_dict(config).validate().resolved()
+                images = select_images(run_cfg)
+                for part in (images.train, images.val, images.test, *images.extra.values()):
+                    encode_images(run_cfg, backbone, part)
     except Exception:  # the runs that need these features report the failure in their folders
         error = traceback.format_exc()
     return TaskResult(PREPARE, task.key, time.perf_counter() - started, error)
