@@ -21,6 +21,8 @@ import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
 from pyro_clip.config import RunConfig
 from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
+from pyro_clip.data.augment import encode_views
+from pyro_clip.data.base import SubsetImages
 from pyro_clip.errors import BackboneError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
@@ -72,6 +74,24 @@ def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: st
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
+def augmented_train(cfg: RunConfig, backbone: DualEncoder, train_all: FeatureSet,
+                    train_idx: np.ndarray, train: FeatureSet, augment: str,
+                    n_views: int) -> FeatureSet:
+    """``train`` plus ``n_views`` cached augmented views of its images (pyro_clip.data.augment).
+
+    Views are encoded for the few-shot rows ``train_idx`` and cut to ``train``'s classes in the
+    order :meth:`FeatureSet.restrict_classes` keeps them.
+    """
+    images = SubsetImages(load_dataset(cfg.dataset, "train", root=cfg.data_root), train_idx)
+    views = encode_views(backbone, images, augment, n_views, cfg.seed,
+                         FeatureCache(cfg.cache_dir), cfg.batch_size, cfg.progress)
+    labels = train_all.labels[torch.as_tensor(train_idx)]
+    keep = torch.isin(labels, torch.as_tensor(
+        [train_all.classnames.index(c) for c in train.classnames])).nonzero().flatten()
+    return FeatureSet({**train.features, **{k: v[keep] for k, v in views.items()}},
+                      train.labels, train.classnames, train.name)
+
+
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
     """Predict ``data`` without autograd (prediction never needs gradients)."""
     features = data.features[method.feature_kind]
@@ -118,6 +138,9 @@ def run(cfg: RunConfig) -> RunResult:
 
     method = create_method(cfg.method, **cfg.options)
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
+    views = getattr(method, "train_views", lambda: None)()  # (augment, n_views) or None
+    if views:
+        train = augmented_train(cfg, backbone, train_all, train_idx, train, *views)
     fit_start = time.time()
     method.fit(train, val)
     fit_seconds = time.time() - fit_start
