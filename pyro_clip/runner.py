@@ -23,10 +23,11 @@ from pyro_clip.config import RunConfig
 from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split, load_dataset
 from pyro_clip.data.augment import encode_views
 from pyro_clip.data.base import SubsetImages
+from pyro_clip.data.pixels import PixelRows
 from pyro_clip.errors import BackboneError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
-from pyro_clip.methods import Method, MethodContext, Prediction, create_method
+from pyro_clip.methods import Method, MethodContext, Prediction, create_method, get_method_class
 from pyro_clip.metrics import classification_metrics, harmonic_mean
 from pyro_clip.runtime import Runtime
 from pyro_clip.seeding import seed_everything
@@ -70,6 +71,10 @@ def get_backbone(spec: str) -> DualEncoder:
 
 def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
     images = load_dataset(dataset, split, root=cfg.data_root)  # embedded sets ignore root
+    if get_method_class(cfg.method).feature_kind == "pixels":  # image encoder runs in fit
+        return FeatureSet({"pixels": PixelRows(images, backbone.preprocess)},
+                          torch.tensor(np.asarray(images.labels), dtype=torch.long),
+                          list(images.classnames), images.name)
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 

@@ -130,16 +130,13 @@ class PromptLearningMethod(Method):
                progress: bool = False) -> tuple[CoOpPromptLearner, list[float]]:
         """One training run of a fresh learner on ``data`` with ``options``."""
         learner = self.make_learner(data.classnames)
-        xv = self._views(data)
         y, names = data.labels, data.classnames
-        f0v = torch.stack([self.ctx.zero_shot_logits(x, names).float() for x in xv])
+        batch = self._batch_source(data, options)
         rng = np.random.default_rng(self.ctx.seed)
-        views = torch.Generator().manual_seed(self.ctx.seed)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            # each image is drawn once per epoch, so this is one random view per image per epoch
-            v = torch.randint(xv.shape[0], (len(idx),), generator=views)
-            return self.loss(learner, xv[v, idx], f0v[v, idx], y[idx], names, options, rng)
+            x, f0 = batch(idx)
+            return self.loss(learner, x, f0, y[idx].to(f0.device), names, options, rng)
 
         settings = TrainSettings(
             epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
@@ -151,6 +148,24 @@ class PromptLearningMethod(Method):
             history = train(learner, loss_fn, len(y), settings, checkpoint=checkpoint,
                             progress=progress, desc=self.name)
         return learner, history
+
+    def _batch_source(self, data: FeatureSet, options: dict[str, Any]):
+        """``batch(idx) -> (inputs, f0)``: one random cached view per image (once per epoch,
+        since each image is drawn once per epoch) and its frozen zero-shot logits."""
+        xv = self._views(data)
+        f0v = torch.stack([self.ctx.zero_shot_logits(x, data.classnames).float() for x in xv])
+        views = torch.Generator().manual_seed(self.ctx.seed)
+
+        def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            v = torch.randint(xv.shape[0], (len(idx),), generator=views)
+            return xv[v, idx], f0v[v, idx]
+
+        return batch
+
+    def _logits(self, learner, features, classnames: Sequence[str]) -> torch.Tensor:
+        """(N, K) learned logits, 256 rows at a time."""
+        return torch.cat([learner.logits(features[i : i + 256], classnames)
+                          for i in range(0, features.shape[0], 256)])
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
         """Minimise the loss over the prompt parameters only (after select=pseudo-new, if set)."""
@@ -173,7 +188,7 @@ class PromptLearningMethod(Method):
 
             @torch.no_grad()
             def accuracy(eval_set: FeatureSet) -> float:
-                logits = learner.logits(eval_set.features[kind], eval_set.classnames)
+                logits = self._logits(learner, eval_set.features[kind], eval_set.classnames)
                 return float((logits.argmax(1) == eval_set.labels).float().mean())
 
             return accuracy
@@ -188,9 +203,7 @@ class PromptLearningMethod(Method):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         if self.learner is None:
             raise RuntimeError(f"{self.name}: fit or load_state_dict before predict")
-        logits = torch.cat([self.learner.logits(features[i : i + 256], classnames)
-                            for i in range(0, features.shape[0], 256)])
-        return Prediction(logits.softmax(-1))
+        return Prediction(self._logits(self.learner, features, classnames).softmax(-1))
 
     def state_dict(self) -> dict[str, Any]:
         assert self.learner is not None
