@@ -8,8 +8,8 @@ and ``coop-ove-pg`` with ``select=pseudo-new`` (lambda, alpha chosen on base-cla
 ``--part cocoop`` runs a small CoCoOp grid (16 shots); ``--part maple`` a smoke-scale MaPLe run
 on the tiny random open_clip ViT (random weights: accuracy is chance, the row measures that the
 machinery trains end to end and what a fit costs). Rows are appended to
-``results/prompt_sweep.jsonl`` as they finish; the summary (mean +- std over seeds) goes to ``results/prompt_sweep.json`` and
-``results/prompt_sweep.md``.
+``results/prompt_sweep.jsonl`` as they finish; the summary (mean +- std over seeds) goes to
+``results/prompt_sweep.json`` and ``results/prompt_sweep.md``.
 """
 
 from __future__ import annotations
