@@ -31,6 +31,8 @@ class MaPLe(PromptLearningMethod):
 
     name = "maple"
     feature_kind: ClassVar[str] = "pixels"
+    #: backbone spec prefix it needs (suites with ``methods: all`` skip it elsewhere)
+    requires_backbone: ClassVar[str] = "open_clip:"
     default_lam = 0.2
 
     @classmethod
