@@ -77,3 +77,39 @@ def test_runner_views_align_with_the_training_rows(tiny_backbone, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == n_cached  # served from the cache
     torch.testing.assert_close(again.features[view_key("joint", 1)],
                                crop.features[view_key("joint", 1)], atol=0, rtol=0)
+
+
+def test_training_on_identical_views_equals_training_without_views(tiny_backbone):
+    """The view draw has its own generator: with every view equal to the image, CLIP-Adapter
+    and CoOp train exactly as with augment=none (same minibatches, same updates)."""
+    from pyro_clip.features import FeatureSet
+    from pyro_clip.methods import MethodContext
+
+    names = ["cat", "dog", "car"]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, tiny_backbone.embed_dim, generator=g), torch.arange(3).repeat(4)
+    plain = FeatureSet({"joint": x}, y, names, "t")
+    views = FeatureSet({"joint": x, **{view_key("joint", v): x for v in range(3)}}, y, names, "t")
+    empty = plain.subset([])
+    for method, opts, attr in (("clip-adapter", {"epochs": 3}, "adapter"),
+                               ("coop", {"epochs": 2, "batch_size": 4}, "learner")):
+        fitted = []
+        for data, aug in ((plain, "none"), (views, "crop-flip")):
+            m = create_method(method, augment=aug, n_views=3, **opts)
+            m.setup(MethodContext(tiny_backbone, seed=1, progress=False))
+            m.fit(data, empty)
+            fitted.append(getattr(m, attr).state_dict())
+        for k in fitted[0]:
+            torch.testing.assert_close(fitted[1][k], fitted[0][k], atol=0, rtol=0)
+
+
+def test_view_sampler_is_seeded_and_uses_every_view():
+    from pyro_clip.data.augment import ViewSampler
+
+    views = torch.arange(4.0)[:, None, None].expand(4, 50, 1)  # view v holds the value v
+    a, b = ViewSampler(views, 3), ViewSampler(views, 3)
+    idx = torch.arange(50)
+    draws = torch.cat([a(idx) for _ in range(20)]).flatten()
+    torch.testing.assert_close(draws, torch.cat([b(idx) for _ in range(20)]).flatten())
+    counts = torch.bincount(draws.long(), minlength=4)
+    assert (counts > 200).all()  # 1000 draws per view expected

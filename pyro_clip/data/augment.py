@@ -104,3 +104,35 @@ def encode_views(
                           progress)
         out.update({view_key(k, v): t for k, t in feats.features.items()})
     return out
+
+
+def training_views(features: dict[str, torch.Tensor], kind: str, augment: str, n_views: int,
+                   who: str) -> torch.Tensor:
+    """(V, N, D) training features: the ``n_views`` cached views, or the plain ones (V = 1)."""
+    if augment == "none":
+        return features[kind][None]
+    keys = [view_key(kind, v) for v in range(n_views)]
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ConfigError(
+            f"{who}: augment={augment} needs {n_views} augmented views of the training images "
+            f"(missing {missing[0]!r}); pyro-clip fit encodes them, or pass augment=none")
+    return torch.stack([features[k] for k in keys])
+
+
+class ViewSampler:
+    """``sampler(idx)`` -> one uniformly drawn view per row of ``views`` (V, N, D), seeded.
+
+    Minibatch training visits every image once per epoch, so this is one fresh view per image
+    per epoch, as an augmenting data loader gives."""
+
+    def __init__(self, views: torch.Tensor, seed: int) -> None:
+        self.views = views
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, idx: torch.Tensor) -> torch.Tensor:
+        """(len(idx),) view indices."""
+        return torch.randint(self.views.shape[0], (len(idx),), generator=self.generator)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.views[self.draw(idx), idx]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_clip.data.augment import check_augment, view_key
+from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
@@ -104,18 +104,9 @@ class PromptLearningMethod(Method):
 
     def _views(self, data: FeatureSet) -> torch.Tensor:
         """(V, N, D) training features: the augmented views, or the plain features (V = 1)."""
-        kind = self.feature_kind
-        if self.options["augment"] == "none":
-            return data.features[kind][None]
-        keys = [view_key(kind, v) for v in range(self.options["n_views"])]
-        missing = [k for k in keys if k not in data.features]
-        if missing:
-            raise ConfigError(
-                f"{self.name}: augment={self.options['augment']} needs "
-                f"{self.options['n_views']} augmented views of the training images (missing "
-                f"{missing[0]!r}); pyro-clip fit encodes them, or pass augment=none"
-            )
-        return torch.stack([data.features[k] for k in keys])
+        o = self.options
+        return training_views(data.features, self.feature_kind, o["augment"], o["n_views"],
+                              self.name)
 
     def loss(self, learner: CoOpPromptLearner, x: torch.Tensor, f0: torch.Tensor,
              y: torch.Tensor, names: Sequence[str], options: dict[str, Any],
@@ -154,10 +145,10 @@ class PromptLearningMethod(Method):
         since each image is drawn once per epoch) and its frozen zero-shot logits."""
         xv = self._views(data)
         f0v = torch.stack([self.ctx.zero_shot_logits(x, data.classnames).float() for x in xv])
-        views = torch.Generator().manual_seed(self.ctx.seed)
+        sampler = ViewSampler(xv, self.ctx.seed)
 
         def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            v = torch.randint(xv.shape[0], (len(idx),), generator=views)
+            v = sampler.draw(idx)
             return xv[v, idx], f0v[v, idx]
 
         return batch
