@@ -36,15 +36,19 @@ from pyro_clip.runner import augmented_train, get_backbone, load_features
 
 LAMS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 ALPHAS = [0.1, 1.0, 10.0]
+#: 16 shots cost ~4x per fit on a loaded 2-core machine: a 3 x 3 grid there
+LAMS_16 = [0.2, 1.0, 5.0]
 
 
-def coop_grid() -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, method, options) of the CoOp part."""
+def coop_grid(shots: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, method, options) of the CoOp part; select=pseudo-new searches the same grid."""
+    lams = LAMS if shots < 16 else LAMS_16
     rows = [("zero-shot", "zero-shot", {}), ("coop", "coop", {}),
             ("coop augment=none", "coop", {"augment": "none"}), ("kgcoop", "kgcoop", {})]
     rows += [(f"coop-ove-pg lam={lam} alpha={a}", "coop-ove-pg", {"lam": lam, "alpha": a})
-             for lam in LAMS for a in ALPHAS]
-    rows.append(("coop-ove-pg select=pseudo-new", "coop-ove-pg", {"select": "pseudo-new"}))
+             for lam in lams for a in ALPHAS]
+    rows.append(("coop-ove-pg select=pseudo-new", "coop-ove-pg",
+                 {"select": "pseudo-new", "select_grid": {"lam": lams, "alpha": ALPHAS}}))
     return rows
 
 
@@ -99,9 +103,9 @@ def fit_eval(split: Split, method_name: str, options: dict[str, Any]) -> dict[st
         for name, data in (("base", split.base), ("new", split.new)):
             probs = method.predict(data.features[method.feature_kind], data.classnames).probs
             acc[name] = float((probs.argmax(1) == data.labels).float().mean())
-    chosen = method.selected.get("pseudo_new", {}).get("best")
+    sel = method.selected.get("pseudo_new", {})
     return {**acc, "h": harmonic_mean(acc["base"], acc["new"]), "fit_seconds": fit_s,
-            "selected": chosen}
+            "selected": sel.get("best"), "selection_table": sel.get("table")}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,7 +146,7 @@ def main() -> None:
     jsonl = RESULTS_DIR / "prompt_sweep.jsonl"
     plan: list[tuple[str, str, int, list]] = []
     if args.part in ("coop", "all"):
-        plan += [("conse", "coop", shots, coop_grid()) for shots in args.shots]
+        plan += [("conse", "coop", shots, coop_grid(shots)) for shots in args.shots]
     if args.part in ("cocoop", "all"):
         plan += [("conse", "cocoop", 16, cocoop_grid())]
     if args.part in ("maple", "all"):
