@@ -49,6 +49,10 @@ def coop_grid(shots: int) -> list[tuple[str, str, dict[str, Any]]]:
              for lam in lams for a in ALPHAS]
     rows.append(("coop-ove-pg select=pseudo-new", "coop-ove-pg",
                  {"select": "pseudo-new", "select_grid": {"lam": lams, "alpha": ALPHAS}}))
+    if shots >= 16:  # crop-flip hurts 28 x 28 images: the key settings without it as well
+        rows += [("kgcoop augment=none", "kgcoop", {"augment": "none"})] + [
+            (f"coop-ove-pg augment=none lam={lam} alpha={a}", "coop-ove-pg",
+             {"lam": lam, "alpha": a, "augment": "none"}) for lam, a in ((0.2, 1.0), (5.0, 0.1))]
     return rows
 
 
