@@ -114,8 +114,12 @@ def fit_eval(split: Split, method_name: str, options: dict[str, Any]) -> dict[st
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["label"], r["shots"])].append(r)
+    seen = set()
+    for r in rows:  # one row per (setting, shots, seed): the first (parallel workers may repeat)
+        key = (r["label"], r["shots"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            groups[(r["label"], r["shots"])].append(r)
     out = []
     for (label, shots), rs in groups.items():
         s = {"label": label, "shots": shots, "n_seeds": len(rs),
