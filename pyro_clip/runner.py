@@ -31,11 +31,13 @@ from pyro_clip.data import (
     load_dataset,
     subsample_classes,
 )
+from pyro_clip.data.augment import encode_views
+from pyro_clip.data.pixels import PixelRows
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import BackboneError, DataError
 from pyro_clip.features import FeatureCache, FeatureSet
 from pyro_clip.io import read_json, save_npz, save_torch, write_json
-from pyro_clip.methods import Method, MethodContext, Prediction, create_method
+from pyro_clip.methods import Method, MethodContext, Prediction, create_method, get_method_class
 from pyro_clip.methods.base import to_device
 from pyro_clip.metrics import classification_metrics, harmonic_mean
 from pyro_clip.runtime import Runtime
@@ -104,7 +106,13 @@ def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: st
 
 
 def encode_images(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages) -> FeatureSet:
-    """Features of ``images`` from the per-image cache (only uncached images are encoded)."""
+    """Features of ``images`` from the per-image cache (only uncached images are encoded);
+    for methods that train the image encoder (``feature_kind == "pixels"``, MaPLe) the lazily
+    decoded images themselves."""
+    if get_method_class(cfg.method).feature_kind == "pixels":  # image encoder runs in fit
+        return FeatureSet({"pixels": PixelRows(images, backbone.preprocess)},
+                          torch.tensor(np.asarray(images.labels), dtype=torch.long),
+                          list(images.classnames), images.name)
     cache = FeatureCache(cfg.cache_dir, workers=cfg.workers)
     return cache.get(backbone, images, batch_size=cfg.batch_size, progress=cfg.progress)
 
@@ -165,6 +173,16 @@ def select_images(cfg: RunConfig) -> RunImages:
     return RunImages(train, val, test, extra, base_ids, new_ids, report)
 
 
+def augmented_train(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages,
+                    train: FeatureSet, augment: str, n_views: int) -> FeatureSet:
+    """``train`` plus ``n_views`` cached augmented views of its ``images`` (same rows, same
+    order; :mod:`pyro_clip.data.augment`), each view encoded once and cached."""
+    views = encode_views(backbone, images, augment, n_views, cfg.seed,
+                         FeatureCache(cfg.cache_dir, workers=cfg.workers), cfg.batch_size,
+                         cfg.progress)
+    return FeatureSet({**train.features, **views}, train.labels, train.classnames, train.name)
+
+
 def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
     """Predict ``data`` without autograd (prediction never needs gradients)."""
     features = data.features[method.feature_kind]
@@ -199,6 +217,9 @@ def run(cfg: RunConfig) -> RunResult:
         eval_sets[extra] = encode_images(cfg, backbone, extra_images)
 
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
+    views = getattr(method, "train_views", lambda: None)()  # (augment, n_views) or None
+    if views:
+        train = augmented_train(cfg, backbone, images.train, train, *views)
     fit_start = time.time()
     method.fit(train, val)
     fit_seconds = time.time() - fit_start

@@ -21,7 +21,7 @@ NAMES = ["cat", "dog", "car", "tree"]
 NEW = ["ship", "house"]
 FAST = {
     "linear-probe": {},
-    "clip-adapter": {"epochs": 30, "lr": 5e-3},
+    "clip-adapter": {"epochs": 30, "lr": 5e-3, "augment": "none"},
     "tip-adapter": {},
     "tip-adapter-f": {"epochs": 10},
     "laplace": {"n_samples": 16},

@@ -22,6 +22,7 @@ def _synthetic(backbone, n_per, classes, noise, seed):
 
 
 def _fit(backbone, method, x, y, names, work_dir=None, seed=0, **options):
+    options.setdefault("augment", "none")
     m = create_method(method, **options)
     m.setup(MethodContext(backbone, seed=seed, work_dir=work_dir, progress=False))
     empty = FeatureSet({"joint": x[:0]}, y[:0], list(names), "val")

@@ -246,3 +246,83 @@ class OpenClipBackbone(DualEncoder):
         if self.runtime.precision != "fp32":  # bf16/fp16 features differ: never mix in a cache
             h.update(f"precision={self.runtime.precision}".encode())
         return h.hexdigest()
+
+    # --- deep prompt hooks (MaPLe, Khattak et al. CVPR 2023); new methods, used by
+    # pyro_clip.prompts.maple. Both run the frozen blocks one by one so prompts can be
+    # swapped in between layers; with no deep prompts they equal the plain forward.
+
+    def deep_prompt_info(self) -> dict[str, int]:
+        """Layers and widths of both towers; raises :class:`BackboneError` for non-ViT towers."""
+        visual = self.model.visual
+        if not all(hasattr(visual, a) for a in ("conv1", "class_embedding", "transformer")):
+            raise BackboneError(f"{self.model_name}: deep (MaPLe) prompts need a ViT image "
+                                "tower; pick a ViT model such as ViT-B-16")
+        return {"text_layers": len(self._text["transformer"].resblocks),
+                "vision_layers": len(visual.transformer.resblocks),
+                "vision_width": int(visual.class_embedding.shape[-1])}
+
+    @staticmethod
+    def _run_blocks(transformer, x, attn_mask, swap) -> torch.Tensor:
+        """``x`` (N, L, D) through ``transformer.resblocks``; ``swap(i, x)`` before block i."""
+        batch_first = getattr(transformer, "batch_first", True)
+        for i, block in enumerate(transformer.resblocks):
+            x = swap(i, x)
+            if not batch_first:
+                x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+            else:
+                x = block(x, attn_mask=attn_mask)
+        return x
+
+    def encode_token_embeddings_deep(
+        self, embeddings: torch.Tensor, tokens: PromptTokens, deep: Sequence[torch.Tensor],
+        start: int = 1,
+    ) -> torch.Tensor:
+        """Like :meth:`encode_token_embeddings`; before block ``i >= 1`` the tokens at
+        ``start .. start + n - 1`` are replaced by ``deep[i - 1]`` (n, ctx_dim) (MaPLe eq. 4)."""
+        t = self._text
+        length = embeddings.shape[1]
+        x = embeddings + t["positional_embedding"][:length].to(embeddings.dtype)
+        mask = t["attn_mask"]
+        mask = mask[:length, :length] if mask is not None else None
+
+        def swap(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i == 0 or i > len(deep):
+                return x
+            p = deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+            return torch.cat([x[:, :start], p, x[:, start + p.shape[1]:]], dim=1)
+
+        x = t["ln_final"](self._run_blocks(t["transformer"], x, mask, swap))
+        x = x[torch.arange(x.shape[0]), tokens.eot_index]
+        proj = t["text_projection"]
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+
+    def encode_images_deep(
+        self, pixels: torch.Tensor, prompts: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """(B, embed_dim) image features with visual prompts (MaPLe eq. 5): ``prompts[0]``
+        (n, width) is appended to the patch tokens after the positional embedding (before
+        ``ln_pre``); before block ``i >= 1`` the last n tokens become ``prompts[i]``. The prompt
+        tokens are dropped before pooling (the class token is what CLIP pools)."""
+        v = self.model.visual
+        self.deep_prompt_info()
+        x = v.conv1(pixels.to(v.conv1.weight.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        n = prompts[0].shape[0] if prompts else 0
+        if n:
+            x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = v.ln_pre(x)
+
+        def swap(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i == 0 or i >= len(prompts):
+                return x
+            p = prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
+            return torch.cat([x[:, :-n], p], dim=1)
+
+        x = self._run_blocks(v.transformer, x, None, swap)
+        pooled, _ = v._pool(x[:, : x.shape[1] - n])
+        return pooled @ v.proj if v.proj is not None else pooled

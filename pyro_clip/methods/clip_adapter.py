@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_clip.backbones.base import cosine_logits
+from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
@@ -47,8 +48,16 @@ class ClipAdapter(Method):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
+        # augment: CLIP-Adapter trains on CoOp's crop + flip pipeline (pyro_clip.data.augment)
         return {"reduction": 4, "ratio": 0.2, "epochs": 50, "lr": 1e-3, "batch_size": 32,
-                "optimizer": "adamw", "weight_decay": 1e-4}
+                "optimizer": "adamw", "weight_decay": 1e-4, "augment": "crop-flip",
+                "n_views": 8}
+
+    def train_views(self) -> tuple[str, int] | None:
+        """``(augment, n_views)`` for the runner to encode and cache, or None."""
+        o = self.options
+        check_augment(o["augment"], o["n_views"])
+        return None if o["augment"] == "none" else (o["augment"], o["n_views"])
 
     def _check_options(self, dim: int) -> None:
         o = self.options
@@ -73,8 +82,12 @@ class ClipAdapter(Method):
         text = self.ctx.text_classifier(train_set.classnames).float()
         scale = self.ctx.backbone.logit_scale
 
+        o = self.options
+        sample = ViewSampler(training_views(train_set.features, self.feature_kind, o["augment"],
+                                            o["n_views"], self.name).float(), self.ctx.seed)
+
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(cosine_logits(self.adapter(x[idx]), text, scale), y[idx])
+            return F.cross_entropy(cosine_logits(self.adapter(sample(idx)), text, scale), y[idx])
 
         o = self.options
         settings = TrainSettings(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
@@ -84,7 +97,8 @@ class ClipAdapter(Method):
         identity = checkpoint_identity(self.name, o, self.ctx.backbone.fingerprint(), x, y,
                                        templates=self.ctx.templates)
         history = train(self.adapter, loss_fn, len(y), settings, checkpoint=ckpt,
-                        progress=self.ctx.progress, desc=self.name, identity=identity)
+                        progress=self.ctx.progress, desc=self.name, identity=identity,
+                        rngs={"views": sample.generator})
         self.adapter.eval().requires_grad_(False)
         self.selected = {"ratio": float(o["ratio"]), "searched": False,
                          "final_train_loss": history[-1]}

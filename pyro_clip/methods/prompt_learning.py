@@ -19,23 +19,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
     OvePGConfig,
-    ove_differences,
     ove_pg_loss,
     ove_pg_posterior,
     ove_pg_posterior_predictive,
 )
-from pyro_clip.models.polya_gamma import sample_pg
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
+from pyro_clip.prompts.pseudo_new import select_pseudo_new
 from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 LIKELIHOODS = ("softmax", "ove-pg")
+SELECTS = ("fixed", "pseudo-new")
 
 
 class PromptLearningMethod(Method):
@@ -44,16 +45,22 @@ class PromptLearningMethod(Method):
     likelihood: ClassVar[str] = "softmax"
     #: paper default KL weight lambda for this learner
     default_lam: ClassVar[float] = 0.2
+    #: select=pseudo-new grid per likelihood (options -> values), overridable by select_grid
+    select_axes: ClassVar[dict[str, dict[str, list[Any]]]] = {
+        "ove-pg": {"lam": [0.1, 0.2, 0.5, 1.0, 2.0, 5.0], "alpha": [0.1, 1.0, 10.0]},
+    }
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
         # Training settings chosen on the embedded data's *validation* split with the offline
         # ConSE backbone (docs/ove_pg.md); the paper's SGD lr 1e-4 barely moves MiniLM prompts.
+        # CoOp, CoCoOp, KgCoOp and MaPLe all train with random resized crop + flip: on.
         return {
             "n_ctx": 4, "ctx_init": "a photo of a", "likelihood": cls.likelihood,
             "alpha": 1.0, "lam": cls.default_lam, "num_samples": 1, "omega": "sample",
             "epochs": 10, "batch_size": 16, "lr": 1e-2, "optimizer": "adamw",
-            "weight_decay": 0.0,
+            "weight_decay": 0.0, "augment": "crop-flip", "n_views": 8,
+            "select": "fixed", "select_grid": None, "select_folds": 2,
         }
 
     def __init__(self, **options: Any) -> None:
@@ -61,7 +68,19 @@ class PromptLearningMethod(Method):
         o = self.options
         if o["likelihood"] not in LIKELIHOODS:
             raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {o['likelihood']!r}")
-        self.ove = OvePGConfig(o["alpha"], o["lam"], o["num_samples"], o["omega"]).validate()
+        check_augment(o["augment"], o["n_views"])
+        if o["select"] not in SELECTS:
+            raise ConfigError(f"select must be one of {SELECTS}, got {o['select']!r}")
+        if o["select"] == "pseudo-new":
+            axes = self.selection_axes()
+            if not axes:
+                raise ConfigError(f"{self.name}: select=pseudo-new has nothing to tune with "
+                                  f"likelihood={o['likelihood']}; give select_grid, e.g. "
+                                  "select_grid={lam: [0.2, 1]} with likelihood=ove-pg")
+            bad = set(axes) - set(self.default_options())
+            if bad:
+                raise ConfigError(f"select_grid names unknown option(s) {sorted(bad)}")
+        self.ove = self._ove_config(o)
         self.settings = TrainSettings(
             epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
             optimizer=o["optimizer"], weight_decay=o["weight_decay"],
@@ -69,77 +88,156 @@ class PromptLearningMethod(Method):
         self.learner: CoOpPromptLearner | None = None
         self.history: list[float] = []
 
+    @staticmethod
+    def _ove_config(o: dict[str, Any]) -> OvePGConfig:
+        return OvePGConfig(o["alpha"], o["lam"], o["num_samples"], o["omega"]).validate()
+
+    def selection_axes(self) -> dict[str, list[Any]]:
+        """Options and values that select=pseudo-new searches (``select_grid`` or the default)."""
+        grid = self.options["select_grid"]
+        if grid is not None:
+            if not isinstance(grid, dict) or not grid:
+                raise ConfigError(f"select_grid must be a mapping option -> list of values, "
+                                  f"got {grid!r}")
+            return {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()}
+        return dict(self.select_axes.get(self.options["likelihood"], {}))
+
     def make_learner(self, classnames: Sequence[str]) -> CoOpPromptLearner:
         raise NotImplementedError
 
-    def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
-        """Minimise softmax CE or the OVE-PG loss over the prompt parameters only."""
-        self.learner = self.make_learner(train_set.classnames)
-        x = train_set.features[self.feature_kind]
-        y = train_set.labels
-        names = train_set.classnames
-        f0 = self.ctx.zero_shot_logits(x, names).float()  # on ctx.device, like x and y
-        rng = np.random.default_rng(self.ctx.seed)
-        learner, cfg = self.learner, self.ove
-        # The PG tilts c = A_y f0 are fixed (frozen f0): copied to the host once per fit, so a
-        # step's draw needs no device->host copy, runs on the CPU while the device computes the
-        # queued prompt forward, and costs one host->device copy of omega.
-        tilts = (ove_differences(f0, y).cpu()
-                 if self.options["likelihood"] == "ove-pg" and cfg.omega == "sample" else None)
+    def train_views(self) -> tuple[str, int] | None:
+        """``(augment, n_views)`` the runner must encode for the training images, or None."""
+        o = self.options
+        return None if o["augment"] == "none" else (o["augment"], o["n_views"])
+
+    def _views(self, data: FeatureSet) -> torch.Tensor:
+        """(V, N, D) training features: the augmented views, or the plain features (V = 1)."""
+        o = self.options
+        return training_views(data.features, self.feature_kind, o["augment"], o["n_views"],
+                              self.name)
+
+    def loss(self, learner: CoOpPromptLearner, x: torch.Tensor, f0: torch.Tensor,
+             y: torch.Tensor, names: Sequence[str], options: dict[str, Any],
+             rng: np.random.Generator) -> torch.Tensor:
+        """Softmax cross-entropy, or the OVE-PG objective (Kim et al. eq. 10)."""
+        f = learner.logits(x, names)
+        if options["likelihood"] == "softmax":
+            return F.cross_entropy(f, y)
+        return ove_pg_loss(f, f0, y, self._ove_config(options), rng)
+
+    def _train(self, data: FeatureSet, options: dict[str, Any], checkpoint=None,
+               progress: bool = False) -> tuple[CoOpPromptLearner, list[float]]:
+        """One training run of a fresh learner on ``data`` with ``options``."""
+        learner = self.make_learner(data.classnames)
+        y, names = data.labels, data.classnames
+        batch = self._batch_source(data, options)
+        rng = np.random.default_rng(self.ctx.seed)  # Pólya-Gamma draws (one host trip a step)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            f = learner.logits(x[idx], names)
-            if self.options["likelihood"] == "softmax":
-                return F.cross_entropy(f, y[idx])
-            omega = None
-            if tilts is not None:
-                omega = sample_pg(tilts[idx.cpu()], rng).to(f.device, non_blocking=True)
-            return ove_pg_loss(f, f0[idx], y[idx], cfg, rng, omega=omega)
+            x, f0 = batch(idx)
+            return self.loss(learner, x, f0, y[idx].to(f0.device), names, options, rng)
 
-        ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir else None
-        settings = TrainSettings(**{**self.settings.__dict__, "seed": self.ctx.seed})
+        settings = TrainSettings(
+            epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
+            optimizer=options["optimizer"], weight_decay=options["weight_decay"],
+            seed=self.ctx.seed,
+        ).validate()
         with torch.random.fork_rng():  # psi's reparameterised noise: seeded, global RNG kept
             torch.manual_seed(self.ctx.seed)
-            self.history = train(
-                learner, loss_fn, len(y), settings, checkpoint=ckpt, progress=self.ctx.progress,
-                desc=self.name, rngs={"polya_gamma": rng},
-                identity=checkpoint_identity(self.name, self.options,
-                                             self.ctx.backbone.fingerprint(), x, y,
-                                             templates=self.ctx.templates),
+            history = train(
+                learner, loss_fn, len(y), settings, checkpoint=checkpoint, progress=progress,
+                desc=self.name, rngs={"polya_gamma": rng, **batch.rngs},
+                identity=checkpoint_identity(
+                    self.name, options, self.ctx.backbone.fingerprint(),
+                    *self._data_tensors(data), templates=self.ctx.templates),
             )
+        return learner, history
+
+    def _data_tensors(self, data: FeatureSet) -> tuple[torch.Tensor, ...]:
+        """What fingerprints the training data in a resumable checkpoint (features, labels)."""
+        x = data.features[self.feature_kind]
+        return (x, data.labels) if isinstance(x, torch.Tensor) else (data.labels,)
+
+    def _batch_source(self, data: FeatureSet, options: dict[str, Any]):
+        """``batch(idx) -> (inputs, f0)``: one random cached view per image (once per epoch,
+        since each image is drawn once per epoch) and its frozen zero-shot logits."""
+        xv = self._views(data)
+        f0v = torch.stack([self.ctx.zero_shot_logits(x, data.classnames).float() for x in xv])
+        sampler = ViewSampler(xv, self.ctx.seed)
+
+        def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            v = sampler.draw(idx).to(xv.device)
+            return xv[v, idx], f0v[v, idx]
+
+        batch.rngs = {"views": sampler.generator}  # checkpointed: a resumed run draws the same
+        return batch
+
+    def _logits(self, learner, features, classnames: Sequence[str]) -> torch.Tensor:
+        """(N, K) learned logits; class prompts encoded once per call (CoOp) or in memory-sized
+        chunks (CoCoOp's are image-conditional)."""
+        return learner.predict_logits(features, classnames)
+
+    def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
+        """Minimise the loss over the prompt parameters only (after select=pseudo-new, if set)."""
+        if self.options["select"] == "pseudo-new":
+            self._select(train_set, val)
+        ckpt = self.ctx.work_dir / "train_state.pt" if self.ctx.work_dir else None
+        self.learner, self.history = self._train(train_set, self.options, ckpt,
+                                                 self.ctx.progress)
         if len(val):
             with torch.no_grad():
                 pred = self.predict(val.features[self.feature_kind], val.classnames).probs
             self.selected["val_accuracy"] = float((pred.argmax(1) == val.labels).float().mean())
 
+    def _select(self, train_set: FeatureSet, val: FeatureSet) -> None:
+        """Pseudo-base / pseudo-new folds of the training classes (pyro_clip.prompts.pseudo_new)."""
+        kind = self.feature_kind
+
+        def fit_score(cand, data: FeatureSet):
+            learner, _ = self._train(data, {**self.options, **cand})
+
+            @torch.no_grad()
+            def accuracy(eval_set: FeatureSet) -> float:
+                logits = self._logits(learner, eval_set.features[kind], eval_set.classnames)
+                return float((logits.argmax(1) == eval_set.labels).float().mean())
+
+            return accuracy
+
+        result = select_pseudo_new(self.selection_axes(), fit_score, train_set, val,
+                                   self.options["select_folds"])
+        self.options.update(result["best"])
+        self.ove = self._ove_config(self.options)
+        self.selected["pseudo_new"] = result
+
     @torch.no_grad()
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         if self.learner is None:
             raise RuntimeError(f"{self.name}: fit or load_state_dict before predict")
-        # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
-        logits = self.learner.predict_logits(features, classnames)
+        logits = self._logits(self.learner, features, classnames)
         if self.options["likelihood"] != "ove-pg":
             return Prediction(logits.softmax(-1))
         # OVE-PG: posterior draws f ~ N(f, alpha^-1 I) via pyro.infer.Predictive (models.ove_pg)
-        f0 = self.ctx.zero_shot_logits(features, classnames).to(logits.dtype)
+        f0 = self._prior_logits(features, classnames).to(logits.dtype)
         draws = ove_pg_posterior_predictive(logits, f0, self.ove, PREDICTIVE_DRAWS, self.ctx.seed)
         return Prediction(logits.softmax(-1), draws["f"])
 
+    def _prior_logits(self, features, classnames: Sequence[str]) -> torch.Tensor:
+        """Frozen zero-shot logits f0 of ``features`` (MaPLe overrides: it holds pixels)."""
+        return self.ctx.zero_shot_logits(features, classnames).float()
+
     @torch.no_grad()
-    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
+    def logit_posterior(self, features, classnames: Sequence[str]):
         """OVE-PG: ``q(f | x) = N(f_learner(x), alpha^-1 I)``; softmax prompt learners: None."""
         if self.options["likelihood"] != "ove-pg":
             return None
-        # class prompts encoded once per call (CoOp) / in memory-sized chunks (CoCoOp)
-        logits = self.learner.predict_logits(features, classnames)
-        return ove_pg_posterior(logits, self.ove)
+        return ove_pg_posterior(self._logits(self.learner, features, classnames), self.ove)
 
     @torch.no_grad()
-    def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
+    def logit_prior(self, features, classnames: Sequence[str]):
         """OVE-PG: ``p(f | x) = N(f0(x), alpha^-1 I)`` around the zero-shot logits."""
         if self.options["likelihood"] != "ove-pg":
             return None
-        return ove_pg_posterior(self.ctx.zero_shot_logits(features, classnames).float(), self.ove)
+        return ove_pg_posterior(self._prior_logits(features, classnames), self.ove)
 
     def state_dict(self) -> dict[str, Any]:
         assert self.learner is not None

@@ -125,8 +125,11 @@ class SuiteConfig:
         from pyro_clip.methods import known_methods
 
         known = known_methods()
-        if self.methods == "all":
-            return known
+        if self.methods == "all":  # minus methods the backbone cannot run (MaPLe on conse)
+            from pyro_clip.methods import get_method_class
+
+            return [m for m in known if self.backbone.startswith(
+                getattr(get_method_class(m), "requires_backbone", ""))]
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise ConfigError(

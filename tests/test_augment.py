@@ -1,0 +1,115 @@
+"""Augmented views: deterministic per (image, view, seed), keyed in the cache, aligned rows."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyro_clip.config import RunConfig
+from pyro_clip.data import load_dataset
+from pyro_clip.data.augment import AugmentedView, augment_image, view_key
+from pyro_clip.errors import ConfigError
+from pyro_clip.methods import create_method
+
+
+def _gradient_image() -> Image.Image:
+    a = np.arange(32 * 24 * 3, dtype=np.uint8).reshape(24, 32, 3)
+    return Image.fromarray(a)
+
+
+def test_views_are_deterministic_and_keyed_by_augment_view_and_seed():
+    images = load_dataset("fashion-mnist", "train")
+    a = np.asarray(AugmentedView(images, "crop-flip", 1, 3).load_image(7))
+    b = np.asarray(AugmentedView(images, "crop-flip", 1, 3).load_image(7))
+    np.testing.assert_array_equal(a, b)
+    prints = {AugmentedView(images, aug, v, s).fingerprint()
+              for aug, v, s in [("crop-flip", 0, 1), ("crop-flip", 1, 1), ("crop-flip", 0, 2),
+                                ("flip", 0, 1)]}
+    assert len(prints) == 4 and images.fingerprint() not in prints
+    views = [np.asarray(AugmentedView(images, "crop-flip", v, 3).load_image(7)) for v in range(4)]
+    assert len({v.tobytes() for v in views}) == 4
+    np.testing.assert_array_equal(AugmentedView(images, "crop-flip", 0, 1).labels, images.labels)
+
+
+def test_flip_is_a_mirror_half_the_time_and_leaves_the_global_rng_alone():
+    img = _gradient_image()
+    state = torch.random.get_rng_state()
+    outs = [np.asarray(augment_image(img, "flip", s)) for s in range(200)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    flipped = [np.array_equal(o, np.asarray(img)[:, ::-1]) for o in outs]
+    kept = [np.array_equal(o, np.asarray(img)) for o in outs]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 70 < sum(flipped) < 130  # Binomial(200, 1/2): 5 sd either side
+
+
+def test_crop_flip_keeps_the_size_and_crops_a_region():
+    img = _gradient_image()
+    outs = [augment_image(img, "crop-flip", s) for s in range(20)]
+    assert all(o.size == img.size for o in outs)
+    assert any(not np.array_equal(np.asarray(o), np.asarray(img)) for o in outs)
+
+
+def test_bad_augment_options_are_refused():
+    with pytest.raises(ConfigError, match="augment must be one of"):
+        create_method("coop", augment="rotate")
+    with pytest.raises(ConfigError, match="n_views"):
+        create_method("kgcoop", n_views=0)
+
+
+def test_runner_views_align_with_the_training_rows(tiny_backbone, tmp_path):
+    """augment='none' views are the training images themselves: the rows must coincide."""
+    from pyro_clip.data import base_new_classes, few_shot_indices
+    from pyro_clip.runner import augmented_train, load_features
+
+    cfg = RunConfig(backbone="open_clip:pyro-clip-tiny", cache_dir=str(tmp_path), shots=2,
+                    progress=False)
+    train_all = load_features(cfg, tiny_backbone, cfg.dataset, "train")
+    idx, _ = few_shot_indices(train_all.labels.numpy(), None, 2, 1)
+    train = train_all.subset(idx).restrict_classes(base_new_classes(10)[0])
+    out = augmented_train(cfg, tiny_backbone, train_all, idx, train, "none", 1)
+    torch.testing.assert_close(out.features[view_key("joint", 0)], train.features["joint"],
+                               atol=0, rtol=0)
+    crop = augmented_train(cfg, tiny_backbone, train_all, idx, train, "crop-flip", 2)
+    assert crop.features[view_key("joint", 1)].shape == train.features["joint"].shape
+    n_cached = len(list(tmp_path.glob("*.npz")))  # train, none:0, crop-flip:0, crop-flip:1
+    assert n_cached == 4
+    again = augmented_train(cfg, tiny_backbone, train_all, idx, train, "crop-flip", 2)
+    assert len(list(tmp_path.glob("*.npz"))) == n_cached  # served from the cache
+    torch.testing.assert_close(again.features[view_key("joint", 1)],
+                               crop.features[view_key("joint", 1)], atol=0, rtol=0)
+
+
+def test_training_on_identical_views_equals_training_without_views(tiny_backbone):
+    """The view draw has its own generator: with every view equal to the image, CLIP-Adapter
+    and CoOp train exactly as with augment=none (same minibatches, same updates)."""
+    from pyro_clip.features import FeatureSet
+    from pyro_clip.methods import MethodContext
+
+    names = ["cat", "dog", "car"]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, tiny_backbone.embed_dim, generator=g), torch.arange(3).repeat(4)
+    plain = FeatureSet({"joint": x}, y, names, "t")
+    views = FeatureSet({"joint": x, **{view_key("joint", v): x for v in range(3)}}, y, names, "t")
+    empty = plain.subset([])
+    for method, opts, attr in (("clip-adapter", {"epochs": 3}, "adapter"),
+                               ("coop", {"epochs": 2, "batch_size": 4}, "learner")):
+        fitted = []
+        for data, aug in ((plain, "none"), (views, "crop-flip")):
+            m = create_method(method, augment=aug, n_views=3, **opts)
+            m.setup(MethodContext(tiny_backbone, seed=1, progress=False))
+            m.fit(data, empty)
+            fitted.append(getattr(m, attr).state_dict())
+        for k in fitted[0]:
+            torch.testing.assert_close(fitted[1][k], fitted[0][k], atol=0, rtol=0)
+
+
+def test_view_sampler_is_seeded_and_uses_every_view():
+    from pyro_clip.data.augment import ViewSampler
+
+    views = torch.arange(4.0)[:, None, None].expand(4, 50, 1)  # view v holds the value v
+    a, b = ViewSampler(views, 3), ViewSampler(views, 3)
+    idx = torch.arange(50)
+    draws = torch.cat([a(idx) for _ in range(20)]).flatten()
+    torch.testing.assert_close(draws, torch.cat([b(idx) for _ in range(20)]).flatten())
+    counts = torch.bincount(draws.long(), minlength=4)
+    assert (counts > 200).all()  # 1000 draws per view expected
