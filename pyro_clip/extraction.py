@@ -56,10 +56,19 @@ class PreprocessedImages(Dataset):
 
 def _loader(
     dataset: PreprocessedImages, runtime: Runtime, batch_size: int, workers: int
-) -> DataLoader:
+) -> Iterator[torch.Tensor]:
+    """Batches of preprocessed pixels; a worker's :class:`DataError` (an unreadable image)
+    reaches the user as its own one-line message, not wrapped in a worker traceback."""
     extra = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=runtime.is_cuda, **extra)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=runtime.is_cuda, **extra)
+    try:
+        yield from loader
+    except DataError as exc:
+        text, marker = str(exc), "DataError: "
+        if workers > 0 and marker in text:  # "Caught DataError in DataLoader worker ..."
+            raise DataError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
 
 
 @torch.no_grad()

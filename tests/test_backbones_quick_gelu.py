@@ -102,7 +102,7 @@ def test_fingerprint_names_the_resolved_activation(tmp_path):
 
 
 def test_suite_dry_run_reports_an_undeclared_checkpoint(tmp_path):
-    from pyro_clip.suite_check import check_backbone_spec
+    from pyro_clip.suite.check import check_backbone_spec
 
     path = tmp_path / "ViT-B-16.pt"
     path.write_bytes(b"weights")

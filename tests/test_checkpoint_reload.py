@@ -21,6 +21,8 @@ def cheap_options(method: str) -> list[str]:
         opts["prior_var_grid"] = "[1.0]"
     if "n_samples" in defaults:
         opts["n_samples"] = 4
+    if "prompt_depth" in defaults:  # MaPLe: the tiny ViT has 2 layers (the paper's 9 is refused)
+        opts["prompt_depth"] = 2
     return [arg for k, v in opts.items() for arg in ("--opt", f"{k}={v}")]
 
 

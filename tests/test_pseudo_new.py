@@ -49,12 +49,12 @@ def test_choice_is_recorded_and_ignores_new_and_test_data(tmp_path, monkeypatch)
     saved = runner.read_run_config(tmp_path / "clean")[1]["selected_hyperparameters"]
     assert saved["pseudo_new"]["best"] == sel["best"]
 
-    real = runner.load_features
+    real = runner.encode_images
     seen = []
 
-    def poisoned(cfg, backbone, dataset, split):
-        data = real(cfg, backbone, dataset, split)
-        if split != "test":
+    def poisoned(cfg, backbone, images):
+        data = real(cfg, backbone, images)
+        if images.name != "fashion-mnist/test":
             return data
         g = torch.Generator().manual_seed(99)  # test images replaced by noise, labels shuffled
         feats = {k: torch.randn(v.shape, generator=g) for k, v in data.features.items()}
@@ -69,7 +69,7 @@ def test_choice_is_recorded_and_ignores_new_and_test_data(tmp_path, monkeypatch)
         seen.append((list(train.classnames), list(val.classnames)))
         return real_fit(self, train, val)
 
-    monkeypatch.setattr(runner, "load_features", poisoned)
+    monkeypatch.setattr(runner, "encode_images", poisoned)
     monkeypatch.setattr(PromptLearningMethod, "fit", spy)
     dirty = _run(tmp_path, "poisoned")
     assert dirty.method.selected["pseudo_new"] == sel

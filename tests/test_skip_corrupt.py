@@ -44,7 +44,10 @@ def _args(folder: Path, out: Path, *extra: str) -> list[str]:
 def test_corrupt_image_is_fatal_and_names_the_flag(folder, tmp_path, capsys):
     assert main(_args(folder, tmp_path / "run")) == 2
     err = capsys.readouterr().err
-    assert "broken.png" in err and "--skip-corrupt" in err
+    # only the run's images are decoded (1 shot, the test split): the truncated test image
+    # stops it, with the file named and the flag to pass, in one message (no worker traceback)
+    assert "cannot decode image" in err and "truncated.png" in err and "--skip-corrupt" in err
+    assert "DataLoader worker" not in err
 
 
 def test_skip_corrupt_flag_skips_and_reports_counts(folder, tmp_path):
