@@ -165,3 +165,24 @@ def test_fitted_method_hands_back_its_posterior(ctx, cov):
     torch.testing.assert_close(post.mean, m.state.mean.reshape(4, 65))
     draws = post.rsample((3,))
     assert draws.shape == (3, 4, 65) and bool(torch.isfinite(post.log_prob(draws)).all())
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_logit_posterior_and_prior_match_their_weight_distributions(ctx, cov):
+    """The logit hooks against independent references: the prior mean is the zero-shot
+    logits, and the posterior's moments are those of logits of weights drawn from
+    ``posterior()`` (Monte Carlo, 20,000 draws: tolerances a few standard errors)."""
+    m = _fit(ctx, covariance=cov)
+    x = _synthetic(ctx, NAMES, 2, seed=7).features["joint"]
+    prior = m.logit_prior(x, NAMES)
+    torch.testing.assert_close(prior.mean, ctx.zero_shot_logits(x, NAMES).double(),
+                               rtol=1e-5, atol=1e-5)  # float32 zero-shot reference
+    inputs = m.adapter.inputs(x)
+    torch.testing.assert_close(prior.variance, m.prior_var * (inputs**2).sum(1, keepdim=True)
+                               .expand(-1, 4), rtol=1e-12, atol=0)
+    post = m.logit_posterior(x, NAMES)
+    w = m.posterior().sample((20_000,))  # (S, C, D+1)
+    f = torch.einsum("np,scp->snc", inputs, w)
+    sd = f.std(0)
+    assert bool(((post.mean - f.mean(0)).abs() <= 5 * sd / 20_000**0.5 + 1e-9).all())
+    torch.testing.assert_close(post.stddev, sd, rtol=0.05, atol=1e-9)

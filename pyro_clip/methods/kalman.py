@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from scipy.stats import chi2
@@ -352,6 +353,28 @@ class KalmanAdapter(Method):
         trained = thetas.reshape(s, adapter.n_classes, adapter.n_in)
         w[:, seen >= 0] = trained[:, seen[seen >= 0]]
         return torch.einsum("np,scp->snc", adapter.inputs(x), w)
+
+    @torch.no_grad()
+    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
+        """Linearised posterior predictive of the logits, ``f_c(x) ~ N(m_c, v_c)`` with
+        ``m = J mu``, ``v = diag(J P J^T)`` (per-logit marginals; :meth:`posterior` has the
+        full weight posterior of every structure). Batch (N,), event (C,)."""
+        mean, var = self._logit_moments(features.to(DTYPE), classnames)
+        return dist.Normal(mean, var.clamp_min(1e-12).sqrt()).to_event(1)
+
+    @torch.no_grad()
+    def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
+        """Prior logits before any shot. Linear head: weights ``N(w0, s0 I)`` around the
+        zero-shot classifier, so ``f_c(x) ~ N(w0_c . x~, s0 ||x~||^2)`` (x~ = input with bias
+        1). The residual adapter's prior is not written in closed form here: ``None``."""
+        _, adapter = self._fitted()
+        if not isinstance(adapter, LinearHead):
+            return None
+        text = self.ctx.text_classifier(list(classnames))
+        inputs = adapter.inputs(features.to(DTYPE))
+        mean = inputs @ adapter.class_prior_mean(text).T
+        var = self.prior_var * (inputs**2).sum(1, keepdim=True).expand_as(mean)
+        return dist.Normal(mean, var.sqrt()).to_event(1)
 
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         self._check(features, "predict")
