@@ -44,3 +44,12 @@ def conse_backbone():
     from pyro_clip.runner import get_backbone
 
     return get_backbone("conse")
+
+
+@pytest.fixture
+def float64_default():
+    """Run a test with float64 as torch's default dtype (references computed in float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -23,13 +23,8 @@ from pyro_clip.inference.kalman_jacobian import DenseJacobian, KronJacobian
 C, P = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """The references are computed in float64; restore the global default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+#: references are computed in float64 (fixture in conftest restores the default after)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _problem(n=24, seed=0):

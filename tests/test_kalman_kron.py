@@ -17,12 +17,8 @@ from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, KronJac
 C, P = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+#: references are computed in float64 (fixture in conftest restores the default after)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _x(n, seed=0):

@@ -23,12 +23,8 @@ C, P = 3, 4
 MVN = torch.distributions.MultivariateNormal
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+#: references are computed in float64 (fixture in conftest restores the default after)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _spd(m, g):
