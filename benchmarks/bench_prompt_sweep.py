@@ -28,11 +28,10 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, write_result
 from pyro_clip.config import RunConfig
-from pyro_clip.data import base_new_classes, few_shot_indices, has_validation_split
 from pyro_clip.io import atomic_write
 from pyro_clip.methods import MethodContext, create_method
 from pyro_clip.metrics import harmonic_mean
-from pyro_clip.runner import augmented_train, get_backbone, load_features
+from pyro_clip.runner import augmented_train, encode_images, get_backbone, select_images
 
 LAMS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 ALPHAS = [0.1, 1.0, 10.0]
@@ -63,25 +62,21 @@ def cocoop_grid() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 class Split:
-    """The runner's base-to-new data for one (backbone, seed, shots), views encoded lazily."""
+    """The runner's base-to-new data for one (backbone, seed, shots), views encoded lazily
+    (:func:`pyro_clip.runner.select_images` chooses the images, as ``pyro-clip fit`` does)."""
 
     def __init__(self, backbone_spec: str, seed: int, shots: int, method: str = "coop") -> None:
-        # the method decides the feature kind load_features returns (pixels for MaPLe)
+        # the method decides the feature kind encode_images returns (pixels for MaPLe)
         self.cfg = RunConfig(backbone=backbone_spec, method=method, protocol="base-to-new",
-                             shots=shots, seed=seed, eval_datasets=[], progress=False)
+                             shots=shots, seed=seed, eval_datasets=[], progress=False).resolved()
         self.backbone = get_backbone(backbone_spec)
         cfg, b = self.cfg, self.backbone
-        self.train_all = load_features(cfg, b, cfg.dataset, "train")
-        val_all = (load_features(cfg, b, cfg.dataset, "val")
-                   if has_validation_split(cfg.dataset) else self.train_all)
-        test = load_features(cfg, b, cfg.dataset, "test")
-        self.train_idx, val_idx = few_shot_indices(
-            self.train_all.labels.numpy(),
-            None if val_all is self.train_all else val_all.labels.numpy(), shots, seed)
-        base, new = base_new_classes(len(self.train_all.classnames))
-        self.train = self.train_all.subset(self.train_idx).restrict_classes(base)
-        self.val = val_all.subset(val_idx).restrict_classes(base)
-        self.base, self.new = test.restrict_classes(base), test.restrict_classes(new)
+        self.images = select_images(cfg)
+        self.train = encode_images(cfg, b, self.images.train)
+        self.val = encode_images(cfg, b, self.images.val)
+        test = encode_images(cfg, b, self.images.test)
+        self.base = test.restrict_classes(self.images.base_ids)
+        self.new = test.restrict_classes(self.images.new_ids)
         self._views: dict[tuple[str, int], Any] = {}
 
     def train_for(self, method) -> Any:
@@ -89,8 +84,8 @@ class Split:
         if not views:
             return self.train
         if views not in self._views:
-            self._views[views] = augmented_train(self.cfg, self.backbone, self.train_all,
-                                                 self.train_idx, self.train, *views)
+            self._views[views] = augmented_train(self.cfg, self.backbone, self.images.train,
+                                                 self.train, *views)
         return self._views[views]
 
 
