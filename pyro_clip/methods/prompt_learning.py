@@ -81,12 +81,15 @@ class PromptLearningMethod(Method):
             if bad:
                 raise ConfigError(f"select_grid names unknown option(s) {sorted(bad)}")
         self.ove = self._ove_config(o)
-        self.settings = TrainSettings(
-            epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
-            optimizer=o["optimizer"], weight_decay=o["weight_decay"],
-        ).validate()
+        self._train_settings(o, seed=1)  # bad optimiser options fail at construction
         self.learner: CoOpPromptLearner | None = None
         self.history: list[float] = []
+
+    @staticmethod
+    def _train_settings(o: dict[str, Any], seed: int) -> TrainSettings:
+        return TrainSettings(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
+                             optimizer=o["optimizer"], weight_decay=o["weight_decay"],
+                             seed=seed).validate()
 
     @staticmethod
     def _ove_config(o: dict[str, Any]) -> OvePGConfig:
@@ -137,11 +140,7 @@ class PromptLearningMethod(Method):
             x, f0 = batch(idx)
             return self.loss(learner, x, f0, y[idx].to(f0.device), names, options, rng)
 
-        settings = TrainSettings(
-            epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
-            optimizer=options["optimizer"], weight_decay=options["weight_decay"],
-            seed=self.ctx.seed,
-        ).validate()
+        settings = self._train_settings(options, self.ctx.seed)
         with torch.random.fork_rng():  # psi's reparameterised noise: seeded, global RNG kept
             torch.manual_seed(self.ctx.seed)
             history = train(
