@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 import pyro_clip.features as features
-from benchmarks.common import write_result
+from benchmarks.common import print_result, write_result
 from pyro_clip.config import RunConfig
 from pyro_clip.data import load_dataset
 from pyro_clip.runner import encode_images, get_backbone, select_images
@@ -144,8 +144,7 @@ def main() -> dict:
         "load_average_at_start": load,
         "uptime_at_end": uptime,
     }
-    for k, v in res.items():
-        print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
+    print_result(res)
     write_result("data_path", res)
     return res
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import print_result, write_result
 from pyro_clip.backbones import create_backbone
 from pyro_clip.data import SubsetImages, load_dataset
 from pyro_clip.features import FeatureCache
@@ -66,8 +66,7 @@ def main() -> dict:
         "rerun_speedup": cold_s / warm_s,
         "target_rerun_speedup": 50,
     }
-    for k, v in res.items():
-        print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
+    print_result(res)
     write_result("features", res)
     return res
 

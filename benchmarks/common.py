@@ -34,6 +34,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def print_result(payload: dict[str, Any]) -> None:
+    """One aligned ``key value`` line per result (floats to 3 decimals)."""
+    width = max(map(len, payload), default=0) + 2
+    for k, v in payload.items():
+        print(f"{k:{width}s}{v:.3f}" if isinstance(v, float) else f"{k:{width}s}{v}")
+
+
 def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
     path = (out_dir or RESULTS_DIR) / f"{name}.json"
     write_json(path, {"benchmark": name, "machine": machine(), **payload})
