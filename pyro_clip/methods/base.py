@@ -89,7 +89,9 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
 
 
 #: entry points run on the context's device: tensors in on the device, tensors out on the CPU
-DEVICE_BOUNDARY = ("fit", "predict", "ood_scores", "state_dict", "load_state_dict")
+#: (the logit distributions stay where their parameters are; callers move their draws)
+DEVICE_BOUNDARY = ("fit", "predict", "ood_scores", "state_dict", "load_state_dict",
+                   "logit_posterior", "logit_prior")
 
 
 def _on_device(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -118,7 +120,8 @@ class Method(ABC):
     """Base class; subclasses set ``name`` and register with :func:`register_method`.
 
     The entry points in :data:`DEVICE_BOUNDARY` are wrapped for every subclass so that a
-    method computes on ``ctx.device`` and callers only ever see CPU tensors.
+    method computes on ``ctx.device`` and callers only ever see CPU tensors (the logit
+    distributions of ``logit_posterior`` / ``logit_prior`` keep the device of their parameters).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
