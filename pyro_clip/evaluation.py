@@ -1,15 +1,25 @@
-"""``pyro-clip evaluate``: a fitted run on another data set (cross-data-set / domain shift)."""
+"""``pyro-clip evaluate``: a fitted run on another data set (cross-data-set / domain shift).
+
+It writes what a ``fit`` run writes for its evaluation sets: ``metrics.json`` with the
+calibration, selective-prediction and posterior-predictive-check metrics of the diagnostics
+hook, ``predictions.npz``, ``idata.nc`` (the held-out ``predictions`` group only: the training
+data is not re-read, so there is no ``log_likelihood`` and LOO is refused) and the plots.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pyro_clip.config import RunConfig
 from pyro_clip.errors import DataError
 from pyro_clip.io import save_npz, write_json
+from pyro_clip.methods.base import Method
 from pyro_clip.runner import (
+    Evaluation,
     evaluate,
     get_backbone,
     load_features,
@@ -17,6 +27,19 @@ from pyro_clip.runner import (
     read_run_config,
 )
 from pyro_clip.runtime import Runtime
+
+
+@dataclass
+class EvaluationRun:
+    """What the diagnostics hook reads of a run (``diagnostics.hooks.RunLike``), for one set."""
+
+    config: RunConfig
+    method: Method
+    evaluations: dict[str, Evaluation]
+    metrics: dict[str, Any]
+    out: Path
+    train: Evaluation | None = None
+    idata: Any = field(default=None, repr=False)
 
 
 def evaluate_run(
@@ -41,10 +64,14 @@ def evaluate_run(
         {**cfg_data, "evaluated_run": str(run_dir), "eval_dataset": dataset,
          "data_root": data_root},
     )
-    write_json(out / "metrics.json", {dataset: ev.metrics})
     save_npz(
         out / "predictions.npz",
         **{f"{dataset}/probs": ev.prediction.probs.float().numpy(),
            f"{dataset}/labels": ev.labels.numpy()},
     )
-    return ev.metrics
+    from pyro_clip.diagnostics.hooks import diagnose_run  # diagnostics import the runner
+
+    cfg.eval_datasets = []  # the evaluated set is the only one: no OOD pairing
+    result = EvaluationRun(cfg, method, {dataset: ev}, {dataset: ev.metrics}, out)
+    diagnose_run(result)  # writes metrics.json, idata.nc and the plots
+    return result.metrics[dataset]

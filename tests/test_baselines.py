@@ -22,8 +22,8 @@ NEW = ["ship", "house"]
 FAST = {
     "linear-probe": {},
     "clip-adapter": {"epochs": 30, "lr": 5e-3, "augment": "none"},
-    "tip-adapter": {},
-    "tip-adapter-f": {"epochs": 10},
+    "tip-adapter": {"augment": "none"},
+    "tip-adapter-f": {"epochs": 10, "augment": "none"},
     "laplace": {"n_samples": 16},
 }
 
@@ -113,6 +113,48 @@ def test_tip_adapter_f_keys_move_and_search_records(tiny_backbone, problem, tmp_
     assert not torch.allclose(m.cache.keys, start)
     assert m.selected["searched"] and {"alpha", "beta", "val_accuracy"} <= set(m.selected)
     assert not (tmp_path / "train_state.pt").exists()  # removed once training finished
+
+
+def _with_views(data: FeatureSet, views: list[torch.Tensor]) -> FeatureSet:
+    from pyro_clip.data.augment import view_key
+
+    extra = {view_key("joint", v): t for v, t in enumerate(views)}
+    return FeatureSet({**data.features, **extra}, data.labels, data.classnames, data.name)
+
+
+def test_tip_adapter_keys_are_the_normalised_mean_of_the_augmented_views(tiny_backbone, problem):
+    """Paper / official code: cache keys = normalise(mean over augment epochs of features)."""
+    train = problem["train"]
+    g = torch.Generator().manual_seed(3)
+    x = train.features["joint"]
+    views = [x + 0.3 * torch.randn(x.shape, generator=g) for _ in range(3)]
+    m = create_method("tip-adapter", augment="crop-flip", n_views=3, alpha=1.0, beta=2.0)
+    m.setup(MethodContext(tiny_backbone, seed=1, progress=False))
+    m.fit(_with_views(train, views), problem["val"])
+    mean = np.mean([v.double().numpy() for v in views], axis=0)
+    expect = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(m.cache.keys.double().numpy(), expect, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="augment=none"):  # views missing: named fix
+        m.fit(train, problem["val"])
+
+
+def test_tip_adapter_f_on_identical_views_equals_no_augmentation(tiny_backbone, problem):
+    """Queries are drawn from the views by their own generator: with every view equal to the
+    image, fine-tuning is the un-augmented one (same minibatches, same updates); the keys'
+    view mean (x + x + x) / 3 differs from x by float32 rounding only."""
+    train = problem["train"]
+    x = train.features["joint"]
+    fitted = []
+    for data, aug in ((train, "none"), (_with_views(train, [x, x, x]), "crop-flip")):
+        m = create_method("tip-adapter-f", epochs=3, augment=aug, n_views=3)
+        m.setup(MethodContext(tiny_backbone, seed=1, progress=False))
+        m.fit(data, problem["val"])
+        fitted.append(m)
+    torch.testing.assert_close(fitted[1].cache.keys, fitted[0].cache.keys, rtol=1e-4, atol=1e-6)
+    for key in ("alpha", "beta", "keys", "init_alpha", "init_beta"):
+        assert fitted[1].selected[key] == fitted[0].selected[key]
+    np.testing.assert_allclose(fitted[1].selected["train_loss"], fitted[0].selected["train_loss"],
+                               rtol=1e-5)
 
 
 def test_classic_probe_matches_scikit_learn(tiny_backbone, problem):

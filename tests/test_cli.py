@@ -62,6 +62,17 @@ def test_evaluate_and_report(tmp_path, capsys):
     assert main(["evaluate", str(out), "--dataset", "fashion-mnist-c", "--out", str(ev)]) == 0
     m = json.loads((ev / "metrics.json").read_text())
     assert m["fashion-mnist-c"]["n"] == 1000
+    # the diagnostics of a fit's evaluation sets: calibration, PPCs, idata.nc, plots
+    assert {"ece", "ppc"} <= set(m["fashion-mnist-c"])
+    from pyro_clip.diagnostics import arviz_io
+
+    idata = arviz_io.load(ev / "idata.nc")
+    assert "predictions" in idata.groups() and "log_likelihood" not in idata.groups()
+    labels = idata.predictions_constant_data["labels_fashion_mnist_c"].values
+    np.testing.assert_array_equal(labels, np.load(ev / "predictions.npz")["fashion-mnist-c/labels"])
+    with pytest.raises(arviz_io.NoPosteriorError):
+        arviz_io.loo(idata)
+    assert (ev / "plots" / "reliability.png").exists()
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     assert "zero-shot" in capsys.readouterr().out or (tmp_path / "rep").exists()
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping
@@ -62,7 +63,22 @@ class _TipBase(Method):
             # zero-shot CLIP, so validation can fall back to the prior
             "alpha_grid": [0.0, *np.linspace(0.1, 3.0, 15).round(4).tolist(), 4.0, 6.0, 10.0],
             "beta_grid": np.linspace(0.1, 7.0, 24).round(4).tolist(),
+            # the paper builds the cache from 10 augmented epochs (crop + flip)
+            "augment": "crop-flip",
+            "n_views": 10,
         }
+
+    def train_views(self) -> tuple[str, int] | None:
+        """``(augment, n_views)`` for the runner to encode and cache, or None."""
+        o = self.options
+        check_augment(o["augment"], o["n_views"])
+        return None if o["augment"] == "none" else (o["augment"], o["n_views"])
+
+    def _views(self, train_set: FeatureSet) -> torch.Tensor:
+        """(V, N, D) training features: the cached views, or the plain features (V = 1)."""
+        o = self.options
+        return training_views(train_set.features, self.feature_kind, o["augment"], o["n_views"],
+                              self.name).float()
 
     def _check_options(self) -> None:
         for key in ("init_alpha", "init_beta"):
@@ -84,8 +100,10 @@ class _TipBase(Method):
         self._check_options()
         kind = self.feature_kind
         self.train_classnames = list(train_set.classnames)
-        self.cache = CacheModel(train_set.features[kind], train_set.labels,
-                                len(train_set.classnames))
+        views = self._views(train_set)
+        # K_i = normalise(mean_v f(aug_v(x_i))): CacheModel normalises the view mean
+        self.cache = CacheModel(views.mean(0) if len(views) > 1 else train_set.features[kind],
+                                train_set.labels, len(train_set.classnames))
         extra: dict[str, Any] = {}
         keys = {"initial": self.cache.keys.detach().clone()}
         if self.finetune:
@@ -150,18 +168,22 @@ class _TipBase(Method):
         (Tip-Adapter-F)."""
         o = self.options
         x = train_set.features[self.feature_kind]
-        zs = self.ctx.zero_shot_logits(x, train_set.classnames).float()
+        views = self._views(train_set)  # queries: one augmented view per image per epoch
+        zs = torch.stack([self.ctx.zero_shot_logits(v, train_set.classnames).float()
+                          for v in views])  # (V, N, C)
+        sample = ViewSampler(views, self.ctx.seed)
         y = train_set.labels
         a0, b0 = init_alpha * self._alpha_scale(), init_beta
         loo = bool(o["leave_one_out"])
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            affinity = self.cache.affinity(x[idx], b0)
+            view = sample.draw(idx)
+            affinity = self.cache.affinity(views[view, idx], b0)
             if loo:  # a query never sees its own key (see the module docstring)
                 own = torch.zeros_like(affinity, dtype=torch.bool)
                 own[torch.arange(len(idx)), idx] = True
                 affinity = affinity.masked_fill(own, 0.0)
-            logits = zs[idx] + a0 * affinity @ self.cache.values
+            logits = zs[view, idx] + a0 * affinity @ self.cache.values
             return F.cross_entropy(logits, y[idx])
 
         settings = TrainSettings(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
@@ -171,7 +193,8 @@ class _TipBase(Method):
         identity = checkpoint_identity(self.name, o, self.ctx.backbone.fingerprint(), x, y,
                                        templates=self.ctx.templates)
         return train(self.cache, loss_fn, len(y), settings, checkpoint=ckpt,
-                     progress=self.ctx.progress, desc=self.name, identity=identity)
+                     progress=self.ctx.progress, desc=self.name, identity=identity,
+                     rngs={"views": sample.generator})
 
     def _values(self, classnames: Sequence[str]) -> torch.Tensor:
         """One-hot values over the requested classes; columns of unseen classes are zero."""
