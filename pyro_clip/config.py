@@ -63,17 +63,25 @@ class RunConfig:
         return self
 
     def resolved(self) -> RunConfig:
-        """A copy with ``templates`` and ``eval_datasets`` filled from the data set's defaults
-        (what ``config.json`` records)."""
+        """A copy with ``templates``, ``eval_datasets`` and, for a method that augments its
+        training images without an ``augment`` option given, ``augment`` filled from the data
+        set's defaults (what ``config.json`` records)."""
         from pyro_clip.data import default_eval_datasets, default_templates
+        from pyro_clip.data.registry import default_augment
+        from pyro_clip.methods import get_method_class, known_methods  # registers them all
 
+        options = dict(self.options)
+        # unknown method names are refused by create_method, with the known ones listed
+        if self.method in known_methods() and "augment" not in options \
+                and "augment" in get_method_class(self.method).default_options():
+            options["augment"] = default_augment(self.dataset)
         return dataclasses.replace(
             self,
             templates=list(self.templates) if self.templates is not None
             else default_templates(self.dataset),
             eval_datasets=list(self.eval_datasets) if self.eval_datasets is not None
             else default_eval_datasets(self.dataset),
-            options=dict(self.options),
+            options=options,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,11 +31,16 @@ class BuiltinSpec:
 
     templates: tuple[str, ...] = (PLAIN_TEMPLATE,)
     companions: tuple[str, ...] = ()
+    #: training-time augmentation of the methods that augment (``augment=`` option)
+    augment: str = "crop-flip"
 
 
+#: Fashion-MNIST is 28 x 28 px with the object filling the frame: a random resized crop
+#: (scale 0.08-1, the papers' choice for >= 224 px natural images) keeps as little as 8 x 8 px
+#: of it and costs accuracy for every method that trains with it (docs/ove_pg.md, baselines.md)
 _BUILTIN_SPECS = {
-    "fashion-mnist": BuiltinSpec(companions=("fashion-mnist-c",)),
-    "fashion-mnist-c": BuiltinSpec(),
+    "fashion-mnist": BuiltinSpec(companions=("fashion-mnist-c",), augment="flip"),
+    "fashion-mnist-c": BuiltinSpec(augment="flip"),
     "folder": BuiltinSpec(),
 }
 
@@ -62,6 +67,12 @@ def default_eval_datasets(name: str) -> list[str]:
     """The data set's own shifted companions (fashion-mnist -> fashion-mnist-c, imagenet ->
     its four variants), evaluated when a run sets no ``eval_datasets``; empty for most."""
     return list(_spec(name).companions)
+
+
+def default_augment(name: str) -> str:
+    """The data set's training-time augmentation: the papers' ``crop-flip`` (random resized
+    crop + flip) for natural images, ``flip`` for the embedded 28 px Fashion-MNIST."""
+    return _spec(name).augment
 
 
 def known_datasets() -> list[str]:
