@@ -188,3 +188,32 @@ def test_lowrank_gram_update_equals_dense_lofi_update(name):
         cov_ref = torch.linalg.inv(prec_ref)
         torch.testing.assert_close(cov.quad(h), hd @ cov_ref @ hd.T, **TOL)
         torch.testing.assert_close(cov.var(h), (hd @ cov_ref @ hd.T).diagonal(), **TOL)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 6, 8])
+def test_lowrank_top_classes_truncates_dropped_rows_to_the_diagonal(k):
+    """LoFi on [W, rows of the K likeliest classes], every other row's information (and the
+    truncated rank) moved to diag(u), against dense row selection; K >= C (6) is plain LoFi."""
+    b, c, p, rank = 3, 6, 4, 3
+    g = _gen(42)
+    x = torch.randn(b, p, generator=g)
+    probs = _probs(b, c, g)
+    h = KronJacobian.logits(x, c).whiten_categorical(probs)
+    cov = LowRankCovariance(c * p, rank, 2.0, top_classes=k)
+    cov.w = 0.3 * torch.randn(c * p, rank, generator=g)
+    u0, w0 = cov.u.clone(), cov.w.clone()
+    grad = torch.randn(c * p, generator=g)
+    step = cov.update(h, grad)
+    hd = _dense_categorical(x, probs)  # rows (b, i)
+    order = probs.argsort(dim=1, descending=True)[:, :k]
+    keep = torch.cat([bi * c + order[bi] for bi in range(b)])
+    torch.testing.assert_close(h.top_rows(k).dense(), hd[keep], **TOL)
+    _, w_ref = _lofi_dense_reference(u0, w0, hd[keep], rank)
+    u_ref = u0 + (w0 * w0).sum(1) + (hd * hd).sum(0) - (w_ref * w_ref).sum(1)
+    prec_ref = torch.diag(u_ref) + w_ref @ w_ref.T
+    torch.testing.assert_close(cov.u, u_ref, **TOL)
+    torch.testing.assert_close(cov.w @ cov.w.T, w_ref @ w_ref.T, **TOL)
+    torch.testing.assert_close(step, torch.linalg.solve(prec_ref, grad), **TOL)
+    # the dropped information went to the diagonal: total diag(precision) is conserved
+    torch.testing.assert_close(prec_ref.diagonal(),
+                               u0 + (w0 * w0).sum(1) + (hd * hd).sum(0), **TOL)

@@ -472,10 +472,12 @@ class LowRankCovariance(Covariance):
 
     kind = "lowrank"
 
-    def __init__(self, n: int, rank: int, prior_var: float = 1.0) -> None:
+    def __init__(self, n: int, rank: int, prior_var: float = 1.0, top_classes: int = 0) -> None:
         if rank < 1:
             raise ConfigError(f"low-rank covariance needs rank >= 1, got {rank}; pass rank=10")
-        self.n, self.rank = n, rank
+        if top_classes < 0:
+            raise ConfigError(f"top_classes must be >= 0 (0 keeps every class), got {top_classes}")
+        self.n, self.rank, self.top_classes = n, rank, top_classes
         self.u = torch.full((n,), 1.0 / prior_var, dtype=DTYPE)
         self.w = torch.zeros(n, rank, dtype=DTYPE)
 
@@ -507,14 +509,20 @@ class LowRankCovariance(Covariance):
         give ``W+ = W t_W + H^T t_H`` and the moved mass
         ``u += rowsq(W) + diag(H^T H) - rowsq(W+)``. Memory O(n R + m^2), time
         O(m n R + (R + m)^3) with a Kronecker Jacobian (``H H^T`` from its factors).
+        ``top_classes = K`` (categorical only, K < C) truncates with each example's K
+        likeliest classes' rows of ``H`` (m = B K): the other rows' information joins the
+        moved mass on the diagonal, as LoFi does with its own truncation; exact for K >= C.
         """
         r = self.rank
-        hw = h.mm(self.w)  # (m, R)
+        obs = h
+        if isinstance(h, CategoricalKronJacobian) and 0 < self.top_classes < h.n_classes:
+            obs = h.top_rows(self.top_classes)
+        hw = obs.mm(self.w)  # (m, R)
         gram = torch.cat([torch.cat([self.w.T @ self.w, hw.T], 1),
-                          torch.cat([hw, h.gram()], 1)], 0)
+                          torch.cat([hw, obs.gram()], 1)], 0)
         _, evecs = torch.linalg.eigh(gram)
         top = evecs[:, -r:]  # eigh sorts ascending
-        new_w = self.w @ top[:r] + h.tmm(top[r:].contiguous())
+        new_w = self.w @ top[:r] + obs.tmm(top[r:].contiguous())
         self.u = self.u + (self.w * self.w).sum(1) + h.col_sq() - (new_w * new_w).sum(1)
         self.w = new_w
         self.repair()
@@ -597,9 +605,10 @@ def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -
 
 def make_covariance(
     kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10,
-    max_gib: float = MAX_STATE_GIB,
+    max_gib: float = MAX_STATE_GIB, top_classes: int = 0,
 ) -> Covariance:
-    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option.
+    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option
+    (``top_classes``: see :meth:`LowRankCovariance.update`).
 
     The state size is checked before anything is allocated (``full`` on 100+ classes needs
     tens of GiB): too large -> :class:`ConfigError` naming the bytes and structures that fit.
@@ -621,5 +630,5 @@ def make_covariance(
     if kind == "diag":
         return DiagCovariance(n, prior_var)
     if kind == "lowrank":
-        return LowRankCovariance(n, rank, prior_var)
+        return LowRankCovariance(n, rank, prior_var, top_classes)
     raise ConfigError(f"unknown covariance {kind!r}; choose one of {', '.join(COVARIANCES)}")

@@ -268,6 +268,14 @@ class CategoricalKronJacobian(KronJacobian):
         out = root[:, None, :, None] * inner * root[None, :, None, :]
         return out.permute(0, 2, 1, 3).reshape(self.n_obs, self.n_obs)
 
+    def top_rows(self, k: int) -> KronJacobian:
+        """Rows ``(b, i)`` of each example's ``k`` likeliest classes i (row i of ``L_b^T`` is
+        ``sqrt(p_bi) (e_i - p_b)^T``) as a (B k)-row :class:`KronJacobian`."""
+        idx = self.probs.topk(min(k, self.n_classes), dim=1).indices  # (B, k)
+        onehot = torch.nn.functional.one_hot(idx, self.n_classes).to(self.probs)
+        root = self.probs.gather(1, idx).sqrt().unsqueeze(-1)
+        return KronJacobian(root * (onehot - self.probs.unsqueeze(1)), self.x)
+
     def col_sq(self) -> torch.Tensor:
         """``sum_i (L_b^T)_{ic}^2 = (F_b)_{cc} = p_bc - p_bc^2``."""
         return ((self.probs - self.probs**2).T @ self.x**2).reshape(-1)
