@@ -65,7 +65,8 @@ class Jacobian(ABC):
 
     def gram(self) -> torch.Tensor:
         """``H H^T`` (m, m); structured Jacobians avoid forming ``H``."""
-        return self.quad_diag(torch.ones(self.n_params, dtype=torch.float64))
+        h = self.dense()
+        return h @ h.T
 
     def col_sq(self) -> torch.Tensor:
         """``diag(H^T H)`` (n,): the squared norm of each column."""
@@ -209,6 +210,9 @@ class KronJacobian(Jacobian):
             return torch.diag_embed(t).permute(0, 2, 1, 3).reshape(self.n_obs, self.n_obs)
         out = torch.einsum("bic,bec,ejc->biej", self.coef, t, self.coef)
         return out.reshape(self.n_obs, self.n_obs)
+
+    def gram(self) -> torch.Tensor:
+        return self.quad_diag(torch.ones(self.n_params, dtype=self.x.dtype, device=self.x.device))
 
     def col_sq(self) -> torch.Tensor:
         # column (c, p): sum_b (sum_i coef[b,i,c]^2) x[b,p]^2; O(B C (k + P))
