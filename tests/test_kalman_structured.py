@@ -217,3 +217,22 @@ def test_lowrank_top_classes_truncates_dropped_rows_to_the_diagonal(k):
     # the dropped information went to the diagonal: total diag(precision) is conserved
     torch.testing.assert_close(prec_ref.diagonal(),
                                u0 + (w0 * w0).sum(1) + (hd * hd).sum(0), **TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA GPU visible (torch.cuda.is_available() is False): "
+                           "CUDA-vs-CPU check of the minibatch paths skipped")
+@pytest.mark.parametrize("kind", ["block", "diag"])
+def test_minibatch_paths_on_cuda_match_cpu(kind):
+    c, b, p = 5, 8, 4
+    _, x, probs, grad = _minibatch_case(c, b, p, 300)
+    results = []
+    for device in ("cpu", "cuda"):
+        cov = (BlockCovariance(c * p, c) if kind == "block" else DiagCovariance(c * p))
+        for name, value in cov.state_dict().items():
+            setattr(cov, name, value.to(device))
+        h = KronJacobian.logits(x.to(device), c).whiten_categorical(probs.to(device))
+        step = cov.update(h, grad.to(device))
+        results.append((step.cpu(), cov.dense().cpu()))
+    torch.testing.assert_close(results[1][0], results[0][0], **TOL)
+    torch.testing.assert_close(results[1][1], results[0][1], **TOL)
