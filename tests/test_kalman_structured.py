@@ -236,3 +236,23 @@ def test_minibatch_paths_on_cuda_match_cpu(kind):
         results.append((step.cpu(), cov.dense().cpu()))
     torch.testing.assert_close(results[1][0], results[0][0], **TOL)
     torch.testing.assert_close(results[1][1], results[0][1], **TOL)
+
+
+def test_block_minibatch_with_saturated_probabilities():
+    """Probabilities that underflow to exactly 0 (confident logits) keep sum_c N_c positive
+    definite: the step and blocks still equal the dense exact update."""
+    c, b, p = 5, 4, 3
+    g = _gen(400)
+    x = torch.randn(b, p, generator=g)
+    probs = torch.softmax(800.0 * torch.randn(b, c, generator=g), -1)
+    assert bool((probs == 0).any())
+    blocks = _pd_blocks(c, p, g)
+    grad = torch.randn(c * p, generator=g)
+    cov = BlockCovariance(c * p, c)
+    cov.p = blocks.clone()
+    step = cov.update(KronJacobian.logits(x, c).whiten_categorical(probs), grad)
+    post, step_ref = _exact_step(torch.block_diag(*blocks), _dense_categorical(x, probs), grad)
+    torch.testing.assert_close(step, step_ref, **TOL)
+    for k in range(c):
+        sl = slice(k * p, (k + 1) * p)
+        torch.testing.assert_close(cov.p[k], post[sl, sl], **TOL)
