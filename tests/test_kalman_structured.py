@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance import (
     BlockCovariance,
     DiagCovariance,
@@ -20,6 +21,8 @@ from pyro_clip.inference.covariance import (
     categorical_gain_terms,
 )
 from pyro_clip.inference.kalman_jacobian import DenseJacobian, KronJacobian
+from pyro_clip.methods import create_method
+from pyro_clip.methods.kalman import auto_batch_size
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -256,3 +259,17 @@ def test_block_minibatch_with_saturated_probabilities():
     for k in range(c):
         sl = slice(k * p, (k + 1) * p)
         torch.testing.assert_close(cov.p[k], post[sl, sl], **TOL)
+
+
+def test_bad_top_classes_is_a_clear_error():
+    with pytest.raises(ConfigError, match="top_classes must be"):
+        create_method("kalman", covariance="lowrank", top_classes=-1)
+    with pytest.raises(ConfigError, match="top_classes must be"):
+        LowRankCovariance(10, 2, top_classes=-3)
+
+
+def test_block_auto_batch_keeps_one_example_below_256_classes():
+    """The documented rule: B = 1 (each example relinearises) below 256 classes, 32 from
+    256 (memory-bound state, minibatch path); diag keeps its O(C P) single-example path."""
+    assert [auto_batch_size("block", c) for c in (10, 100, 255, 256, 1000)] == [1, 1, 1, 32, 32]
+    assert auto_batch_size("diag", 1000) == 1
