@@ -105,6 +105,38 @@ def categorical_gain_terms(
     return m_r, diag_m
 
 
+def _minibatch_categorical(h: Jacobian) -> bool:
+    """B >= 2 examples whitened by the categorical covariance: the O(C B^3) Woodbury path."""
+    return isinstance(h, CategoricalKronJacobian) and h.x.shape[0] > 1
+
+
+def categorical_block_gain(
+    probs: torch.Tensor, q: torch.Tensor, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M r)_c`` and the class blocks ``M_cc`` of ``M = (I + F Q)^-1 F`` in O(C B^3).
+
+    A minibatch of B categorical examples with a per-class-decoupled prior (block/diag) has,
+    in class-major order, ``F = blockdiag_b(diag p_b - p_b p_b^T) = Pi - U U^T`` (``Pi`` =
+    diag of the probabilities, U's class block c is ``Pi_c = diag(p_{:,c})``) and
+    ``Q = blockdiag_c(Q_c)``, ``Q_c = X P_c X^T`` (B x B). Woodbury on
+    ``I + F Q = A - U (Q U)^T`` with ``A_c = I + Pi_c Q_c`` and ``sum_c p_{b,c} = 1`` gives
+    ``M_cc' = N_c d_cc' - N_c (sum_k N_k)^-1 N_c'`` with the symmetric
+    ``N_c = A_c^-1 Pi_c = Pi_c^1/2 (I + Pi_c^1/2 Q_c Pi_c^1/2)^-1 Pi_c^1/2``: two batched B x B
+    Cholesky factorisations instead of the (B C) x (B C) innovation. For B = 1 this is
+    :func:`categorical_gain_terms`. probs (B, C), q (C, B, B), r (C, B) -> (C, B), (C, B, B).
+    """
+    s = probs.to(q).T.sqrt()  # (C, B)
+    eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+    chol = safe_cholesky(eye + s.unsqueeze(-1) * q * s.unsqueeze(-2), "class innovation")
+    n_c = s.unsqueeze(-1) * torch.cholesky_solve(torch.diag_embed(s), chol)  # (C, B, B)
+    n_c = 0.5 * (n_c + n_c.transpose(1, 2))
+    k_chol = safe_cholesky(n_c.sum(0), "class gain sum")
+    n_r = (n_c @ r.unsqueeze(-1)).squeeze(-1)  # (C, B)
+    m_r = n_r - (n_c @ torch.cholesky_solve(n_r.sum(0).unsqueeze(-1), k_chol)).squeeze(-1)
+    m_blocks = n_c - n_c @ torch.cholesky_solve(n_c, k_chol)
+    return m_r, 0.5 * (m_blocks + m_blocks.transpose(1, 2))
+
+
 class Covariance(ABC):
     """Covariance ``P`` of an n-dimensional Gaussian state."""
 
@@ -269,6 +301,8 @@ class BlockCovariance(Covariance):
         """
         if _single_categorical(h) and self.k == h.n_classes:
             return self._update_single_categorical(h, g)
+        if _minibatch_categorical(h) and self.k == h.n_classes:
+            return self._update_minibatch_categorical(h, g)
         cols, cross = self._cross(h)
         chol = safe_cholesky(
             _eye(h.n_obs) + torch.einsum("kmb,kbn->mn", cols, cross), "innovation covariance"
@@ -290,6 +324,23 @@ class BlockCovariance(Covariance):
         m_r, diag_m = categorical_gain_terms(h.probs[0], v @ x, (v * gk).sum(1))
         delta = pg - v * m_r[:, None]
         self.p.baddbmm_((v * -diag_m[:, None]).unsqueeze(2), v.unsqueeze(1))  # in place
+        return delta.reshape(-1)
+
+    def _update_minibatch_categorical(self, h: CategoricalKronJacobian, g: torch.Tensor):
+        """B categorical examples: ``V_c = P_c X^T``, ``Q_c = X V_c``, ``r_c = V_c^T g_c``,
+        ``delta_c = P_c g_c - V_c (M r)_c``, ``P_c -= V_c M_cc V_c^T`` (M from
+        :func:`categorical_block_gain`): O(C B P^2 + C B^3), one read and one in-place write
+        of the state per minibatch."""
+        x = h.x.to(self.p)  # (B, bs)
+        b = x.shape[0]
+        gk = g.to(self.p).reshape(self.k, self.bs)
+        rhs = torch.cat([x.T.expand(self.k, self.bs, b), gk.unsqueeze(-1)], dim=2)
+        both = torch.bmm(self.p, rhs)  # one pass over P: [P_c X^T, P_c g_c]
+        v, pg = both[..., :b].contiguous(), both[..., b]  # (K, bs, B), (K, bs)
+        r = torch.einsum("kpb,kp->kb", v, gk)
+        m_r, m_blocks = categorical_block_gain(h.probs, torch.matmul(x, v), r)
+        delta = pg - (v @ m_r.unsqueeze(-1)).squeeze(-1)
+        self.p.baddbmm_(v @ m_blocks, v.transpose(1, 2), alpha=-1.0)  # in place
         return delta.reshape(-1)
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
@@ -358,6 +409,8 @@ class DiagCovariance(Covariance):
             self.d = (d - diag_m[:, None] * v * v).reshape(-1)
             self.repair()
             return delta.reshape(-1)
+        if _minibatch_categorical(h) and self.n == h.n_params:
+            return self._update_minibatch_categorical(h, g)
         chol = safe_cholesky(_eye(h.n_obs) + h.quad_diag(self.d), "innovation covariance")
         dg = self.d * g.double()
         delta = dg - self.d * h.tmm(torch.cholesky_solve(h.mm(dg[:, None]), chol))[:, 0]
@@ -365,6 +418,20 @@ class DiagCovariance(Covariance):
         self.d = self.d - self.d**2 * h.tquad_diag(s_inv)
         self.repair()
         return delta
+
+    def _update_minibatch_categorical(self, h: CategoricalKronJacobian, g: torch.Tensor):
+        """B categorical examples, :func:`categorical_block_gain` with ``P_c = diag(d_c)``:
+        ``Q_c = X D_c X^T``, ``delta_c = d_c g_c - d_c X^T (M r)_c`` and
+        ``d_c -= d_c^2 diag(X^T M_cc X)``; O(C B^2 P + C B^3)."""
+        x = h.x.to(self.d)  # (B, P)
+        d = self.d.reshape(h.n_classes, h.n_in)
+        dg = d * g.to(self.d).reshape(h.n_classes, h.n_in)
+        q = torch.matmul(x.unsqueeze(0) * d.unsqueeze(1), x.T)  # (C, B, B)
+        m_r, m_blocks = categorical_block_gain(h.probs, q, dg @ x.T)
+        delta = dg - d * (m_r @ x)
+        self.d = (d - d * d * ((m_blocks @ x) * x).sum(1)).reshape(-1)
+        self.repair()
+        return delta.reshape(-1)
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
         _check_predict(forgetting, noise)
@@ -405,10 +472,12 @@ class LowRankCovariance(Covariance):
 
     kind = "lowrank"
 
-    def __init__(self, n: int, rank: int, prior_var: float = 1.0) -> None:
+    def __init__(self, n: int, rank: int, prior_var: float = 1.0, top_classes: int = 0) -> None:
         if rank < 1:
             raise ConfigError(f"low-rank covariance needs rank >= 1, got {rank}; pass rank=10")
-        self.n, self.rank = n, rank
+        if top_classes < 0:
+            raise ConfigError(f"top_classes must be >= 0 (0 keeps every class), got {top_classes}")
+        self.n, self.rank, self.top_classes = n, rank, top_classes
         self.u = torch.full((n,), 1.0 / prior_var, dtype=DTYPE)
         self.w = torch.zeros(n, rank, dtype=DTYPE)
 
@@ -423,10 +492,10 @@ class LowRankCovariance(Covariance):
         return v / self.u - g @ torch.cholesky_solve((g.T @ v)[:, None], chol)[:, 0]
 
     def quad(self, h: Jacobian) -> torch.Tensor:
-        ht = h.tmm(_eye(h.n_obs))
+        """``H diag(u)^-1 H^T - (H G) (I + W^T G)^-1 (H G)^T`` without forming ``H^T``."""
         g, chol = self._woodbury()
-        hg = torch.linalg.solve_triangular(chol, (ht.T @ g).T, upper=False)  # (R, m)
-        return ht.T @ (ht / self.u[:, None]) - hg.T @ hg
+        hg = torch.linalg.solve_triangular(chol, h.mm(g).T, upper=False)  # (R, m)
+        return h.quad_diag(1.0 / self.u) - hg.T @ hg
 
     def var(self, h: Jacobian) -> torch.Tensor:
         g, chol = self._woodbury()
@@ -434,11 +503,27 @@ class LowRankCovariance(Covariance):
         return h.sq_mv(1.0 / self.u) - (hg * hg).sum(0)
 
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
-        wide = torch.cat([self.w, h.tmm(_eye(h.n_obs))], dim=1)  # (n, R + m)
-        _, evecs = torch.linalg.eigh(wide.T @ wide)
-        top = evecs[:, -self.rank :]  # eigh sorts ascending
-        new_w = wide @ top
-        self.u = self.u + (wide * wide).sum(1) - (new_w * new_w).sum(1)
+        """LoFi truncation of ``[W, H^T]`` from its (R + m) Gram, never forming ``H^T``.
+
+        ``Gram = [[W^T W, (H W)^T], [H W, H H^T]]``; its top-R eigenvectors ``[t_W; t_H]``
+        give ``W+ = W t_W + H^T t_H`` and the moved mass
+        ``u += rowsq(W) + diag(H^T H) - rowsq(W+)``. Memory O(n R + m^2), time
+        O(m n R + (R + m)^3) with a Kronecker Jacobian (``H H^T`` from its factors).
+        ``top_classes = K`` (categorical only, K < C) truncates with each example's K
+        likeliest classes' rows of ``H`` (m = B K): the other rows' information joins the
+        moved mass on the diagonal, as LoFi does with its own truncation; exact for K >= C.
+        """
+        r = self.rank
+        obs = h
+        if isinstance(h, CategoricalKronJacobian) and 0 < self.top_classes < h.n_classes:
+            obs = h.top_rows(self.top_classes)
+        hw = obs.mm(self.w)  # (m, R)
+        gram = torch.cat([torch.cat([self.w.T @ self.w, hw.T], 1),
+                          torch.cat([hw, obs.gram()], 1)], 0)
+        _, evecs = torch.linalg.eigh(gram)
+        top = evecs[:, -r:]  # eigh sorts ascending
+        new_w = self.w @ top[:r] + obs.tmm(top[r:].contiguous())
+        self.u = self.u + (self.w * self.w).sum(1) + h.col_sq() - (new_w * new_w).sum(1)
         self.w = new_w
         self.repair()
         return self.mv(g)
@@ -520,9 +605,10 @@ def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -
 
 def make_covariance(
     kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10,
-    max_gib: float = MAX_STATE_GIB,
+    max_gib: float = MAX_STATE_GIB, top_classes: int = 0,
 ) -> Covariance:
-    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option.
+    """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option
+    (``top_classes``: see :meth:`LowRankCovariance.update`).
 
     The state size is checked before anything is allocated (``full`` on 100+ classes needs
     tens of GiB): too large -> :class:`ConfigError` naming the bytes and structures that fit.
@@ -544,5 +630,5 @@ def make_covariance(
     if kind == "diag":
         return DiagCovariance(n, prior_var)
     if kind == "lowrank":
-        return LowRankCovariance(n, rank, prior_var)
+        return LowRankCovariance(n, rank, prior_var, top_classes)
     raise ConfigError(f"unknown covariance {kind!r}; choose one of {', '.join(COVARIANCES)}")

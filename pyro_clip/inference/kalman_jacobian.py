@@ -63,6 +63,16 @@ class Jacobian(ABC):
         ht = self.dense().T
         return ((ht @ mat.double()) * ht).sum(1)
 
+    def gram(self) -> torch.Tensor:
+        """``H H^T`` (m, m); structured Jacobians avoid forming ``H``."""
+        h = self.dense()
+        return h @ h.T
+
+    def col_sq(self) -> torch.Tensor:
+        """``diag(H^T H)`` (n,): the squared norm of each column."""
+        ht = self.dense().T
+        return (ht * ht).sum(1)
+
     def whiten_categorical(self, probs: torch.Tensor) -> Jacobian:
         """``L_b^T H_b`` per example with ``L L^T = diag p - p p^T`` (categorical whitening)."""
         p = probs.double()
@@ -88,6 +98,12 @@ class DenseJacobian(Jacobian):
 
     def sq_mv(self, d: torch.Tensor) -> torch.Tensor:
         return (self.j * self.j) @ d
+
+    def gram(self) -> torch.Tensor:
+        return self.j @ self.j.T
+
+    def col_sq(self) -> torch.Tensor:
+        return (self.j * self.j).sum(0)
 
     def block_columns(self, n_blocks: int) -> torch.Tensor:
         return self.j.reshape(self.n_obs, n_blocks, -1).permute(1, 0, 2)
@@ -182,12 +198,30 @@ class KronJacobian(Jacobian):
             return KronJacobian(mix.double(), self.x)
         return KronJacobian(mix.double() @ self.coef, self.x)
 
+    def _pair_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``t[b, e, c] = sum_p x[b,p] x[e,p] d[c,p]`` (B, B, C): O(B^2 C P)."""
+        return torch.einsum("bp,ep,cp->bec", self.x, self.x,
+                            d.double().reshape(self.n_classes, self.n_in))
+
     def quad_diag(self, d: torch.Tensor) -> torch.Tensor:
-        # rows (b,i), (e,j): sum_c coef[b,i,c] coef[e,j,c] sum_p x[b,p] x[e,p] d[c,p]; O(B^2 C P)
-        t = torch.einsum("bp,ep,cp->bec", self.x, self.x,
-                         d.double().reshape(self.n_classes, self.n_in))
+        # rows (b,i), (e,j): sum_c coef[b,i,c] coef[e,j,c] t[b,e,c]
+        t = self._pair_diag(d)
+        if self.identity:  # coef = I: block (b, e) is diag(t[b, e])
+            return torch.diag_embed(t).permute(0, 2, 1, 3).reshape(self.n_obs, self.n_obs)
         out = torch.einsum("bic,bec,ejc->biej", self.coef, t, self.coef)
         return out.reshape(self.n_obs, self.n_obs)
+
+    def gram(self) -> torch.Tensor:
+        return self.quad_diag(torch.ones(self.n_params, dtype=self.x.dtype, device=self.x.device))
+
+    def col_sq(self) -> torch.Tensor:
+        # column (c, p): sum_b (sum_i coef[b,i,c]^2) x[b,p]^2; O(B C (k + P))
+        if self.identity:
+            w = torch.ones(self.x.shape[0], self.n_classes, dtype=self.x.dtype,
+                           device=self.x.device)
+        else:
+            w = (self.coef**2).sum(1)
+        return (w.T @ self.x**2).reshape(-1)
 
     def tquad_diag(self, mat: torch.Tensor) -> torch.Tensor:
         # entry (c,p): sum_{b,e} x[b,p] x[e,p] Q[b,e,c], Q = coef^T M coef per example pair
@@ -224,6 +258,31 @@ class CategoricalKronJacobian(KronJacobian):
 
     def class_information(self) -> torch.Tensor:
         return torch.diag(self.probs.sum(0)) - self.probs.T @ self.probs
+
+    def quad_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``H diag(d) H^T`` in O(B^2 C (C + P)), not O(B^2 C^3): block (b, e) is
+        ``L_b^T T L_e = diag(sqrt p_b) (I - 1 p_b^T) T (I - p_e 1^T) diag(sqrt p_e)``
+        with ``T = diag(t[b, e])``, expanded as ``T - (T p_e) 1^T - 1 (p_b T)^T + (p_b^T T p_e)``.
+        """
+        p, t = self.probs, self._pair_diag(d)  # (B, C), (B, B, C)
+        s = torch.einsum("bc,bec,ec->be", p, t, p)
+        inner = (torch.diag_embed(t) - (t * p.unsqueeze(0)).unsqueeze(-1)
+                 - (p.unsqueeze(1) * t).unsqueeze(-2) + s[..., None, None])  # (B, B, C, C)
+        root = p.sqrt()
+        out = root[:, None, :, None] * inner * root[None, :, None, :]
+        return out.permute(0, 2, 1, 3).reshape(self.n_obs, self.n_obs)
+
+    def top_rows(self, k: int) -> KronJacobian:
+        """Rows ``(b, i)`` of each example's ``k`` likeliest classes i (row i of ``L_b^T`` is
+        ``sqrt(p_bi) (e_i - p_b)^T``) as a (B k)-row :class:`KronJacobian`."""
+        idx = self.probs.topk(min(k, self.n_classes), dim=1).indices  # (B, k)
+        onehot = torch.nn.functional.one_hot(idx, self.n_classes).to(self.probs)
+        root = self.probs.gather(1, idx).sqrt().unsqueeze(-1)
+        return KronJacobian(root * (onehot - self.probs.unsqueeze(1)), self.x)
+
+    def col_sq(self) -> torch.Tensor:
+        """``sum_i (L_b^T)_{ic}^2 = (F_b)_{cc} = p_bc - p_bc^2``."""
+        return ((self.probs - self.probs**2).T @ self.x**2).reshape(-1)
 
     def coef_mm(self, u: torch.Tensor) -> torch.Tensor:
         """``L_b^T u = sqrt(p_b) * (u - 1 (p_b^T u))`` in O(B C r), not O(B C^2 r)."""

@@ -40,12 +40,18 @@ from pyro_clip.progress import track
 _CHUNK = 128  # examples per chunk when computing predictive moments
 
 
+#: from this many classes ``block`` minibatches 32 examples (one pass over its C P^2 state)
+BLOCK_MINIBATCH_CLASSES = 256
+
+
 def auto_batch_size(covariance: str, n_classes: int) -> int:
     """Examples per minibatch for ``batch_size=auto`` (see ``KalmanAdapter._batch_size``)."""
     if covariance == "kron":
         return max(16, n_classes)
-    if covariance in ("block", "diag"):
+    if covariance == "diag":
         return 1
+    if covariance == "block":  # memory-bound state from 256 classes: minibatch (docs/kalman.md)
+        return 1 if n_classes < BLOCK_MINIBATCH_CLASSES else 32
     return max(1, min(16, 160 // max(n_classes, 1)))
 
 
@@ -65,6 +71,7 @@ class KalmanAdapter(Method):
             "adapter": "linear",  # linear | residual
             "covariance": "full",  # full | block | diag | lowrank | kron
             "rank": 10,  # low-rank covariance rank R
+            "top_classes": 0,  # lowrank: keep each example's K likeliest classes' rows (0 = all)
             "observation": "categorical",  # categorical | cosine
             "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
             "prior_var_grid": [1.0, 10.0, 100.0],
@@ -133,6 +140,9 @@ class KalmanAdapter(Method):
         for key in ("rank", "epochs", "mc_samples", "residual_rank"):
             if not isinstance(o[key], int) or o[key] < 1:
                 raise ConfigError(f"kalman: {key} must be a positive integer, got {o[key]!r}")
+        if not isinstance(o["top_classes"], int) or o["top_classes"] < 0:
+            raise ConfigError(f"kalman: top_classes must be an integer >= 0 (0 keeps every "
+                              f"class), got {o['top_classes']!r}")
         grid = [o["prior_var"]] if o["prior_var"] != "auto" else list(o["prior_var_grid"])
         if not grid or any(not isinstance(v, int | float) or v <= 0 for v in grid):
             raise ConfigError(
@@ -210,7 +220,9 @@ class KalmanAdapter(Method):
         """``auto``: the generic categorical innovation is (B C) x (B C) (issue 16: batch 16
         at 100 classes was 13-23x slower per example than batch 1), so ``full`` and
         ``lowrank`` take clamp(160 // C, 1, 16) examples (16 at 10 classes, 1 from 100);
-        ``block`` and ``diag`` take 1, their O(C P^2) / O(C P) Sherman-Morrison path;
+        ``diag`` takes 1, its O(C P) Sherman-Morrison path; ``block`` takes 1 (O(C P^2)) below
+        256 classes and 32 from 256 (its O(C B P^2 + C B^3) minibatch path reads and writes
+        the memory-bound state once per minibatch);
         ``kron`` forms no innovation and pays two eigendecompositions per minibatch, so it
         takes max(16, C)."""
         b = self.options["batch_size"]
@@ -234,7 +246,8 @@ class KalmanAdapter(Method):
         assert adapter is not None
         return make_covariance(o["covariance"], adapter.n_params, prior_var,
                                n_blocks=adapter.n_blocks, rank=o["rank"],
-                               max_gib=float(o["max_state_gib"]))
+                               max_gib=float(o["max_state_gib"]),
+                               top_classes=int(o["top_classes"]))
 
     def _filter(
         self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, prior_var: float
