@@ -46,7 +46,7 @@ def safe_cholesky(mat: torch.Tensor, what: str = "matrix") -> torch.Tensor:
     if not bool((info > 0).any()):
         return chol
     scale = mat.diagonal(dim1=-2, dim2=-1).abs().mean().clamp_min(1e-12)
-    eye = torch.eye(mat.shape[-1], dtype=mat.dtype)
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
     for exponent in range(-10, 1):
         jitter = float(scale) * 10.0**exponent
         chol, info = torch.linalg.cholesky_ex(mat + jitter * eye)
@@ -69,8 +69,9 @@ def safe_cholesky(mat: torch.Tensor, what: str = "matrix") -> torch.Tensor:
     return torch.linalg.cholesky(0.5 * (fixed + fixed.transpose(-1, -2)))
 
 
-def _eye(m: int) -> torch.Tensor:
-    return torch.eye(m, dtype=DTYPE)
+def _eye(m: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 identity on ``like``'s device (the default device without one)."""
+    return torch.eye(m, dtype=DTYPE, device=None if like is None else like.device)
 
 
 def _single_categorical(h: Jacobian) -> bool:
@@ -229,14 +230,14 @@ class FullCovariance(Covariance):
 
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
         hp = h.mm(self.p)  # (m, n) = (P H^T)^T
-        chol = safe_cholesky(_eye(h.n_obs) + h.mm(hp.T), "innovation covariance")
+        chol = safe_cholesky(_eye(h.n_obs, hp) + h.mm(hp.T), "innovation covariance")
         w = torch.linalg.solve_triangular(chol, hp, upper=False)  # L^-1 H P
         self.p.addmm_(w.T, w, alpha=-1.0)  # in place: P is the dominant memory traffic
         return self.p @ g.double()
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
         _check_predict(forgetting, noise)
-        self.p = self.p / forgetting + noise * _eye(self.n)
+        self.p = self.p / forgetting + noise * _eye(self.n, self.p)
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance")
@@ -305,7 +306,7 @@ class BlockCovariance(Covariance):
             return self._update_minibatch_categorical(h, g)
         cols, cross = self._cross(h)
         chol = safe_cholesky(
-            _eye(h.n_obs) + torch.einsum("kmb,kbn->mn", cols, cross), "innovation covariance"
+            _eye(h.n_obs, cross) + torch.einsum("kmb,kbn->mn", cols, cross), "innovation covariance"
         )
         gk = g.double().reshape(self.k, self.bs)
         pg = (self.p @ gk.unsqueeze(-1)).squeeze(-1)
@@ -345,7 +346,7 @@ class BlockCovariance(Covariance):
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
         _check_predict(forgetting, noise)
-        self.p = self.p / forgetting + noise * _eye(self.bs)
+        self.p = self.p / forgetting + noise * _eye(self.bs, self.p)
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = safe_cholesky(self.p, "weight covariance block")
@@ -411,10 +412,10 @@ class DiagCovariance(Covariance):
             return delta.reshape(-1)
         if _minibatch_categorical(h) and self.n == h.n_params:
             return self._update_minibatch_categorical(h, g)
-        chol = safe_cholesky(_eye(h.n_obs) + h.quad_diag(self.d), "innovation covariance")
+        chol = safe_cholesky(_eye(h.n_obs, self.d) + h.quad_diag(self.d), "innovation covariance")
         dg = self.d * g.double()
         delta = dg - self.d * h.tmm(torch.cholesky_solve(h.mm(dg[:, None]), chol))[:, 0]
-        s_inv = torch.cholesky_solve(_eye(h.n_obs), chol)
+        s_inv = torch.cholesky_solve(_eye(h.n_obs, chol), chol)
         self.d = self.d - self.d**2 * h.tquad_diag(s_inv)
         self.repair()
         return delta
@@ -484,7 +485,7 @@ class LowRankCovariance(Covariance):
     def _woodbury(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``G = diag(u)^-1 W`` and the Cholesky factor of ``I + W^T G``."""
         g = self.w / self.u[:, None]
-        return g, safe_cholesky(_eye(self.rank) + self.w.T @ g, "low-rank capacitance")
+        return g, safe_cholesky(_eye(self.rank, self.w) + self.w.T @ g, "low-rank capacitance")
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         v = v.double()
