@@ -147,7 +147,7 @@ def accuracy_vs_full(
     from pyro_clip.runtime import Runtime
     from pyro_clip.seeding import seed_everything
 
-    cfg = RunConfig(backbone="conse", progress=False)
+    cfg = RunConfig(backbone="conse", progress=False).resolved()
     backbone = get_backbone(cfg.backbone)
     train_all = load_features(cfg, backbone, cfg.dataset, "train")
     test = load_features(cfg, backbone, cfg.dataset, "test")

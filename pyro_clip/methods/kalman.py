@@ -33,7 +33,13 @@ from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features import FeatureSet
 from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
 from pyro_clip.inference.kalman import KalmanState, probit_probs
-from pyro_clip.inference.kalman_adapters import Adapter, LinearHead, ResidualAdapter
+from pyro_clip.inference.kalman_adapters import (
+    Adapter,
+    LinearHead,
+    ResidualAdapter,
+    principal_axes,
+)
+from pyro_clip.inference.posteriors import RowLinearMap
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.progress import track
 
@@ -81,6 +87,8 @@ class KalmanAdapter(Method):
             "bias": True,
             # linear head on x - mean(train x) (bias prior absorbs it); auto: block and diag
             "center_inputs": "auto",
+            # linear head on U^T (x - mu), U = principal axes of the training features
+            "rotate_inputs": "auto",
             "max_state_gib": 8.0,  # refuse a covariance state larger than this, before allocating
             "residual_rank": 4,
             "residual_ratio": 1.0,
@@ -96,6 +104,7 @@ class KalmanAdapter(Method):
         self.dim: int | None = None
         self.prior_var = 1.0
         self.center: torch.Tensor | None = None
+        self.rotation: torch.Tensor | None = None
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -125,6 +134,11 @@ class KalmanAdapter(Method):
                 f"kalman: center_inputs must be auto, true or false, got {o['center_inputs']!r}")
         if o["center_inputs"] is True and (o["adapter"] != "linear" or not o["bias"]):
             raise ConfigError("kalman: center_inputs=true needs adapter=linear with bias=true")
+        if o["rotate_inputs"] not in ("auto", True, False):
+            raise ConfigError(
+                f"kalman: rotate_inputs must be auto, true or false, got {o['rotate_inputs']!r}")
+        if o["rotate_inputs"] is True and o["adapter"] != "linear":
+            raise ConfigError("kalman: rotate_inputs=true needs adapter=linear")
         if o["covariance"] == "kron" and o["adapter"] != "linear":
             raise ConfigError(
                 "kalman: covariance=kron factors the linear head's weights (classes x inputs); "
@@ -164,7 +178,8 @@ class KalmanAdapter(Method):
     def _make_adapter(self, text: torch.Tensor) -> Adapter:
         scale = self.ctx.backbone.logit_scale
         if self.options["adapter"] == "linear":
-            return LinearHead(text, scale, bias=self.options["bias"], center=self.center)
+            return LinearHead(text, scale, bias=self.options["bias"], center=self.center,
+                              rotation=self.rotation)
         return ResidualAdapter(
             text.shape[1], scale, self.options["residual_rank"],
             self.options["residual_ratio"], seed=self.ctx.seed,
@@ -180,6 +195,7 @@ class KalmanAdapter(Method):
         text = self.ctx.text_classifier(self.train_classnames)
         self.center = (F.normalize(x.to(DTYPE), dim=-1).mean(0)
                        if self._centred() else None)
+        self.rotation = principal_axes(x, self.center) if self._rotated() else None
         self.adapter = self._make_adapter(text)
         o = self.options
         grid = [float(o["prior_var"])] if o["prior_var"] != "auto" else o["prior_var_grid"]
@@ -228,6 +244,14 @@ class KalmanAdapter(Method):
             o = self.options
             return o["adapter"] == "linear" and o["bias"] and o["covariance"] in ("block", "diag")
         return bool(c)
+
+    def _rotated(self) -> bool:
+        """``auto``: rotate for ``diag`` and ``lowrank`` (see docs/kalman.md)."""
+        r = self.options["rotate_inputs"]
+        if r == "auto":
+            return self.options["adapter"] == "linear" and self.options["covariance"] in (
+                "diag", "lowrank")
+        return bool(r)
 
     def _make_cov(self, prior_var: float):
         o, adapter = self.options, self.adapter
@@ -407,18 +431,29 @@ class KalmanAdapter(Method):
             "mahalanobis": d2.min(-1).values.float(),
         }
 
-    def posterior(self) -> torch.distributions.Distribution:
+    def posterior(self, basis: str = "original") -> torch.distributions.Distribution:
         """The filtered posterior over the adapter weights as a Pyro distribution.
 
-        Linear head: event ``(C, D + 1)`` (rows ``[w_c, b_c]`` of the training classes, the
-        layout of :func:`~pyro_clip.models.bayesian_linear.bayesian_linear_model`'s site
-        ``w``); residual adapter: event ``(n,)``. Its type follows ``covariance=`` (see
-        :mod:`pyro_clip.inference.posteriors`).
+        Linear head: event ``(C, D + 1)``, rows ``[w_c, b_c]`` of the training classes for
+        ``z = W x + b`` on the normalised features (the layout of
+        :func:`~pyro_clip.models.bayesian_linear.bayesian_linear_model`'s site ``w``).
+        When the head was fitted on centred or rotated inputs (``center_inputs``,
+        ``rotate_inputs``) that is the filtered distribution mapped row-wise by
+        :meth:`LinearHead.to_original` (a :class:`RowLinearMap`: same Gaussian, no longer of
+        the structure's type, since e.g. ``diag`` is diagonal only in the rotated basis);
+        ``basis="fitted"`` gives the structure's own distribution over the fitted
+        parametrisation (inputs ``adapter.inputs(x)``). Residual adapter: event ``(n,)``.
+        Types follow ``covariance=`` (see :mod:`pyro_clip.inference.posteriors`).
         """
+        if basis not in ("original", "fitted"):
+            raise ConfigError(f"kalman posterior: basis must be original or fitted, got {basis!r}")
         state, adapter = self._fitted()
-        if isinstance(adapter, LinearHead):
-            return state.posterior((adapter.n_classes, adapter.n_in))
-        return state.posterior((adapter.n_params,))
+        if not isinstance(adapter, LinearHead):
+            return state.posterior((adapter.n_params,))
+        fitted = state.posterior((adapter.n_classes, adapter.n_in))
+        m = adapter.to_original()
+        return fitted if basis == "fitted" or m is None else RowLinearMap(
+            fitted, m, state.mean.reshape(adapter.n_classes, adapter.n_in))
 
     # ----- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -431,12 +466,14 @@ class KalmanAdapter(Method):
             "obs_var": self.obs_var,
             "dim": self.dim,
             "center": self.center,
+            "rotation": self.rotation,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.train_classnames = list(state["train_classnames"])
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
         self.center = state.get("center")
+        self.rotation = state.get("rotation")
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])
