@@ -32,6 +32,7 @@ from scipy.stats import chi2
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features import FeatureSet
 from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
+from pyro_clip.inference.covariance_kron import MEAN_STEPS
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import (
     Adapter,
@@ -89,6 +90,8 @@ class KalmanAdapter(Method):
             "center_inputs": "auto",
             # linear head on U^T (x - mu), U = principal axes of the training features
             "rotate_inputs": "auto",
+            # kron's mean step: kalman (gain of the Kronecker prior) | natural (K-FAC) | auto
+            "kron_mean_step": "auto",
             "max_state_gib": 8.0,  # refuse a covariance state larger than this, before allocating
             "residual_rank": 4,
             "residual_ratio": 1.0,
@@ -134,6 +137,9 @@ class KalmanAdapter(Method):
                 f"kalman: center_inputs must be auto, true or false, got {o['center_inputs']!r}")
         if o["center_inputs"] is True and (o["adapter"] != "linear" or not o["bias"]):
             raise ConfigError("kalman: center_inputs=true needs adapter=linear with bias=true")
+        if o["kron_mean_step"] not in MEAN_STEPS:
+            raise ConfigError(f"kalman: kron_mean_step={o['kron_mean_step']!r} is not valid; "
+                              "use --opt kron_mean_step=" + "|".join(MEAN_STEPS))
         if o["rotate_inputs"] not in ("auto", True, False):
             raise ConfigError(
                 f"kalman: rotate_inputs must be auto, true or false, got {o['rotate_inputs']!r}")
@@ -258,7 +264,8 @@ class KalmanAdapter(Method):
         assert adapter is not None
         return make_covariance(o["covariance"], adapter.n_params, prior_var,
                                n_blocks=adapter.n_blocks, rank=o["rank"],
-                               max_gib=float(o["max_state_gib"]))
+                               max_gib=float(o["max_state_gib"]),
+                               kron_mean_step=o["kron_mean_step"])
 
     def _filter(
         self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, prior_var: float
