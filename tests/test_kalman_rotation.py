@@ -131,3 +131,21 @@ def test_rotate_inputs_is_validated():
         create_method("kalman", rotate_inputs="yes")
     with pytest.raises(ConfigError, match="rotate_inputs"):
         create_method("kalman", rotate_inputs=True, adapter="residual")
+
+
+def test_cli_checkpoint_of_a_rotated_head_reloads(tmp_path):
+    """``pyro-clip fit`` with a rotated, centred ``diag`` head, then ``evaluate`` from the
+    checkpoint: the same test predictions (float32 rounding)."""
+    import numpy as np
+
+    from pyro_clip.cli import main
+    from tests.conftest import TINY
+
+    fit, ev = tmp_path / "fit", tmp_path / "ev"
+    assert main(["fit", "--method", "kalman", "--backbone", TINY, "--shots", "1", "--seed", "3",
+                 "--no-progress", "--out", str(fit), "--opt", "covariance=diag",
+                 "--opt", "rotate_inputs=true", "--opt", "prior_var_grid=[1.0]"]) == 0
+    assert main(["evaluate", str(fit), "--dataset", "fashion-mnist", "--out", str(ev)]) == 0
+    fitted, reloaded = np.load(fit / "predictions.npz"), np.load(ev / "predictions.npz")
+    np.testing.assert_allclose(reloaded["fashion-mnist/probs"], fitted["test/probs"],
+                               rtol=1e-5, atol=1e-6)
