@@ -13,9 +13,13 @@ minibatch at a time by :class:`~pyro_clip.inference.kalman.KalmanState`:
 Covariance structures: ``full``, ``block``, ``diag``, ``lowrank`` and the Kronecker-factored
 ``kron`` (:mod:`pyro_clip.inference.covariance_kron`, for ImageNet-sized heads); the fitted
 posterior is handed back as a Pyro distribution by :meth:`KalmanAdapter.posterior`.
-The prior variance is chosen on validation NLL. Predictive: linearised probit
-``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over weights; ``logit_samples`` is always
-filled. Unseen classes (base-to-new) keep their prior (zero-shot) weights.
+The linear head may run on centred (``center_inputs``) and principal-axis rotated
+(``rotate_inputs``) features, an exact reparametrisation for ``full``/``block``/``kron`` that
+lets ``diag`` and ``lowrank`` approximate the information in a better basis; ``posterior()``
+maps back to the original weights. The prior variance is chosen on validation NLL.
+Predictive: linearised probit ``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over
+weights; ``logit_samples`` is always filled. Unseen classes (base-to-new) keep their prior
+(zero-shot) weights.
 """
 
 from __future__ import annotations
