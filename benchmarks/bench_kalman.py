@@ -75,7 +75,8 @@ def structure_costs(
                 row["top_classes"] = top
             try:
                 cov = make_covariance(kind, n, 1.0, n_blocks=c, rank=10, max_gib=MAX_GIB,
-                                      top_classes=top)
+                                      top_classes=top,
+                                      kron_mean_step="auto")  # the method's default
             except ConfigError as exc:
                 rows.append({**row, "skipped": str(exc),
                              "state_bytes_needed": estimate_bytes(kind, n, c, 10)})
@@ -117,7 +118,8 @@ def kron_imagenet_scale(n_classes: int = 1000, shots: int = 16, seed: int = 0) -
     scale = 50.0
     w0 = torch.cat([scale * text, torch.zeros(n_classes, 1)], 1).double()
     state = KalmanState(w0.reshape(-1), make_covariance("kron", w0.numel(), 1.0,
-                                                        n_blocks=n_classes))
+                                                        n_blocks=n_classes,
+                                                        kron_mean_step="auto"))
     batch = _auto_batch("kron", n_classes)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -149,7 +151,7 @@ def accuracy_vs_full(
     from pyro_clip.runtime import Runtime
     from pyro_clip.seeding import seed_everything
 
-    cfg = RunConfig(backbone="conse", progress=False)
+    cfg = RunConfig(backbone="conse", progress=False).resolved()
     backbone = get_backbone(cfg.backbone)
     train_all = load_features(cfg, backbone, cfg.dataset, "train")
     test = load_features(cfg, backbone, cfg.dataset, "test")

@@ -40,7 +40,8 @@ def test_categorical_whitening_matches_dense_mix():
     torch.testing.assert_close(lazy.coef_mm(u), lazy.coef @ u)
 
 
-def test_isotropic_gaussian_observations_give_the_exact_posterior():
+@pytest.mark.parametrize("mean_step", ["natural", "kalman"])
+def test_isotropic_gaussian_observations_give_the_exact_posterior(mean_step):
     """Every logit observed with the same noise r: F_b = I / r for all b, so the Kronecker
     product is exact and kron equals the full filter (= Bayesian linear regression)."""
     x, g = _x(30)
@@ -48,7 +49,7 @@ def test_isotropic_gaussian_observations_give_the_exact_posterior():
     y = x @ w_true.T + 0.4 * torch.randn(30, C, generator=g)
     m0 = torch.randn(C * P, generator=g)
     states = [KalmanState(m0, FullCovariance(C * P, 2.0)),
-              KalmanState(m0, KronCovariance(C, P, 2.0))]
+              KalmanState(m0, KronCovariance(C, P, 2.0, mean_step=mean_step))]
     for state in states:
         for idx in torch.arange(30).split(7):
             h = KronJacobian.logits(x[idx], C)
@@ -59,7 +60,8 @@ def test_isotropic_gaussian_observations_give_the_exact_posterior():
     torch.testing.assert_close(kron.mean, full.mean, rtol=1e-9, atol=1e-10)
 
 
-def test_single_input_direction_categorical_ekf_equals_full():
+@pytest.mark.parametrize("mean_step", ["natural", "kalman"])
+def test_single_input_direction_categorical_ekf_equals_full(mean_step):
     """All examples share x: sum_b F_b kron x x^T = (sum_b F_b) kron x x^T exactly, so the
     kron EKF (mean and covariance) equals the full EKF step for step."""
     x, g = _x(1)
@@ -67,7 +69,7 @@ def test_single_input_direction_categorical_ekf_equals_full():
     labels = torch.randint(0, C, (12,), generator=g)
     m0 = 0.3 * torch.randn(C * P, generator=g)
     states = [KalmanState(m0, FullCovariance(C * P, 1.5)),
-              KalmanState(m0, KronCovariance(C, P, 1.5))]
+              KalmanState(m0, KronCovariance(C, P, 1.5, mean_step=mean_step))]
     for state in states:
         for idx in torch.arange(12).split(4):
             w = state.mean.reshape(C, P)
@@ -75,6 +77,56 @@ def test_single_input_direction_categorical_ekf_equals_full():
     full, kron = states
     torch.testing.assert_close(kron.cov.dense(), full.cov.dense(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(kron.mean, full.mean, rtol=1e-9, atol=1e-10)
+
+
+def _categorical_batches(n=12, seed=3):
+    x, g = _x(n, seed)
+    return x, torch.randint(0, C, (n,), generator=g), 0.3 * torch.randn(C * P, generator=g)
+
+
+def test_kalman_mean_step_is_the_ekf_step_with_the_kronecker_prior():
+    """``mean_step=kalman`` against a dense reference: ``delta = (P^-1 + H^T H)^-1 g`` with P
+    the dense Kronecker covariance *before* the minibatch; on the first minibatch (prior
+    tau^-1 I, exact) that is the full filter's step, for inputs where K-FAC is not exact."""
+    x, labels, m0 = _categorical_batches()
+    full = KalmanState(m0, FullCovariance(C * P, 1.5))
+    kron = KalmanState(m0, KronCovariance(C, P, 1.5, mean_step="kalman"))
+    for step, idx in enumerate(torch.arange(12).split(4)):
+        w = kron.mean.reshape(C, P)
+        logits = x[idx] @ w.T
+        jac = KronJacobian.logits(x[idx], C)
+        probs = torch.softmax(logits, -1)
+        g = jac.tmm((torch.nn.functional.one_hot(labels[idx], C) - probs).reshape(-1, 1))[:, 0]
+        hw = jac.whiten_categorical(probs).dense()
+        expected = kron.mean + torch.linalg.solve(
+            torch.linalg.inv(kron.cov.dense()) + hw.T @ hw, g)
+        if step == 0:
+            full.update_categorical(jac, logits, labels[idx])
+            torch.testing.assert_close(expected, full.mean, rtol=1e-10, atol=1e-12)
+        kron.update_categorical(jac, logits, labels[idx])
+        torch.testing.assert_close(kron.mean, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_auto_mean_step_switches_to_natural_beyond_the_innovation_limit(monkeypatch):
+    import pyro_clip.inference.covariance_kron as kron_module
+
+    x, labels, m0 = _categorical_batches()
+    means = {}
+    cases = (("kalman", 10**9), ("natural", 10**9), ("auto", 4 * C), ("auto", 4 * C - 1))
+    for step, limit in cases:
+        monkeypatch.setattr(kron_module, "KALMAN_STEP_MAX_OBS", limit)
+        state = KalmanState(m0, make_covariance("kron", C * P, 1.5, n_blocks=C,
+                                                kron_mean_step=step))
+        for idx in torch.arange(12).split(4):
+            w = state.mean.reshape(C, P)
+            state.update_categorical(KronJacobian.logits(x[idx], C), x[idx] @ w.T, labels[idx])
+        means[(step, limit)] = state.mean
+    assert float((means[("kalman", 10**9)] - means[("natural", 10**9)]).abs().max()) > 1e-6
+    torch.testing.assert_close(means[("auto", 4 * C)], means[("kalman", 10**9)], rtol=0, atol=0)
+    torch.testing.assert_close(means[("auto", 4 * C - 1)], means[("natural", 10**9)],
+                               rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="mean_step"):
+        KronCovariance(C, P, 1.0, mean_step="exact")
 
 
 def test_structured_products_match_dense_covariance():

@@ -606,7 +606,7 @@ def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -
 
 def make_covariance(
     kind: str, n: int, prior_var: float, n_blocks: int = 1, rank: int = 10,
-    max_gib: float = MAX_STATE_GIB, top_classes: int = 0,
+    max_gib: float = MAX_STATE_GIB, top_classes: int = 0, kron_mean_step: str = "natural",
 ) -> Covariance:
     """Factory behind the ``covariance=full|block|diag|lowrank|kron`` option
     (``top_classes``: see :meth:`LowRankCovariance.update`).
@@ -623,7 +623,7 @@ def make_covariance(
 
         if n % n_blocks:
             raise ConfigError(f"{n} parameters cannot be split into {n_blocks} classes")
-        return KronCovariance(n_blocks, n // n_blocks, prior_var)
+        return KronCovariance(n_blocks, n // n_blocks, prior_var, mean_step=kron_mean_step)
     if kind == "full":
         return FullCovariance(n, prior_var)
     if kind == "block":

@@ -22,6 +22,16 @@ direction, as it should. The mean step is the natural-gradient step through both
 (C, P) matrix; it never forms a C P x C P matrix. The predictive logit variance at input x is
 ``var_c = sum_kl U_A[c,k]^2 (U_G^T x)_l^2 / (a_k g_l + tau)``.
 
+Mean step (``mean_step``): ``natural`` is the K-FAC natural-gradient step above, through the
+*posterior* factors. ``kalman`` is the extended Kalman filter's step with the gain of the
+Kronecker *prior* of the minibatch (as ``block`` and ``diag`` take theirs),
+``delta = P g - P H^T S^-1 H P g``, ``S = I + H P H^T`` (m = B C rows; Woodbury: equal to
+``(P^-1 + H^T H)^-1 g``, the exact posterior step had ``P`` been the whole prior), so the
+K-FAC product only enters through the previous minibatches' information. On the first
+minibatch (prior ``tau^-1 I``, exact) it is exactly the full filter's step. It costs the
+m x m innovation (``quad``, O(B^2 C (C + P)) plus O(m^3)); ``auto`` takes it while
+m <= ``KALMAN_STEP_MAX_OBS`` and the natural step beyond (ImageNet-sized minibatches).
+
 Costs: update O(B C^2 + B P^2) for the factors plus two symmetric eigendecompositions,
 O(C^3 + P^3), per minibatch (so kron prefers large minibatches); memory 2 (C^2 + P^2).
 Forgetting scales the whole precision (``A`` and ``tau``); additive process noise would break
@@ -35,9 +45,12 @@ from typing import Any
 import torch
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.inference.covariance import DTYPE, Covariance, _check_predict
+from pyro_clip.inference.covariance import DTYPE, Covariance, _check_predict, safe_cholesky
 from pyro_clip.inference.kalman_jacobian import Jacobian, KronJacobian
 from pyro_clip.inference.posteriors import MatrixNormal
+
+KALMAN_STEP_MAX_OBS = 2048  # mean_step=auto: innovation rows (B C) up to which "kalman" runs
+MEAN_STEPS = ("auto", "kalman", "natural")
 
 
 class KronCovariance(Covariance):
@@ -52,7 +65,12 @@ class KronCovariance(Covariance):
         prior_var: float = 1.0,
         dtype: torch.dtype = DTYPE,
         device: torch.device | str | None = None,
+        mean_step: str = "natural",
     ) -> None:
+        if mean_step not in MEAN_STEPS:
+            raise ConfigError(f"kron mean_step must be one of {', '.join(MEAN_STEPS)}, "
+                              f"got {mean_step!r}")
+        self.mean_step = mean_step
         self.c, self.p, self.n = n_classes, n_in, n_classes * n_in
         kw = {"dtype": dtype, "device": device}
         self.a_sum = torch.zeros(n_classes, n_classes, **kw)
@@ -115,14 +133,26 @@ class KronCovariance(Covariance):
         m = v.to(self.ua).reshape(self.c, self.p)
         return (self.ua @ ((self.ua.T @ m @ self.ug) * self.d) @ self.ug.T).reshape(-1)
 
+    def _kalman_step(self, h: KronJacobian, g: torch.Tensor) -> torch.Tensor:
+        """``P g - P H^T S^-1 H P g`` with the current (prior) factors, ``S = I + H P H^T``."""
+        pg = self.mv(g)
+        eye = torch.eye(h.n_obs, dtype=self.d.dtype, device=self.d.device)
+        chol = safe_cholesky(eye + self.quad(h), "innovation covariance")
+        u = torch.cholesky_solve(h.mm(pg[:, None]).to(pg), chol)
+        return pg - self.mv(h.tmm(u)[:, 0])
+
     def update(self, h: Jacobian, g: torch.Tensor) -> torch.Tensor:
+        """Add the minibatch to both factors; mean step per ``mean_step`` (module docstring)."""
         h = self._kron(h)
+        kalman = self.mean_step == "kalman" or (
+            self.mean_step == "auto" and h.n_obs <= KALMAN_STEP_MAX_OBS)
+        delta = self._kalman_step(h, g.to(self.d)) if kalman else None
         x = h.x.to(self.g_sum)
         self.a_sum += h.class_information().to(self.a_sum)
         self.g_sum += x.T @ x
         self.count += x.shape[0]
         self._refresh()
-        return self.mv(g)
+        return self.mv(g) if delta is None else delta
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
         _check_predict(forgetting, noise)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_clip.inference.covariance import DTYPE, Covariance, safe_cholesky
-from pyro_clip.inference.kalman_jacobian import Jacobian
+from pyro_clip.inference.kalman_jacobian import DenseJacobian, Jacobian, KronJacobian
 from pyro_clip.inference.posteriors import reshape_event
 
 
@@ -109,18 +109,35 @@ class KalmanState:
 
     # ----- categorical observations (EKF = online natural gradient) ------------------------
     def update_categorical(
-        self, logit_jacobian: Jacobian, logits: torch.Tensor, labels: torch.Tensor
+        self, logit_jacobian: Jacobian, logits: torch.Tensor, labels: torch.Tensor,
+        weight: float = 1.0,
     ) -> torch.Tensor:
         """EKF step on labels ``(B,)`` given logits ``(B, C)`` at the mean and their Jacobian.
 
         Observation: one-hot ``y`` with mean ``p = softmax(z)`` and covariance
         ``diag(p) - p p^T``; whitened Jacobian ``L^T J`` adds the Fisher, gradient
-        ``J^T (y - p)``. Returns the innovation ``y - p`` (B, C).
+        ``J^T (y - p)``. ``weight`` tempers the likelihood to ``p(y | w)^weight`` (Fisher and
+        gradient times ``weight``; the progressive Bayes update of Hanebeck et al. 2003), so
+        ``E`` passes at weight ``1/E`` count each example once while relinearising ``E``
+        times. Returns the innovation ``y - p`` (B, C).
         """
+        if not 0 < weight <= 1:
+            raise ValueError(f"likelihood weight must be in (0, 1], got {weight}")
+        if weight != 1.0:
+            logit_jacobian = _scaled(logit_jacobian, weight**0.5)
         probs = torch.softmax(logits.double(), dim=-1)
         resid = F.one_hot(labels, probs.shape[-1]).to(DTYPE) - probs
-        g = logit_jacobian.tmm(resid.reshape(-1, 1))[:, 0]
+        g = logit_jacobian.tmm(resid.reshape(-1, 1))[:, 0] * weight**0.5
         hw = logit_jacobian.whiten_categorical(probs)
         self.mean += self.cov.update(hw, g)
         self.n_updates += 1
         return resid
+
+
+def _scaled(jac: Jacobian, factor: float) -> Jacobian:
+    """``factor * J`` for the logit Jacobians the adapters produce (Kronecker or dense)."""
+    if type(jac) is KronJacobian:
+        return KronJacobian(jac.coef, jac.x * factor, identity=jac.identity)
+    if type(jac) is DenseJacobian:
+        return DenseJacobian(jac.j * factor)
+    raise TypeError(f"cannot temper a {type(jac).__name__}; pass weight=1")

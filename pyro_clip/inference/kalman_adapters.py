@@ -46,16 +46,27 @@ class LinearHead(Adapter):
 
     def __init__(
         self, text: torch.Tensor, scale: float, bias: bool = True,
-        center: torch.Tensor | None = None,
+        center: torch.Tensor | None = None, rotation: torch.Tensor | None = None,
     ) -> None:
         """``center`` (D,): inputs ``x - mu`` (mu = mean training feature) with the bias
         prior mean ``s t_c . mu``, so the prior mean logits are still zero-shot CLIP but the
-        inputs lose their common component (which the diagonal structure cannot represent)."""
+        inputs lose their common component (which the diagonal structure cannot represent).
+
+        ``rotation`` U (D, D) orthogonal: inputs ``U^T (x - mu)`` and prior mean rows
+        ``s t_c^T U``, so the prior logits are unchanged and the prior ``N(W0 U, s0 I)`` is
+        the image of ``N(W0, s0 I)`` under ``W -> W U`` (an isotropic Gaussian is invariant
+        under orthogonal maps): the posterior of ``full``, ``block`` and ``kron`` is exactly
+        the rotated original one, while ``diag`` and ``lowrank``'s diagonal approximate the
+        information in the basis U (see :func:`principal_axes`)."""
         self.n_classes, self.dim = text.shape
         self.scale, self.bias = float(scale), bias
         self.center = None if center is None else center.to(DTYPE)
+        self.rotation = None if rotation is None else rotation.to(DTYPE)
         if self.center is not None and not bias:
             raise ValueError("centred inputs need the bias column (it carries s t_c . mu)")
+        if self.rotation is not None and self.rotation.shape != (self.dim, self.dim):
+            raise ValueError(f"rotation must be ({self.dim}, {self.dim}), got "
+                             f"{tuple(self.rotation.shape)}")
         self.n_in = self.dim + int(bias)
         self.n_params, self.n_blocks = self.n_classes * self.n_in, self.n_classes
         self.text = text.to(DTYPE)
@@ -66,8 +77,27 @@ class LinearHead(Adapter):
         if self.bias:
             b = (torch.zeros(len(w), 1, dtype=DTYPE) if self.center is None
                  else w @ self.center[:, None])
-            w = torch.cat([w, b], 1)
-        return w
+        if self.rotation is not None:
+            w = w @ self.rotation
+        return torch.cat([w, b], 1) if self.bias else w
+
+    def to_original(self) -> torch.Tensor | None:
+        """``M`` (P, P) with ``[w, b] = M [w', b']`` per class row, mapping the head's
+        parameters (inputs ``U^T (x - mu)``) to those of ``z = W x + b`` on the normalised
+        features: ``w = U w'``, ``b = b' - mu^T U w'``. ``det M = det U = +-1``, so densities
+        carry over unchanged. ``None`` when the inputs are not transformed."""
+        if self.center is None and self.rotation is None:
+            return None
+        dev = self.text.device
+        u = torch.eye(self.dim, dtype=DTYPE, device=dev) if self.rotation is None else self.rotation
+        if not self.bias:
+            return u
+        m = torch.zeros(self.n_in, self.n_in, dtype=DTYPE, device=dev)
+        m[: self.dim, : self.dim] = u
+        m[self.dim, self.dim] = 1.0
+        if self.center is not None:
+            m[self.dim, : self.dim] = -(self.center @ u)
+        return m
 
     def prior_mean(self) -> torch.Tensor:
         return self.class_prior_mean(self.text).reshape(-1)
@@ -76,6 +106,8 @@ class LinearHead(Adapter):
         x = F.normalize(x.to(DTYPE), dim=-1)
         if self.center is not None:
             x = x - self.center
+        if self.rotation is not None:
+            x = x @ self.rotation
         return torch.cat([x, torch.ones(len(x), 1, dtype=DTYPE)], 1) if self.bias else x
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -83,6 +115,18 @@ class LinearHead(Adapter):
 
     def jacobian(self, theta: torch.Tensor, x: torch.Tensor, text: torch.Tensor) -> Jacobian:
         return KronJacobian.logits(self.inputs(x), self.n_classes)
+
+
+def principal_axes(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+    """Orthogonal U (D, D) whose columns are the eigenvectors of the (centred) second moment
+    ``(1/N) sum_i (x_i - mu)(x_i - mu)^T`` of the normalised features, by decreasing
+    eigenvalue; ``eigh`` fills the null space (N < D) with an orthonormal basis. In this basis
+    the inputs' second moment is diagonal, which is what a diagonal structure can represent."""
+    x = F.normalize(x.to(DTYPE), dim=-1)
+    if center is not None:
+        x = x - center.to(x)
+    _, u = torch.linalg.eigh(x.T @ x / len(x))
+    return u.flip(-1)
 
 
 class ResidualAdapter(Adapter):

@@ -142,3 +142,44 @@ def reshape_event(d: torch.distributions.Distribution, shape: tuple[int, ...]):
         return d
     transform = torch.distributions.ReshapeTransform(d.event_shape, torch.Size(shape))
     return dist.TransformedDistribution(d, [transform])
+
+
+class RowLinearMap(dist.TorchDistribution):
+    """The distribution of ``Y = X M^T`` for ``X ~ base`` with event (R, S) and ``M`` (S, S)
+    invertible: each row is mapped ``y_r = M x_r``. A Gaussian stays Gaussian with mean
+    ``E[X] M^T`` and row covariances ``M Sigma_rr' M^T``;
+    ``log p(Y) = log p_base(Y M^-T) - R log|det M|`` (change of variables). Used to hand back
+    the linear head's posterior in the original weight basis when it was fitted on centred or
+    rotated inputs (:meth:`~pyro_clip.inference.kalman_adapters.LinearHead.to_original`).
+    ``base_mean`` (R, S) is the base's mean where the base does not expose one (a reshaped
+    ``TransformedDistribution``).
+    """
+
+    arg_constraints: dict = {}  # noqa: RUF012
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self, base: torch.distributions.Distribution, matrix: torch.Tensor,
+        base_mean: torch.Tensor | None = None, validate_args: bool | None = None,
+    ) -> None:
+        if len(base.event_shape) != 2 or matrix.shape != (base.event_shape[1],) * 2:
+            raise ValueError(f"need a base with event (R, S) and M (S, S); got "
+                             f"{tuple(base.event_shape)}, {tuple(matrix.shape)}")
+        self.base, self.matrix, self._base_mean = base, matrix, base_mean
+        self._lu = torch.linalg.lu_factor(matrix)
+        self._log_det = base.event_shape[0] * torch.linalg.slogdet(matrix).logabsdet
+        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        base_mean = self.base.mean if self._base_mean is None else self._base_mean
+        return base_mean @ self.matrix.T
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        return self.base.rsample(sample_shape) @ self.matrix.T
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # X^T = M^-1 Y^T, i.e. rows x_r = M^-1 y_r
+        x = torch.linalg.lu_solve(*self._lu, value.transpose(-2, -1)).transpose(-2, -1)
+        return self.base.log_prob(x) - self._log_det
