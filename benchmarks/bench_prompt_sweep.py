@@ -15,6 +15,7 @@ machinery trains end to end and what a fit costs). Rows are appended to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -34,31 +35,67 @@ from pyro_clip.metrics import harmonic_mean
 from pyro_clip.runner import augmented_train, encode_images, get_backbone, select_images
 
 LAMS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+#: priors stronger than the paper's range (issue 14: the strongest grid point did best)
+STRONG_LAMS = [10.0, 20.0]
 ALPHAS = [0.1, 1.0, 10.0]
-#: 16 shots cost ~4x per fit on a loaded 2-core machine: a 3 x 3 grid there
-LAMS_16 = [0.2, 1.0, 5.0]
+#: the training-time augmentations measured for every CoOp-family setting ("" = the default)
+AUGMENTS = ["", "flip"]
+#: settings also run without augmentation: the paper default and two strong priors
+NO_AUG = [(0.2, 1.0), (5.0, 0.1), (20.0, 0.1)]
+
+
+def _aug(augment: str) -> tuple[str, dict[str, Any]]:
+    return (f" augment={augment}", {"augment": augment}) if augment else ("", {})
 
 
 def coop_grid(shots: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, method, options) of the CoOp part; select=pseudo-new searches the same grid."""
-    lams = LAMS if shots < 16 else LAMS_16
-    rows = [("zero-shot", "zero-shot", {}), ("coop", "coop", {}),
-            ("coop augment=none", "coop", {"augment": "none"}), ("kgcoop", "kgcoop", {})]
-    rows += [(f"coop-ove-pg lam={lam} alpha={a}", "coop-ove-pg", {"lam": lam, "alpha": a})
-             for lam in lams for a in ALPHAS]
-    rows.append(("coop-ove-pg select=pseudo-new", "coop-ove-pg",
-                 {"select": "pseudo-new", "select_grid": {"lam": lams, "alpha": ALPHAS}}))
-    if shots >= 16:  # crop-flip hurts 28 x 28 images: the key settings without it as well
-        rows += [("kgcoop augment=none", "kgcoop", {"augment": "none"})] + [
-            (f"coop-ove-pg augment=none lam={lam} alpha={a}", "coop-ove-pg",
-             {"lam": lam, "alpha": a, "augment": "none"}) for lam, a in ((0.2, 1.0), (5.0, 0.1))]
+    lams = LAMS + STRONG_LAMS
+    rows = [("zero-shot", "zero-shot", {})]
+    for augment in [*AUGMENTS, "none"]:
+        tag, opt = _aug(augment)
+        rows += [(f"coop{tag}", "coop", opt), (f"kgcoop{tag}", "kgcoop", opt)]
+    for augment in AUGMENTS:
+        tag, opt = _aug(augment)
+        rows += [(f"coop-ove-pg{tag} lam={lam} alpha={a}", "coop-ove-pg",
+                  {**opt, "lam": lam, "alpha": a}) for lam in lams for a in ALPHAS]
+    rows += [(f"coop-ove-pg augment=none lam={lam} alpha={a}", "coop-ove-pg",
+              {"lam": lam, "alpha": a, "augment": "none"}) for lam, a in NO_AUG]
+    for augment in AUGMENTS:  # last: the expensive searches (24 candidates x 2 folds each)
+        tag, opt = _aug(augment)
+        for score in ("accuracy", "log-score"):
+            rows.append((f"coop-ove-pg{tag} select=pseudo-new score={score}", "coop-ove-pg",
+                         {**opt, "select": "pseudo-new", "select_score": score,
+                          "select_grid": {"lam": lams, "alpha": ALPHAS}}))
     return rows
 
 
 def cocoop_grid() -> list[tuple[str, str, dict[str, Any]]]:
+    """CoCoOp, its OVE-PG variant at the paper's lambda (0.1) and stronger priors."""
     return [("cocoop", "cocoop", {})] + [
-        (f"cocoop-ove-pg lam={lam} alpha=1.0", "cocoop-ove-pg", {"lam": lam})
-        for lam in (0.1, 1.0, 5.0)]
+        (f"cocoop-ove-pg lam={lam} alpha={a}", "cocoop-ove-pg", {"lam": lam, "alpha": a})
+        for lam, a in ((0.1, 1.0), (1.0, 1.0), (5.0, 1.0), (5.0, 0.1), (20.0, 0.1))]
+
+
+#: sources whose changes can alter a prompt learner's numbers; rows record their hash
+CODE_GLOBS = ["pyro_clip/methods/base.py", "pyro_clip/methods/prompt_learning.py",
+              "pyro_clip/methods/kgcoop.py", "pyro_clip/methods/maple.py",
+              "pyro_clip/methods/zero_shot.py", "pyro_clip/models/*.py", "pyro_clip/prompts/*.py",
+              "pyro_clip/data/*.py", "pyro_clip/backbones/*.py", "pyro_clip/training.py",
+              "pyro_clip/features.py", "pyro_clip/runner.py", "pyro_clip/selection.py",
+              "pyro_clip/metrics.py", "pyro_clip/seeding.py", "pyro_clip/runtime.py",
+              "pyro_clip/config.py"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_fingerprint(root: Path = ROOT) -> str:
+    """sha256 over the prompt-learner sources: a row is reused only under the same hash."""
+    h = hashlib.sha256()
+    for path in sorted({p for g in CODE_GLOBS for p in root.glob(g)}):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class Split:
@@ -147,21 +184,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     jsonl = RESULTS_DIR / "prompt_sweep.jsonl"
+    code = code_fingerprint()
     plan: list[tuple[str, str, int, list]] = []
     if args.part in ("coop", "all"):
         plan += [("conse", "coop", shots, coop_grid(shots)) for shots in args.shots]
     if args.part in ("cocoop", "all"):
-        plan += [("conse", "cocoop", 16, cocoop_grid())]
+        plan += [("conse", "cocoop", shots, cocoop_grid()) for shots in args.shots]
     if args.part in ("maple", "all"):
         plan += [("open_clip:pyro-clip-tiny", "maple", shots, [
             ("tiny-vit maple", "maple", {"prompt_depth": 2}),
             ("tiny-vit maple-ove-pg", "maple-ove-pg", {"prompt_depth": 2}),
         ]) for shots in (4,)]
-    done = set()
-    if jsonl.exists():
-        for line in jsonl.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["label"], r["shots"], r["seed"]))
+    old = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    # resume: rows of the same code are reused; older rows stay in the log, out of the summary
+    done = {(r["label"], r["shots"], r["seed"]) for r in old if r.get("code") == code}
     for spec, part, shots, grid in ([] if args.summarise_only else plan):
         for seed in args.seeds:
             split = None
@@ -170,14 +206,16 @@ def main() -> None:
                     continue
                 split = split or Split(spec, seed, shots, grid[-1][1])
                 row = {"part": part, "label": label, "method": method, "options": options,
-                       "shots": shots, "seed": seed, **fit_eval(split, method, options)}
+                       "shots": shots, "seed": seed, "code": code,
+                       **fit_eval(split, method, options)}
                 print(json.dumps(row), flush=True)
                 with jsonl.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    rows = [r for r in rows if r.get("code") == code]
     summary = summarise(rows)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    write_result("prompt_sweep", {"summary": summary, "rows": rows, "uptime": load,
+    write_result("prompt_sweep", {"summary": summary, "code": code, "rows": rows, "uptime": load,
                                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
     table = markdown(summary)
     atomic_write(Path(RESULTS_DIR / "prompt_sweep.md"), lambda p: p.write_text(table))
