@@ -144,33 +144,109 @@ def fit_eval(split: Split, method_name: str, options: dict[str, Any]) -> dict[st
             "selected": sel.get("best"), "selection_table": sel.get("table")}
 
 
+def reference(row: dict[str, Any]) -> str:
+    """The baseline a row's new-class accuracy is paired with: its part's plain learner under
+    the same augmentation (``coop``, ``coop augment=flip``, ``cocoop``, ``tiny-vit maple``)."""
+    if row["part"] == "coop":
+        augment = row["options"].get("augment")
+        return f"coop augment={augment}" if augment else "coop"
+    return {"cocoop": "cocoop", "maple": "tiny-vit maple"}[row["part"]]
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (setting, shots), and the paired per-seed differences of
+    new-class accuracy against the setting's reference (:func:`reference`) and default coop."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    seen = set()
+    by_seed: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in rows:  # one row per (setting, shots, seed): the first (parallel workers may repeat)
         key = (r["label"], r["shots"], r["seed"])
-        if key not in seen:
-            seen.add(key)
+        if key not in by_seed:
+            by_seed[key] = r
             groups[(r["label"], r["shots"])].append(r)
     out = []
     for (label, shots), rs in groups.items():
-        s = {"label": label, "shots": shots, "n_seeds": len(rs),
+        s = {"label": label, "shots": shots, "n_seeds": len(rs), "seeds": [r["seed"] for r in rs],
              "fit_seconds": statistics.mean(r["fit_seconds"] for r in rs)}
         for k in ("base", "new", "h"):
-            vals = [100 * r[k] for r in rs]
-            s[k] = statistics.mean(vals)
-            s[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            s[k], s[f"{k}_std"] = _mean_std([100 * r[k] for r in rs])
+        for name, ref in (("ref", reference(rs[0])), ("coop", "coop")):
+            if rs[0]["part"] != "coop" and name == "coop":
+                continue
+            diffs = [100 * (r["new"] - by_seed[(ref, shots, r["seed"])]["new"]) for r in rs
+                     if (ref, shots, r["seed"]) in by_seed]
+            if diffs:
+                s[f"new_minus_{name}"], s[f"new_minus_{name}_std"] = _mean_std(diffs)
+                s[f"{name}_label"] = ref
         s["selected"] = [r["selected"] for r in rs if r.get("selected")]
         out.append(s)
     return out
 
 
-def markdown(summary: list[dict[str, Any]]) -> str:
-    lines = ["| setting | shots | base | new | H | fit s |", "|---|---|---|---|---|---|"]
+#: the OVE-PG papers' defaults per learner (CoOp lambda 0.2, CoCoOp 0.1; alpha 1)
+PAPER_DEFAULTS = ("coop-ove-pg", "lam=0.2 alpha=1.0"), ("cocoop-ove-pg", "lam=0.1 alpha=1.0")
+
+
+def is_selected(label: str) -> bool:
+    """Settings chosen without new-class data: the papers' defaults and pseudo-new searches."""
+    return "select=" in label or any(label.startswith(m) and label.endswith(d)
+                                     for m, d in PAPER_DEFAULTS)
+
+
+def target_check(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 14's target for each selected setting: new >= zero-shot new and above coop's by
+    more than the seed spread, judged unpaired (difference of means > the larger seed std) and
+    paired (mean per-seed difference > its std)."""
+    index = {(s["label"], s["shots"]): s for s in summary}
+    out = []
+    for s in summary:
+        zs = index.get(("zero-shot", s["shots"]))
+        ref = index.get((s.get("ref_label", ""), s["shots"]))
+        if not is_selected(s["label"]) or zs is None or ref is None:
+            continue
+        gap = s["new"] - ref["new"]
+        spread = max(s["new_std"], ref["new_std"])
+        out.append({"label": s["label"], "shots": s["shots"], "new": s["new"],
+                    "new_std": s["new_std"], "zero_shot_new": zs["new"], "ref": ref["label"],
+                    "ref_new": ref["new"], "ref_new_std": ref["new_std"], "gap": gap,
+                    "spread": spread, "paired": s["new_minus_ref"],
+                    "paired_std": s["new_minus_ref_std"],
+                    "meets_zero_shot": s["new"] >= zs["new"],
+                    "meets_unpaired": s["new"] >= zs["new"] and gap > spread,
+                    "meets_paired": s["new"] >= zs["new"] and
+                    s["new_minus_ref"] > s["new_minus_ref_std"] and s["new_minus_ref"] > 0})
+    return out
+
+
+def _pm(s: dict[str, Any], key: str) -> str:
+    return f"{s[key]:+.1f} ± {s[f'{key}_std']:.1f}" if key in s else "—"
+
+
+def markdown(summary: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
+    lines = ["| setting | shots | seeds | base | new | H | new - ref (paired) | "
+             "new - coop (paired) | fit s |", "|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["shots"], s["label"])):
-        lines.append(f"| {s['label']} | {s['shots']} | {s['base']:.1f} ± {s['base_std']:.1f} | "
+        lines.append(f"| {s['label']} | {s['shots']} | {s['n_seeds']} "
+                     f"| {s['base']:.1f} ± {s['base_std']:.1f} | "
                      f"{s['new']:.1f} ± {s['new_std']:.1f} | {s['h']:.1f} ± {s['h_std']:.1f} "
+                     f"| {_pm(s, 'new_minus_ref')} | {_pm(s, 'new_minus_coop')} "
                      f"| {s['fit_seconds']:.1f} |")
+    lines += ["", "Target (issue 14) for the settings chosen without new-class data: new >= "
+              "zero-shot new, and above the reference (same learner and augmentation, no OVE-PG) "
+              "by more than the seed spread.", "",
+              "| setting | shots | new | zero-shot new | ref new | gap (unpaired) | spread "
+              "| paired diff | >= zero-shot | unpaired met | paired met |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in sorted(targets, key=lambda t: (t["shots"], t["label"])):
+        yes = {True: "yes", False: "no"}
+        lines.append(f"| {t['label']} | {t['shots']} | {t['new']:.1f} ± {t['new_std']:.1f} "
+                     f"| {t['zero_shot_new']:.1f} | {t['ref_new']:.1f} ± {t['ref_new_std']:.1f} "
+                     f"| {t['gap']:+.1f} | {t['spread']:.1f} | {t['paired']:+.1f} ± "
+                     f"{t['paired_std']:.1f} | {yes[t['meets_zero_shot']]} "
+                     f"| {yes[t['meets_unpaired']]} | {yes[t['meets_paired']]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +257,8 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarise-only", action="store_true")
+    ap.add_argument("--no-select", action="store_true",
+                    help="skip the select=pseudo-new rows (the costly searches) for now")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     jsonl = RESULTS_DIR / "prompt_sweep.jsonl"
@@ -202,7 +280,7 @@ def main() -> None:
         for seed in args.seeds:
             split = None
             for label, method, options in grid:
-                if (label, shots, seed) in done:
+                if (label, shots, seed) in done or (args.no_select and "select=" in label):
                     continue
                 split = split or Split(spec, seed, shots, grid[-1][1])
                 row = {"part": part, "label": label, "method": method, "options": options,
@@ -214,10 +292,12 @@ def main() -> None:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     rows = [r for r in rows if r.get("code") == code]
     summary = summarise(rows)
+    targets = target_check(summary)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    write_result("prompt_sweep", {"summary": summary, "code": code, "rows": rows, "uptime": load,
+    write_result("prompt_sweep", {"summary": summary, "targets": targets, "code": code,
+                                  "rows": rows, "uptime": load,
                                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
-    table = markdown(summary)
+    table = markdown(summary, targets)
     atomic_write(Path(RESULTS_DIR / "prompt_sweep.md"), lambda p: p.write_text(table))
     print(table)
 
