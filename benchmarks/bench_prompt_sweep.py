@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -259,6 +260,8 @@ def main() -> None:
     ap.add_argument("--summarise-only", action="store_true")
     ap.add_argument("--no-select", action="store_true",
                     help="skip the select=pseudo-new rows (the costly searches) for now")
+    ap.add_argument("--match", default="", help="run only the settings whose label matches "
+                    "this regular expression (e.g. '^coop-ove-pg select=')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     jsonl = RESULTS_DIR / "prompt_sweep.jsonl"
@@ -280,7 +283,8 @@ def main() -> None:
         for seed in args.seeds:
             split = None
             for label, method, options in grid:
-                if (label, shots, seed) in done or (args.no_select and "select=" in label):
+                if ((label, shots, seed) in done or (args.no_select and "select=" in label)
+                        or not re.search(args.match, label)):
                     continue
                 split = split or Split(spec, seed, shots, grid[-1][1])
                 row = {"part": part, "label": label, "method": method, "options": options,
