@@ -1,14 +1,17 @@
 """Base-to-new sweep of the prompt learners on the offline default (ConSE, embedded data).
 
 Usage: ``python benchmarks/bench_prompt_sweep.py [--part coop|cocoop|maple|all] [--seeds 1 2 3]
-[--shots 4 16] [--threads 1]``. For each (seed, shots) split of the runner's base-to-new protocol
-(first 5 classes base, last 5 new) it fits: ``zero-shot``; ``coop`` (with and without the
-default crop-flip augmentation); ``kgcoop`` (w = 8); ``coop-ove-pg`` over a lambda x alpha grid;
-and ``coop-ove-pg`` with ``select=pseudo-new`` (lambda, alpha chosen on base-class folds only).
-``--part cocoop`` runs a small CoCoOp grid (16 shots); ``--part maple`` a smoke-scale MaPLe run
-on the tiny random open_clip ViT (random weights: accuracy is chance, the row measures that the
-machinery trains end to end and what a fit costs). Rows are appended to
-``results/prompt_sweep.jsonl`` as they finish; the summary (mean +- std over seeds) goes to
+[--shots 4 16] [--threads 1] [--no-select] [--match REGEX] [--summarise-only]``. For each
+(seed, shots) split of the runner's base-to-new protocol (first 5 classes base, last 5 new) it
+fits: ``zero-shot``; ``coop`` and ``kgcoop`` (w = 8) under ``augment=crop-flip|flip|none``;
+``coop-ove-pg`` over a lambda x alpha grid (lambda up to 20) under crop-flip and flip; and
+``coop-ove-pg`` with ``select=pseudo-new`` under both ``select_score`` criteria (lambda, alpha
+chosen on base-class folds only). ``--part cocoop`` runs a small CoCoOp grid; ``--part maple``
+a smoke-scale MaPLe run on the tiny random open_clip ViT (random weights: accuracy is chance,
+the row measures that the machinery trains end to end and what a fit costs). Rows are appended
+to ``results/prompt_sweep.jsonl`` as they finish, with a hash of the prompt-learner sources
+(``code``): a rerun resumes the rows of the same hash and the summary uses only those. The
+summary (mean +- std over seeds, paired per-seed differences, issue 14's target check) goes to
 ``results/prompt_sweep.json`` and ``results/prompt_sweep.md``.
 """
 
