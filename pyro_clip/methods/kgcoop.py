@@ -40,6 +40,7 @@ class KgCoOp(CoOp):
         "softmax": {"w": [1.0, 2.0, 4.0, 8.0, 16.0]},
         "ove-pg": {"w": [1.0, 8.0], "lam": [0.2, 1.0]},
     }
+    prior_options: ClassVar[tuple[str, ...]] = ("w", "lam")
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
 from pyro_clip.features import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.metrics import accuracy, negative_log_likelihood
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
     OvePGConfig,
@@ -32,7 +33,7 @@ from pyro_clip.models.ove_pg import (
 )
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.prompts.pseudo_new import select_pseudo_new
+from pyro_clip.prompts.pseudo_new import SCORES, select_pseudo_new
 from pyro_clip.training import TrainSettings, checkpoint_identity, train
 
 LIKELIHOODS = ("softmax", "ove-pg")
@@ -47,8 +48,10 @@ class PromptLearningMethod(Method):
     default_lam: ClassVar[float] = 0.2
     #: select=pseudo-new grid per likelihood (options -> values), overridable by select_grid
     select_axes: ClassVar[dict[str, dict[str, list[Any]]]] = {
-        "ove-pg": {"lam": [0.1, 0.2, 0.5, 1.0, 2.0, 5.0], "alpha": [0.1, 1.0, 10.0]},
+        "ove-pg": {"lam": [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "alpha": [0.1, 1.0, 10.0]},
     }
+    #: options whose larger values pull harder towards the zero-shot prior (tie-break of select)
+    prior_options: ClassVar[tuple[str, ...]] = ("lam",)
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
@@ -61,6 +64,7 @@ class PromptLearningMethod(Method):
             "epochs": 10, "batch_size": 16, "lr": 1e-2, "optimizer": "adamw",
             "weight_decay": 0.0, "augment": "crop-flip", "n_views": 8,
             "select": "fixed", "select_grid": None, "select_folds": 2,
+            "select_score": "accuracy",
         }
 
     def __init__(self, **options: Any) -> None:
@@ -80,6 +84,8 @@ class PromptLearningMethod(Method):
             bad = set(axes) - set(self.default_options())
             if bad:
                 raise ConfigError(f"select_grid names unknown option(s) {sorted(bad)}")
+        if o["select_score"] not in SCORES:
+            raise ConfigError(f"select_score must be one of {SCORES}, got {o['select_score']!r}")
         self.ove = self._ove_config(o)
         self._train_settings(o, seed=1)  # bad optimiser options fail at construction
         self.learner: CoOpPromptLearner | None = None
@@ -196,14 +202,21 @@ class PromptLearningMethod(Method):
             learner, _ = self._train(data, {**self.options, **cand})
 
             @torch.no_grad()
-            def accuracy(eval_set: FeatureSet) -> float:
+            def evaluate(eval_set: FeatureSet) -> tuple[float, float]:
                 logits = self._logits(learner, eval_set.features[kind], eval_set.classnames)
-                return float((logits.argmax(1) == eval_set.labels).float().mean())
+                probs = logits.softmax(-1)  # the probabilities predict() reports
+                labels = eval_set.labels.to(probs.device)
+                return accuracy(probs, labels), negative_log_likelihood(probs, labels)
 
-            return accuracy
+            return evaluate
+
+        def prior_strength(cand) -> tuple[float, ...]:
+            """Ties go to the stronger pull towards the zero-shot prior (``prior_options``)."""
+            return tuple(float(cand.get(k, self.options[k])) for k in self.prior_options)
 
         result = select_pseudo_new(self.selection_axes(), fit_score, train_set, val,
-                                   self.options["select_folds"])
+                                   self.options["select_folds"], self.options["select_score"],
+                                   prior_strength)
         self.options.update(result["best"])
         self.ove = self._ove_config(self.options)
         self.selected["pseudo_new"] = result

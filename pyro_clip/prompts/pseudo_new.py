@@ -7,7 +7,13 @@ candidate is trained on the pseudo-base rows only and scored by the harmonic mea
 validation rows of those classes, or the training rows when there is no validation data) and
 pseudo-new accuracy (on every train and validation row of the held-out base classes), averaged
 over folds. Only the ``train`` and ``val`` sets handed to ``fit`` are read; in base-to-new those
-hold base classes only, so no new-class or test image is ever seen. Ties keep grid order.
+hold base classes only, so no new-class or test image is ever seen.
+
+Two criteria (``score``): ``"accuracy"``, H of the accuracies (ties: higher pseudo-new
+accuracy); ``"log-score"``, H of the geometric-mean likelihoods ``exp(-NLL)`` of the true class
+(a smooth proper score, Gneiting & Raftery 2007, so the 2-3 pseudo-new classes rarely tie).
+Remaining ties go to the candidate ``prefer`` ranks highest (e.g. the larger KL weight, the
+model closer to its prior), then to grid order.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from pyro_clip.features import FeatureSet
 from pyro_clip.metrics import harmonic_mean
 from pyro_clip.selection import grid
 
-#: ``fit(candidate, train) -> accuracy``: trains once, returns ``accuracy(eval_set) -> float``
-FitScore = Callable[[Mapping[str, Any], FeatureSet], Callable[[FeatureSet], float]]
+#: ``fit(candidate, train)`` trains once and returns ``evaluate(eval_set) -> (accuracy, NLL)``
+FitScore = Callable[[Mapping[str, Any], FeatureSet], Callable[[FeatureSet], tuple[float, float]]]
+#: selection criteria: H of accuracies, or H of geometric-mean likelihoods exp(-NLL)
+SCORES = ("accuracy", "log-score")
+#: the table column each criterion maximises, then its first tie-break column
+_KEYS = {"accuracy": ("pseudo_h", "pseudo_new"), "log-score": ("pseudo_h_lik", "pseudo_new_lik")}
 
 
 def pseudo_folds(n_classes: int, n_folds: int = 2) -> list[tuple[list[int], list[int]]]:
@@ -54,30 +64,44 @@ def select_pseudo_new(
     train: FeatureSet,
     val: FeatureSet,
     n_folds: int = 2,
+    score: str = "accuracy",
+    prefer: Callable[[Mapping[str, Any]], tuple[float, ...]] | None = None,
 ) -> dict[str, Any]:
-    """The grid point of ``axes`` with the best mean pseudo-new H, and the whole score table."""
+    """The grid point of ``axes`` with the best mean pseudo-new H under ``score``, and the table.
+
+    Every row of the table holds both criteria, so one search can be read either way.
+    """
+    if score not in SCORES:
+        raise ConfigError(f"select_score must be one of {SCORES}, got {score!r}")
     if train.classnames != val.classnames and len(val):
         raise ConfigError("train and val must share the class list for select=pseudo-new")
     folds = pseudo_folds(len(train.classnames), n_folds)
     table: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    best_key = (-math.inf, -math.inf)
+    best_row: dict[str, Any] = {}
+    best_key: tuple[float, ...] = (-math.inf,)
     for cand in grid(**{k: list(v) for k, v in axes.items()}):
-        scores = []
+        folds_scores = []
         for pb, pn in folds:
             tr = train.restrict_classes(pb)
             base_eval = val.restrict_classes(pb) if len(val) else tr
             new_eval = train.restrict_classes(pn)
             if len(val):
                 new_eval = _concat(new_eval, val.restrict_classes(pn))
-            accuracy = fit_score(cand, tr)
-            b, n = accuracy(base_eval), accuracy(new_eval)
-            scores.append((b, n, harmonic_mean(b, n)))
-        mean_b, mean_n, mean_h = (sum(s[i] for s in scores) / len(scores) for i in range(3))
-        table.append({**cand, "pseudo_base": mean_b, "pseudo_new": mean_n, "pseudo_h": mean_h})
-        key = (mean_h, mean_n)
-        if key > best_key:  # strict: the first of tied candidates wins
-            best, best_key = dict(cand), key
+            evaluate = fit_score(cand, tr)
+            (b, b_nll), (n, n_nll) = evaluate(base_eval), evaluate(new_eval)
+            b_lik, n_lik = math.exp(-b_nll), math.exp(-n_nll)
+            folds_scores.append({"pseudo_base": b, "pseudo_new": n, "pseudo_h": harmonic_mean(b, n),
+                                 "pseudo_base_nll": b_nll, "pseudo_new_nll": n_nll,
+                                 "pseudo_new_lik": n_lik,
+                                 "pseudo_h_lik": harmonic_mean(b_lik, n_lik)})
+        row = {**cand, **{k: sum(f[k] for f in folds_scores) / len(folds_scores)
+                          for k in folds_scores[0]}}
+        table.append(row)
+        key = tuple(row[k] for k in _KEYS[score]) + (tuple(prefer(cand)) if prefer else ())
+        if key > best_key:  # strict: among exact ties (prefer included) the first wins
+            best, best_row, best_key = dict(cand), row, key
     assert best is not None  # grid() refuses empty axes
-    return {"best": best, "pseudo_h": best_key[0], "pseudo_new": best_key[1],
+    return {"best": best, "score": score, "pseudo_h": best_row["pseudo_h"],
+            "pseudo_new": best_row["pseudo_new"], "pseudo_h_lik": best_row["pseudo_h_lik"],
             "folds": [{"pseudo_base": pb, "pseudo_new": pn} for pb, pn in folds], "table": table}
