@@ -115,16 +115,16 @@ def test_view_sampler_is_seeded_and_uses_every_view():
 
 
 def test_runs_take_the_data_sets_augmentation_unless_one_is_given():
-    """The embedded 28 px Fashion-MNIST trains with flips only; natural-image sets with the
+    """The embedded 28 px Fashion-MNIST trains without augmentation; natural-image sets with the
     papers' crop + flip; an explicit option wins; methods that do not augment get none."""
     from pyro_clip.data.registry import default_augment
 
-    assert default_augment("fashion-mnist") == "flip" and default_augment("imagenet") == "crop-flip"
-    assert RunConfig(method="coop").resolved().options["augment"] == "flip"
+    assert default_augment("fashion-mnist") == "none" and default_augment("imagenet") == "crop-flip"
+    assert RunConfig(method="coop").resolved().options["augment"] == "none"
     assert RunConfig(method="tip-adapter-f", dataset="imagenet").resolved().options == {
         "augment": "crop-flip"}
-    assert RunConfig(method="coop", options={"augment": "none"}).resolved().options == {
-        "augment": "none"}
+    assert RunConfig(method="coop", options={"augment": "flip"}).resolved().options == {
+        "augment": "flip"}
     assert "augment" not in RunConfig(method="kalman").resolved().options
     # a library user building the method directly gets the papers' default
     assert create_method("coop").options["augment"] == "crop-flip"
