@@ -1,6 +1,7 @@
-"""``make bench``: every speed benchmark, then the offline suite, then ``RESULTS.md``.
+"""``make bench``: the speed benchmarks, then the offline suite, then ``RESULTS.md``.
 
-1. runs each ``benchmarks/bench_*.py`` (each writes ``benchmarks/results/<name>.json``);
+1. runs the speed benchmarks in ``SPEED_SCRIPTS`` (each writes ``benchmarks/results/<name>.json``;
+   the longer studies run on their own, see ``SPEED_SCRIPTS``);
 2. runs the suite ``configs/bench/offline.yaml`` (resumable; ``--workers``);
 3. writes ``benchmarks/results/RESULTS.md``: the suite's mean ± std tables and every speed
    ratio found in the benchmark JSON files (keys containing ``ratio`` or ``speedup``, next to
@@ -33,18 +34,32 @@ BACKBONE_NOTE = (
 )
 
 
-def speed_scripts() -> list[Path]:
-    return sorted((ROOT / "benchmarks").glob("bench_*.py"))
+#: the speed benchmarks ``make bench`` runs, with their arguments (a few minutes in all). The
+#: other ``bench_*.py`` are studies run on their own: ``bench_prompt_sweep`` (the base-to-new
+#: lambda x alpha sweep, about an hour), ``bench_kalman`` without ``--skip-accuracy`` (the
+#: structures' accuracy over seeds), ``bench_suite`` (local vs Ray executors; starts a Ray
+#: cluster), ``bench_data_path`` (writes a 20,000-JPEG folder), ``bench_prediction`` (1,000-class
+#: prediction) and ``bench_gpu`` (needs a CUDA GPU); each writes its own results file.
+SPEED_SCRIPTS: dict[str, list[str]] = {
+    "bench_baselines": [],
+    "bench_features": [],
+    "bench_kalman": ["--skip-accuracy", "--name", "kalman_costs"],
+    "bench_ove_pg": [],
+}
+
+
+def speed_scripts() -> list[tuple[Path, list[str]]]:
+    return [(ROOT / "benchmarks" / f"{name}.py", args) for name, args in SPEED_SCRIPTS.items()]
 
 
 def run_speed_benchmarks(timeout: float) -> list[dict[str, Any]]:
     """Run each script as ``python -m benchmarks.<name>``; a failure is recorded, not raised."""
     done = []
-    for script in speed_scripts():
+    for script, args in speed_scripts():
         t0 = time.perf_counter()
-        print(f"== {script.name}", flush=True)
+        print(f"== {script.name} {' '.join(args)}", flush=True)
         try:
-            proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}"],
+            proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}", *args],
                                   cwd=ROOT, timeout=timeout, check=False)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
