@@ -177,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['skipped_runs']} reused), total {total:.0f} s.", "",
         BACKBONE_NOTE, "",
         md_path.read_text(),
-        "## Speed ratios " + ("(from each benchmark's last run; --skip-speed)"
-                              if args.skip_speed else "(measured in this run)"), "",
+        "## Speed ratios (each benchmark's latest results file; "
+        + ("--skip-speed: none re-measured in this run)" if args.skip_speed else
+           "re-measured in this run: " + ", ".join(SPEED_SCRIPTS)
+           + "; the other studies as of their own last run)"), "",
         speed_table(speed_rows(args.out_dir)),
     ])
     out = args.out_dir / "RESULTS.md"
