@@ -8,18 +8,16 @@ data is not re-read, so there is no ``log_likelihood`` and LOO is refused) and t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyro_clip.config import RunConfig
+from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import DataError
 from pyro_clip.io import save_npz, write_json
-from pyro_clip.methods.base import Method
 from pyro_clip.runner import (
-    Evaluation,
+    RunResult,
     evaluate,
     get_backbone,
     load_features,
@@ -27,19 +25,6 @@ from pyro_clip.runner import (
     read_run_config,
 )
 from pyro_clip.runtime import Runtime
-
-
-@dataclass
-class EvaluationRun:
-    """What the diagnostics hook reads of a run (``diagnostics.hooks.RunLike``), for one set."""
-
-    config: RunConfig
-    method: Method
-    evaluations: dict[str, Evaluation]
-    metrics: dict[str, Any]
-    out: Path
-    train: Evaluation | None = None
-    idata: Any = field(default=None, repr=False)
 
 
 def evaluate_run(
@@ -69,9 +54,7 @@ def evaluate_run(
         **{f"{dataset}/probs": ev.prediction.probs.float().numpy(),
            f"{dataset}/labels": ev.labels.numpy()},
     )
-    from pyro_clip.diagnostics.hooks import diagnose_run  # diagnostics import the runner
-
     cfg.eval_datasets = []  # the evaluated set is the only one: no OOD pairing
-    result = EvaluationRun(cfg, method, {dataset: ev}, {dataset: ev.metrics}, out)
+    result = RunResult(cfg, method, {dataset: ev}, {dataset: ev.metrics}, out)
     diagnose_run(result)  # writes metrics.json, idata.nc and the plots
     return result.metrics[dataset]
