@@ -98,17 +98,16 @@ class _TipBase(Method):
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
         self._check_options()
-        kind = self.feature_kind
         self.train_classnames = list(train_set.classnames)
         views = self._views(train_set)
         # K_i = normalise(mean_v f(aug_v(x_i))): CacheModel normalises the view mean
-        self.cache = CacheModel(views.mean(0) if len(views) > 1 else train_set.features[kind],
-                                train_set.labels, len(train_set.classnames))
+        self.cache = CacheModel(views.mean(0), train_set.labels, len(train_set.classnames))
         extra: dict[str, Any] = {}
         keys = {"initial": self.cache.keys.detach().clone()}
         if self.finetune:
             a0, b0 = self._init_values(keys, val)
-            extra.update(init_alpha=a0, init_beta=b0, train_loss=self._finetune(train_set, a0, b0))
+            extra.update(init_alpha=a0, init_beta=b0,
+                         train_loss=self._finetune(train_set, views, a0, b0))
             keys = {"fine-tuned": self.cache.keys.detach().clone(), **keys}
             if not self.options["search_initial_keys"]:
                 del keys["initial"]
@@ -163,12 +162,13 @@ class _TipBase(Method):
                             grid(keys=["initial"], **axes)).best
         return float(best["alpha"]), float(best["beta"])
 
-    def _finetune(self, train_set: FeatureSet, init_alpha: float, init_beta: float) -> list[float]:
+    def _finetune(self, train_set: FeatureSet, views: torch.Tensor, init_alpha: float,
+                  init_beta: float) -> list[float]:
         """Fine-tune the keys with cross-entropy at ``init_alpha``/``init_beta``
         (Tip-Adapter-F)."""
         o = self.options
         x = train_set.features[self.feature_kind]
-        views = self._views(train_set)  # queries: one augmented view per image per epoch
+        # views (V, N, D): the queries are one augmented view per image per epoch
         zs = torch.stack([self.ctx.zero_shot_logits(v, train_set.classnames).float()
                           for v in views])  # (V, N, C)
         sample = ViewSampler(views, self.ctx.seed)
