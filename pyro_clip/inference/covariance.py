@@ -203,10 +203,16 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
     return torch.randn(shape, dtype=DTYPE, generator=generator, device=where).to(device)
 
 
-def _check_predict(forgetting: float, noise: float) -> None:
+def _check_predict(forgetting: float, noise: float, forgetting_only: str | None = None) -> None:
+    """Valid process model; ``forgetting_only`` names a structure that cannot add noise."""
     if not 0 < forgetting <= 1 or noise < 0:
         raise ConfigError(
             f"process model needs 0 < forgetting <= 1 and noise >= 0, got {forgetting}, {noise}"
+        )
+    if forgetting_only and noise:
+        raise ConfigError(
+            f"the {forgetting_only} covariance supports process noise as forgetting only; "
+            "pass process_noise=0 and forgetting < 1 instead"
         )
 
 
@@ -530,12 +536,7 @@ class LowRankCovariance(Covariance):
         return self.mv(g)
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
-        _check_predict(forgetting, noise)
-        if noise:
-            raise ConfigError(
-                "the low-rank (LoFi) covariance supports process noise as forgetting only; "
-                "pass process_noise=0 and forgetting < 1 instead"
-            )
+        _check_predict(forgetting, noise, forgetting_only="low-rank (LoFi)")
         self.u = self.u * forgetting
         self.w = self.w * math.sqrt(forgetting)
 

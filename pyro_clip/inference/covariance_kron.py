@@ -155,12 +155,7 @@ class KronCovariance(Covariance):
         return self.mv(g) if delta is None else delta
 
     def predict(self, forgetting: float = 1.0, noise: float = 0.0) -> None:
-        _check_predict(forgetting, noise)
-        if noise:
-            raise ConfigError(
-                "the Kronecker (kron) covariance supports process noise as forgetting only; "
-                "pass process_noise=0 and forgetting < 1 instead"
-            )
+        _check_predict(forgetting, noise, forgetting_only="Kronecker (kron)")
         if forgetting < 1:
             self.a_sum *= forgetting
             self.tau = self.tau * forgetting
