@@ -154,7 +154,9 @@ def diagnose_run(
         fig = plots.ood_histogram_figure(scores[id_name], scores[n], id_name, n,
                                          result.metrics["ood"][n])
         plots.save_png(fig, pdir / f"ood_{arviz_io.var_key(n)}.png")
-    bayes = fit is not None and fit.logits is not None
+    # posterior predictive where the plotted sets' draws come from logit samples (also in
+    # `pyro-clip evaluate`, which has no training set); plug-in draws from probs otherwise
+    bayes = any(d.logits is not None for d in sets.values())
     plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
                                     f"{title}: posterior predictive checks of p(y|x)" if bayes
                                     else f"{title}: plug-in predictive checks (point estimate)"),
