@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
-from pyro_clip.config import RunConfig
 from pyro_clip.methods import get_method_class
-from pyro_clip.runner import run
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import run
 
 METHODS = ["zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "laplace"]
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import pyro_clip.features as features
+import pyro_clip.features.cache as features
 from benchmarks.common import print_result, write_result
-from pyro_clip.config import RunConfig
 from pyro_clip.data import load_dataset
-from pyro_clip.runner import encode_images, get_backbone, select_images
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import encode_images, get_backbone, select_images
 
 BACKBONE = "open_clip:pyro-clip-tiny"  # random tiny ViT (32 px): the cost is the data path
 

@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import print_result, write_result
 from pyro_clip.backbones import create_backbone
 from pyro_clip.data import SubsetImages, load_dataset
-from pyro_clip.features import FeatureCache
+from pyro_clip.features.cache import FeatureCache
 
 
 def main() -> dict:

@@ -36,13 +36,13 @@ from PIL import Image
 
 from benchmarks.common import write_result
 from pyro_clip.data.folders import ImageFolderImages
-from pyro_clip.extraction import default_workers
-from pyro_clip.features import FeatureCache, FeatureSet
+from pyro_clip.features.cache import FeatureCache, FeatureSet
+from pyro_clip.features.extraction import default_workers
 from pyro_clip.methods import MethodContext, create_method
 from pyro_clip.models.ove_pg import OvePGConfig, ove_differences, ove_pg_loss
 from pyro_clip.models.polya_gamma import sample_pg
+from pyro_clip.pipeline.run import get_backbone
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.runner import get_backbone
 from pyro_clip.runtime import Runtime
 
 FULL = {"backbone": "open_clip:ViT-B-16", "images": 8192, "image_size": 320, "classes": 1000,

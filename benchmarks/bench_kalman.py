@@ -144,13 +144,13 @@ def accuracy_vs_full(
     """Features are encoded (or read from the cache) once; each structure is fitted on the
     runner's few-shot split (``few_shot_indices``, validation shots from train) and scored
     on the 1,000-image test split with the runner's metrics."""
-    from pyro_clip.config import RunConfig
     from pyro_clip.data import few_shot_indices
+    from pyro_clip.diagnostics.metrics import classification_metrics
     from pyro_clip.methods import MethodContext, create_method
-    from pyro_clip.metrics import classification_metrics
-    from pyro_clip.runner import get_backbone, load_features
+    from pyro_clip.pipeline.config import RunConfig
+    from pyro_clip.pipeline.run import get_backbone, load_features
     from pyro_clip.runtime import Runtime
-    from pyro_clip.seeding import seed_everything
+    from pyro_clip.utils.seeding import seed_everything
 
     cfg = RunConfig(backbone="conse", progress=False).resolved()
     backbone = get_backbone(cfg.backbone)

@@ -29,8 +29,8 @@ from benchmarks.common import write_result
 from pyro_clip.backbones.base import PromptTokens
 from pyro_clip.models.ove_pg import OvePGConfig, draw_omega, ove_differences, ove_pg_loss
 from pyro_clip.models.polya_gamma import sample_pg
+from pyro_clip.pipeline.run import get_backbone
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.runner import get_backbone
 
 NAMES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
          "ankle boot"]

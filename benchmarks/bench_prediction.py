@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import best_of, write_result
+from pyro_clip.pipeline.run import get_backbone
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.runner import get_backbone
 from pyro_clip.runtime import Runtime
 
 TINY = "open_clip:pyro-clip-tiny"

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, write_result
-from pyro_clip.config import RunConfig
-from pyro_clip.io import atomic_write
+from pyro_clip.diagnostics.metrics import harmonic_mean
 from pyro_clip.methods import MethodContext, create_method
-from pyro_clip.metrics import harmonic_mean
-from pyro_clip.runner import augmented_train, encode_images, get_backbone, select_images
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import augmented_train, encode_images, get_backbone, select_images
+from pyro_clip.utils.io import atomic_write
 
 LAMS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 #: priors stronger than the paper's range (issue 14: the strongest grid point did best)
@@ -85,10 +85,10 @@ def cocoop_grid() -> list[tuple[str, str, dict[str, Any]]]:
 CODE_GLOBS = ["pyro_clip/methods/base.py", "pyro_clip/methods/prompt_learning.py",
               "pyro_clip/methods/kgcoop.py", "pyro_clip/methods/maple.py",
               "pyro_clip/methods/zero_shot.py", "pyro_clip/models/*.py", "pyro_clip/prompts/*.py",
-              "pyro_clip/data/*.py", "pyro_clip/backbones/*.py", "pyro_clip/training.py",
-              "pyro_clip/features.py", "pyro_clip/runner.py", "pyro_clip/selection.py",
-              "pyro_clip/metrics.py", "pyro_clip/seeding.py", "pyro_clip/runtime.py",
-              "pyro_clip/config.py"]
+              "pyro_clip/data/*.py", "pyro_clip/backbones/*.py", "pyro_clip/training/*.py",
+              "pyro_clip/features/*.py", "pyro_clip/pipeline/*.py", "pyro_clip/types.py",
+              "pyro_clip/diagnostics/metrics.py", "pyro_clip/utils/seeding.py",
+              "pyro_clip/runtime.py"]
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def code_fingerprint(root: Path = ROOT) -> str:
 
 class Split:
     """The runner's base-to-new data for one (backbone, seed, shots), views encoded lazily
-    (:func:`pyro_clip.runner.select_images` chooses the images, as ``pyro-clip fit`` does)."""
+    (:func:`pyro_clip.pipeline.run.select_images` chooses the images, as ``pyro-clip fit`` does)."""
 
     def __init__(self, backbone_spec: str, seed: int, shots: int, method: str = "coop") -> None:
         # the method decides the feature kind encode_images returns (pixels for MaPLe)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pyro_clip.io import write_json
+from pyro_clip.utils.io import write_json
 
 RESULTS_DIR = Path(__file__).parent / "results"
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.config import RunConfig, load_yaml_config, parse_option
 from pyro_clip.errors import PyroClipError
+from pyro_clip.pipeline.config import RunConfig, load_yaml_config, parse_option
 from pyro_clip.suite.executors import EXECUTORS
 
 
@@ -64,10 +64,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from pyro_clip.runner import run
+    from pyro_clip.pipeline.run import run
 
     result = run(build_config(args))
-    from pyro_clip.tables import markdown_table, run_summary
+    from pyro_clip.reporting.tables import markdown_table, run_summary
 
     print(markdown_table([run_summary(result.out)]))
     print(f"outputs in {result.out}")
@@ -75,7 +75,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pyro_clip.evaluation import evaluate_run
+    from pyro_clip.pipeline.evaluate import evaluate_run
 
     metrics = evaluate_run(args.run, args.dataset, args.out, data_root=args.data_root)
     print(f"{args.dataset}: accuracy {100 * metrics['accuracy']:.1f}%, ECE {metrics['ece']:.3f}, "
@@ -84,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pyro_clip.report import write_report
+    from pyro_clip.reporting.html import write_report
 
     path = write_report(args.runs, args.out)
     print(f"report written to {path}")
@@ -92,7 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pyro_clip.demo import run_demo
+    from pyro_clip.pipeline.demo import run_demo
 
     run_demo(Path(args.out), methods=args.methods, shots=args.shots, seed=args.seed,
              cache_dir=args.cache_dir)

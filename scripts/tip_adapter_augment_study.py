@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
-from pyro_clip.config import RunConfig
-from pyro_clip.runner import run
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import run
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ import argparse
 import json
 import statistics
 
-from pyro_clip.config import RunConfig
 from pyro_clip.data import few_shot_indices
+from pyro_clip.diagnostics.metrics import accuracy
 from pyro_clip.methods import MethodContext, create_method
-from pyro_clip.metrics import accuracy
-from pyro_clip.runner import get_backbone, load_features
-from pyro_clip.seeding import seed_everything
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import get_backbone, load_features
+from pyro_clip.utils.seeding import seed_everything
 
 
 def main() -> None:

@@ -34,14 +34,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from pyro_clip.runner import get_backbone
+    from pyro_clip.pipeline.run import get_backbone
 
     return get_backbone(TINY)
 
 
 @pytest.fixture(scope="session")
 def conse_backbone():
-    from pyro_clip.runner import get_backbone
+    from pyro_clip.pipeline.run import get_backbone
 
     return get_backbone("conse")
 

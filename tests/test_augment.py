@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_clip.config import RunConfig
 from pyro_clip.data import load_dataset
-from pyro_clip.data.augment import AugmentedView, augment_image, view_key
 from pyro_clip.errors import ConfigError
+from pyro_clip.features.views import AugmentedView, augment_image, view_key
 from pyro_clip.methods import create_method
+from pyro_clip.pipeline.config import RunConfig
 
 
 def _gradient_image() -> Image.Image:
@@ -58,7 +58,7 @@ def test_bad_augment_options_are_refused():
 
 def test_runner_views_align_with_the_training_rows(tiny_backbone, tmp_path):
     """augment='none' views are the training images themselves: the rows must coincide."""
-    from pyro_clip.runner import augmented_train, encode_images, select_images
+    from pyro_clip.pipeline.run import augmented_train, encode_images, select_images
 
     cfg = RunConfig(backbone="open_clip:pyro-clip-tiny", cache_dir=str(tmp_path), shots=2,
                     protocol="base-to-new", eval_datasets=[], progress=False).resolved()
@@ -81,7 +81,7 @@ def test_runner_views_align_with_the_training_rows(tiny_backbone, tmp_path):
 def test_training_on_identical_views_equals_training_without_views(tiny_backbone):
     """The view draw has its own generator: with every view equal to the image, CLIP-Adapter
     and CoOp train exactly as with augment=none (same minibatches, same updates)."""
-    from pyro_clip.features import FeatureSet
+    from pyro_clip.features.cache import FeatureSet
     from pyro_clip.methods import MethodContext
 
     names = ["cat", "dog", "car"]
@@ -103,7 +103,7 @@ def test_training_on_identical_views_equals_training_without_views(tiny_backbone
 
 
 def test_view_sampler_is_seeded_and_uses_every_view():
-    from pyro_clip.data.augment import ViewSampler
+    from pyro_clip.features.views import ViewSampler
 
     views = torch.arange(4.0)[:, None, None].expand(4, 50, 1)  # view v holds the value v
     a, b = ViewSampler(views, 3), ViewSampler(views, 3)

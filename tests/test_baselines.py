@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from pyro_clip.diagnostics.metrics import accuracy
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods import MethodContext, create_method
 from pyro_clip.methods._linear_head import fit_logistic
-from pyro_clip.metrics import accuracy
-from pyro_clip.selection import grid, grid_search, log_grid
+from pyro_clip.training.selection import grid, grid_search, log_grid
 
 NAMES = ["cat", "dog", "car", "tree"]
 NEW = ["ship", "house"]
@@ -116,7 +116,7 @@ def test_tip_adapter_f_keys_move_and_search_records(tiny_backbone, problem, tmp_
 
 
 def _with_views(data: FeatureSet, views: list[torch.Tensor]) -> FeatureSet:
-    from pyro_clip.data.augment import view_key
+    from pyro_clip.features.views import view_key
 
     extra = {view_key("joint", v): t for v, t in enumerate(views)}
     return FeatureSet({**data.features, **extra}, data.labels, data.classnames, data.name)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import pyro_clip.runner as runner
-from pyro_clip.config import RunConfig
+import pyro_clip.pipeline.run as runner
+from pyro_clip.pipeline.config import RunConfig
 from tests.conftest import TINY
 
 

@@ -9,7 +9,7 @@ import torch
 from pyro_clip.backbones.open_clip_backbone import OpenClipBackbone
 from pyro_clip.cli import main
 from pyro_clip.errors import BackboneError
-from pyro_clip.runner import load_trained_method
+from pyro_clip.pipeline.run import load_trained_method
 from tests.conftest import TINY
 
 

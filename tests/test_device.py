@@ -16,17 +16,17 @@ from PIL import Image
 
 import pyro_clip.backbones.base as backbone_base
 from pyro_clip.cli import main
-from pyro_clip.config import RunConfig
 from pyro_clip.data import ArrayImages, load_dataset
 from pyro_clip.data.folders import ImageFolderImages
 from pyro_clip.errors import ConfigError
-from pyro_clip.extraction import PreprocessedImages, default_workers, extract_features
-from pyro_clip.features import FeatureCache
+from pyro_clip.features.cache import FeatureCache
+from pyro_clip.features.extraction import PreprocessedImages, default_workers, extract_features
 from pyro_clip.methods import known_methods
 from pyro_clip.methods.base import to_device
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import load_trained_method, run
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.runner import load_trained_method, run
 from pyro_clip.runtime import Runtime
 from tests.conftest import TINY
 
@@ -158,7 +158,7 @@ def test_checkpoint_holds_cpu_tensors_and_reloads_with_map_location(method, tmp_
     assert devices(plain["state"]) == {"cpu"}  # saved on the CPU: loads anywhere
     method_obj = load_trained_method(out, runtime=Runtime.resolve("cpu"))
     test = np.load(out / "predictions.npz")
-    from pyro_clip.runner import get_backbone, load_features
+    from pyro_clip.pipeline.run import get_backbone, load_features
     feats = load_features(RunConfig(backbone=TINY, progress=False), get_backbone(TINY),
                           "fashion-mnist", "test")
     probs = method_obj.predict(feats.features["joint"], feats.classnames).probs
@@ -244,7 +244,7 @@ FAST = {"coop": {"epochs": 2}, "coop-ove-pg": {"epochs": 2}, "cocoop": {"epochs"
 
 @pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)
 def test_cached_features_match_between_cpu_and_cuda(tmp_path):
-    from pyro_clip.runner import get_backbone
+    from pyro_clip.pipeline.run import get_backbone
 
     images = load_dataset("fashion-mnist", "val")
     idx = np.arange(64)
@@ -274,7 +274,7 @@ def test_method_on_cuda_matches_cpu(method, tmp_path):
     if (tmp_path / "cuda" / "checkpoint.pt").exists():  # trained on cuda, reloaded on cpu
         reloaded = load_trained_method(tmp_path / "cuda", runtime=Runtime.resolve("cpu"))
         saved = np.load(tmp_path / "cuda" / "predictions.npz")["test/probs"]
-        from pyro_clip.runner import get_backbone, load_features
+        from pyro_clip.pipeline.run import get_backbone, load_features
         feats = load_features(RunConfig(backbone=TINY, progress=False), get_backbone(TINY),
                               "fashion-mnist", "test")
         again = reloaded.predict(feats.features["joint"], feats.classnames).probs.numpy()

@@ -8,12 +8,12 @@ import pyro.distributions
 import pytest
 import torch
 
-from pyro_clip.config import RunConfig
 from pyro_clip.diagnostics import arviz_io
 from pyro_clip.diagnostics.hooks import diagnose_run
+from pyro_clip.diagnostics.metrics import classification_metrics
 from pyro_clip.methods import Prediction, create_method
-from pyro_clip.metrics import classification_metrics
-from pyro_clip.runner import RUN_HOOKS, Evaluation, RunResult
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import RUN_HOOKS, Evaluation, RunResult
 
 CLASSES = ["a", "b", "c"]
 
@@ -49,7 +49,7 @@ def test_hook_is_registered_and_hooks_do_not_import_the_runner():
     import pyro_clip.diagnostics.hooks as hooks
 
     source = Path(hooks.__file__).read_text()
-    assert "pyro_clip.runner" not in source  # one direction: runner -> diagnostics
+    assert "pyro_clip.pipeline.run" not in source  # one direction: runner -> diagnostics
 
 
 def test_idata_groups_have_their_arviz_meaning(tmp_path):

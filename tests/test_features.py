@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pyro_clip.data import ArrayImages, SubsetImages
-from pyro_clip.features import FeatureCache
+from pyro_clip.features.cache import FeatureCache
 
 
 class CountingBackbone:

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_clip.io import atomic_write, current_umask, read_json, save_npz, save_torch, write_json
+from pyro_clip.utils.io import (
+    atomic_write,
+    current_umask,
+    read_json,
+    save_npz,
+    save_torch,
+    write_json,
+)
 
 
 @pytest.fixture

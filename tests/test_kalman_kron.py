@@ -10,7 +10,7 @@ import torch
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance import FullCovariance, make_covariance
-from pyro_clip.inference.covariance_kron import KronCovariance
+from pyro_clip.inference.covariance.kron import KronCovariance
 from pyro_clip.inference.kalman import KalmanState
 from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, KronJacobian
 
@@ -108,7 +108,7 @@ def test_kalman_mean_step_is_the_ekf_step_with_the_kronecker_prior():
 
 
 def test_auto_mean_step_switches_to_natural_beyond_the_innovation_limit(monkeypatch):
-    import pyro_clip.inference.covariance_kron as kron_module
+    import pyro_clip.inference.covariance.kron as kron_module
 
     x, labels, m0 = _categorical_batches()
     means = {}

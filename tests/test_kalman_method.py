@@ -10,7 +10,7 @@ import torch
 
 from pyro_clip.cli import main
 from pyro_clip.errors import ConfigError, DataError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods import MethodContext, create_method
 from tests.conftest import TINY
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scipy.spatial.distance import cosine
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods import MethodContext, create_method
 from pyro_clip.methods.kgcoop import knowledge_guidance
 

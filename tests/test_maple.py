@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from pyro_clip.config import RunConfig
 from pyro_clip.data import load_dataset
-from pyro_clip.data.augment import AugmentedView
 from pyro_clip.data.pixels import PixelRows
 from pyro_clip.errors import ConfigError
+from pyro_clip.features.views import AugmentedView
 from pyro_clip.methods import MethodContext, create_method
+from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.prompts.maple import MaPLePromptLearner
 
 NAMES = ["t-shirt", "trousers", "pullover", "dress", "coat"]
@@ -108,7 +108,7 @@ def test_pixel_rows_augment_like_the_cached_views():
 
 
 def test_maple_runs_end_to_end_and_reloads(tmp_path):
-    from pyro_clip.runner import load_trained_method, run
+    from pyro_clip.pipeline.run import load_trained_method, run
 
     cfg = RunConfig(method="maple-ove-pg", backbone="open_clip:pyro-clip-tiny",
                     protocol="base-to-new", shots=1, eval_datasets=[], progress=False,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pyro_clip.metrics import (
+from pyro_clip.diagnostics.metrics import (
     accuracy,
     brier_score,
     classification_metrics,

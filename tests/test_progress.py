@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from pyro_clip.cli import main
-from pyro_clip.progress import progress_bar, track
+from pyro_clip.utils.progress import progress_bar, track
 from tests.conftest import TINY
 
 

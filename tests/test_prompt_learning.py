@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_clip.errors import ConfigError, TrainingError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods import MethodContext, create_method, known_methods
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner

@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy.stats import hmean
 
-from pyro_clip.config import RunConfig
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
-from pyro_clip.prompts.pseudo_new import pseudo_folds, select_pseudo_new
+from pyro_clip.features.cache import FeatureSet
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.training.pseudo_new import pseudo_folds, select_pseudo_new
 
 OPTIONS = {"select": "pseudo-new", "select_grid": {"lam": [0.1, 5.0], "alpha": [1.0]},
            "epochs": 2, "augment": "none"}
@@ -82,7 +82,7 @@ def test_select_needs_something_to_tune():
 
 
 def _run(tmp_path, name, score):
-    from pyro_clip.runner import run
+    from pyro_clip.pipeline.run import run
 
     cfg = RunConfig(method="coop-ove-pg", backbone="open_clip:pyro-clip-tiny",
                     protocol="base-to-new", shots=2, eval_datasets=[], progress=False,
@@ -92,7 +92,7 @@ def _run(tmp_path, name, score):
 
 @pytest.mark.parametrize("score", ["accuracy", "log-score"])
 def test_choice_is_recorded_and_ignores_new_and_test_data(tmp_path, monkeypatch, score):
-    import pyro_clip.runner as runner
+    import pyro_clip.pipeline.run as runner
 
     clean = _run(tmp_path, "clean", score)
     sel = clean.method.selected["pseudo_new"]

@@ -11,8 +11,8 @@ import pytest
 
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import DataError
-from pyro_clip.io import save_npz
-from pyro_clip.report import write_report
+from pyro_clip.reporting.html import write_report
+from pyro_clip.utils.io import save_npz
 from tests.test_diagnostics_hook import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")

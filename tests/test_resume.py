@@ -1,5 +1,5 @@
 """Resuming training: a SIGKILLed run resumed equals an uninterrupted one, for every method
-trained with :mod:`pyro_clip.training`; checkpoints of other runs are never resumed (issue 11
+trained with :mod:`pyro_clip.training.loop`; checkpoints of other runs are never resumed (issue 11
 defect 5, issue 16 stale resume)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-import pyro_clip.training as training
+import pyro_clip.training.loop as training
 from pyro_clip.cli import main
-from pyro_clip.training import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ METHODS = ["coop", "coop-ove-pg", "cocoop", "cocoop-ove-pg", "clip-adapter", "ti
 #: marker and waits), where the test SIGKILLs it
 CHILD = textwrap.dedent("""
     import os, sys, time
-    import pyro_clip.training as T
+    import pyro_clip.training.loop as T
     import pyro_clip.methods.clip_adapter, pyro_clip.methods.prompt_learning
     import pyro_clip.methods.tip_adapter
     from pyro_clip.cli import main
@@ -105,7 +105,7 @@ def _count_loss_calls(monkeypatch) -> dict[str, int]:
 
     for mod in (ca, pl, ta):
         monkeypatch.setattr(mod, "train", counting)
-    import pyro_clip.runner as runner
+    import pyro_clip.pipeline.run as runner
 
     monkeypatch.setattr(runner, "RUN_HOOKS", [])  # diagnostics plots: not under test, slow
     return calls

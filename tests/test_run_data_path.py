@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pyro_clip.features as features
-import pyro_clip.runner as runner
+import pyro_clip.features.cache as features
+import pyro_clip.pipeline.run as runner
 from pyro_clip.cli import build_config, make_parser
-from pyro_clip.config import RunConfig
 from pyro_clip.data import default_eval_datasets, default_templates, eval_class_ids
 from pyro_clip.errors import DataError
-from pyro_clip.io import read_json
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.utils.io import read_json
 from tests.conftest import TINY
 
 CLASSES = ["cat", "dog", "fox", "owl"]

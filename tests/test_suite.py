@@ -10,7 +10,6 @@ import yaml
 
 from pyro_clip.cli import main
 from pyro_clip.errors import ConfigError
-from pyro_clip.io import write_json
 from pyro_clip.methods import get_method_class, known_methods
 from pyro_clip.suite import (
     aggregate,
@@ -24,6 +23,7 @@ from pyro_clip.suite import (
     run_suite,
     write_results,
 )
+from pyro_clip.utils.io import write_json
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyro_clip.cache_lock import entry_lock, locked
+from pyro_clip.features.lock import entry_lock, locked
 from tests.conftest import TINY
 
 HOLD_SECONDS = 1.0
@@ -21,9 +21,9 @@ def _encode_in_child(root: str, calls: str, barrier, queue) -> None:
     ``_extract`` is wrapped (not replaced): it records the call and then keeps encoding for
     ``HOLD_SECONDS`` more, so the other process surely asks while this one is encoding.
     """
-    import pyro_clip.features as features
+    import pyro_clip.features.cache as features
     from pyro_clip.data import load_dataset
-    from pyro_clip.runner import get_backbone
+    from pyro_clip.pipeline.run import get_backbone
 
     real = features.FeatureCache._extract
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from pyro_clip.errors import TrainingError
-from pyro_clip.training import TrainSettings, train
+from pyro_clip.training.loop import TrainSettings, train
 
 
 def _least_squares(seed=0):

@@ -1,7 +1,7 @@
 """Lazy pixel rows: what methods that run the image encoder in training (MaPLe) get.
 
 ``PixelRows`` stands where a cached ``(N, D)`` feature tensor would be in a
-:class:`~pyro_clip.features.FeatureSet` (``features["pixels"]``): it indexes like a tensor
+:class:`~pyro_clip.features.cache.FeatureSet` (``features["pixels"]``): it indexes like a tensor
 (``rows[idx]`` with a slice, index tensor or array returns new rows, so ``subset`` and
 ``restrict_classes`` work) and decodes + preprocesses images only in :meth:`load`, so a test
 split never sits in memory as 224 x 224 floats.
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pyro_clip.data.augment import augment_image, view_seed
 from pyro_clip.data.base import LabeledImages
+from pyro_clip.features.views import augment_image, view_seed
 
 
 class PixelRows:
@@ -44,7 +44,7 @@ class PixelRows:
     def load(self, augment: str = "none", views: Sequence[int] | None = None,
              seed: int = 0) -> torch.Tensor:
         """(N, 3, H, W) pixels; with ``augment``, row r gets view ``views[r]`` of its image,
-        the same draw as :class:`~pyro_clip.data.augment.AugmentedView` (image = source row)."""
+        the same draw as :class:`~pyro_clip.features.views.AugmentedView` (image = source row)."""
         out = []
         for r, i in enumerate(self.indices.tolist()):
             image = self.images.load_image(i)

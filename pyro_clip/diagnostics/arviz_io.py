@@ -35,7 +35,7 @@ import numpy as np
 
 from pyro_clip.diagnostics.predictive import PredictiveDraws
 from pyro_clip.errors import PyroClipError
-from pyro_clip.io import atomic_write
+from pyro_clip.utils.io import atomic_write
 
 with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.x refactor on import
     warnings.simplefilter("ignore", FutureWarning)

@@ -15,7 +15,7 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
-from pyro_clip.metrics import _check, expected_calibration_error
+from pyro_clip.diagnostics.metrics import _check, expected_calibration_error
 
 
 def _prepare(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from pyro_clip.diagnostics.calibration import calibration_metrics
 from pyro_clip.diagnostics.ood import ood_metrics, prediction_scores
 from pyro_clip.diagnostics.selective import risk_coverage, selective_metrics
-from pyro_clip.io import write_json
+from pyro_clip.utils.io import write_json
 
 #: posterior predictive draws for methods without posterior samples (and prior draws)
 DEFAULT_DRAWS = 100

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from pyro_clip.diagnostics.calibration import reliability_bins
 from pyro_clip.diagnostics.selective import RiskCoverage
-from pyro_clip.io import atomic_write
+from pyro_clip.utils.io import atomic_write
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pyro_clip.metrics import _check
+from pyro_clip.diagnostics.metrics import _check
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 
 from pyro_clip.backbones.base import DualEncoder, cosine_logits
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.runtime import CPU, Runtime
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)

@@ -4,7 +4,7 @@
 (reduction 4, residual ratio ``r = 0.2``, paper eq. 2-3), then cosine logits with the frozen
 zero-shot text classifier, ``s cos(x', t_c)``. The classifier is text, so any class name works:
 classes never trained on use their zero-shot text embedding with the adapted image feature.
-Trained with the shared loop (:mod:`pyro_clip.training`); the ratio is fixed as in the paper.
+Trained with the shared loop (:mod:`pyro_clip.training.loop`); the ratio is fixed as in the paper.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_clip.backbones.base import cosine_logits
-from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
+from pyro_clip.features.views import ViewSampler, check_augment, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.training import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 
 
 class Adapter(nn.Module):
@@ -48,7 +48,7 @@ class ClipAdapter(Method):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        # augment: CLIP-Adapter trains on CoOp's crop + flip pipeline (pyro_clip.data.augment)
+        # augment: CLIP-Adapter trains on CoOp's crop + flip pipeline (pyro_clip.features.views)
         return {"reduction": 4, "ratio": 0.2, "epochs": 50, "lr": 1e-3, "batch_size": 32,
                 "optimizer": "adamw", "weight_decay": 1e-4, "augment": "crop-flip",
                 "n_views": 8}

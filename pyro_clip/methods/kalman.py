@@ -11,7 +11,7 @@ minibatch at a time by :class:`~pyro_clip.inference.kalman.KalmanState`:
   gate on the innovation (chi^2_1 quantile ``gate``).
 
 Covariance structures: ``full``, ``block``, ``diag``, ``lowrank`` and the Kronecker-factored
-``kron`` (:mod:`pyro_clip.inference.covariance_kron`, for ImageNet-sized heads); the fitted
+``kron`` (:mod:`pyro_clip.inference.covariance.kron`, for ImageNet-sized heads); the fitted
 posterior is handed back as a Pyro distribution by :meth:`KalmanAdapter.posterior`.
 The linear head may run on centred (``center_inputs``) and principal-axis rotated
 (``rotate_inputs``) features, an exact reparametrisation for ``full``/``block``/``kron`` that
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from scipy.stats import chi2
 
 from pyro_clip.errors import ConfigError, DataError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
-from pyro_clip.inference.covariance_kron import MEAN_STEPS
+from pyro_clip.inference.covariance.kron import MEAN_STEPS
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import (
     Adapter,
@@ -46,7 +46,7 @@ from pyro_clip.inference.kalman_adapters import (
 )
 from pyro_clip.inference.posteriors import RowLinearMap
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.progress import track
+from pyro_clip.utils.progress import track
 
 _CHUNK = 128  # examples per chunk when computing predictive moments
 

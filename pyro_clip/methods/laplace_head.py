@@ -23,11 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
-from pyro_clip.selection import check_validation, grid_search, log_grid, validation_score
+from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
 
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping, fit_logistic, merge_rows, normalize
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.selection import check_validation, grid_search, log_grid, validation_score
+from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
 
 CENTERS = ("zero-shot", "zero")
 

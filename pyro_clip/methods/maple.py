@@ -20,7 +20,7 @@ import torch
 
 from pyro_clip.data.pixels import PixelRows
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods.base import MethodContext, register_method
 from pyro_clip.methods.prompt_learning import PromptLearningMethod
 from pyro_clip.prompts.maple import MaPLePromptLearner, check_deep_backbone

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_clip.data.augment import ViewSampler, check_augment, training_views
+from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
+from pyro_clip.features.views import ViewSampler, check_augment, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.metrics import accuracy, negative_log_likelihood
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
     OvePGConfig,
@@ -33,8 +33,8 @@ from pyro_clip.models.ove_pg import (
 )
 from pyro_clip.prompts.cocoop import CoCoOpPromptLearner
 from pyro_clip.prompts.coop import CoOpPromptLearner
-from pyro_clip.prompts.pseudo_new import SCORES, select_pseudo_new
-from pyro_clip.training import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.pseudo_new import SCORES, select_pseudo_new
 
 LIKELIHOODS = ("softmax", "ove-pg")
 SELECTS = ("fixed", "pseudo-new")
@@ -195,7 +195,7 @@ class PromptLearningMethod(Method):
             self.selected["val_accuracy"] = float((pred.argmax(1) == val.labels).float().mean())
 
     def _select(self, train_set: FeatureSet, val: FeatureSet) -> None:
-        """Pseudo-base / pseudo-new folds of the training classes (pyro_clip.prompts.pseudo_new)."""
+        """Pseudo-base / pseudo-new folds of the training classes (training.pseudo_new)."""
         kind = self.feature_kind
 
         def fit_score(cand, data: FeatureSet):

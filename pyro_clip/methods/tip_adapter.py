@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_clip.data.augment import ViewSampler, check_augment, training_views
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
+from pyro_clip.features.views import ViewSampler, check_augment, training_views
 from pyro_clip.methods._linear_head import class_mapping
 from pyro_clip.methods.base import Method, Prediction, register_method
-from pyro_clip.selection import check_validation, grid, grid_search, validation_score
-from pyro_clip.training import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
+from pyro_clip.training.selection import check_validation, grid, grid_search, validation_score
 
 CLIP_SCALE = 100.0
 

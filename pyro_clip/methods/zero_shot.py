@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from pyro_clip.features import FeatureSet
+from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods.base import Method, Prediction, register_method
 
 

@@ -179,7 +179,7 @@ class DeviceTraceELBO(Trace_ELBO):
     Pyro's version returns ``loss + (surrogate - surrogate.item())`` and checks the value for
     NaN, each a device->host copy that stalls a GPU step. Same value and gradient with
     ``surrogate.detach()`` (Pyro's own ``JitTrace_ELBO`` form); NaN is caught by the training
-    loop's guard (:mod:`pyro_clip.training`).
+    loop's guard (:mod:`pyro_clip.training.loop`).
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs):

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from pyro_clip.config import PROTOCOLS, RunConfig
 from pyro_clip.errors import ConfigError
+from pyro_clip.pipeline.config import PROTOCOLS, RunConfig
 
 OPTIONS_FROM = ("demo", "defaults")
 DIAGNOSTICS = ("full", "metrics", "none")

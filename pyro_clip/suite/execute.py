@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.progress import ProgressBar, progress_bar
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 from pyro_clip.suite.executors import get_executor_class
 from pyro_clip.suite.tasks import PREPARE, RUN, Task, TaskResult
+from pyro_clip.utils.progress import ProgressBar, progress_bar
 
 
 @dataclass
@@ -48,7 +48,7 @@ def build_tasks(suite: SuiteConfig, pending: list[SuiteRun]) -> list[Task]:
     """One prepare task per training data set of ``pending``, then the run tasks.
 
     A prepare task holds the configs of every pending run on its data set and encodes the
-    union of the images those runs read (:func:`pyro_clip.runner.select_images`: few-shot
+    union of the images those runs read (:func:`pyro_clip.pipeline.run.select_images`: few-shot
     sample, validation shots, test split, evaluation sets), never a whole training split.
     """
     threads = suite.resources.cpus

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.io import atomic_write, read_json, write_json
 from pyro_clip.suite.config import SuiteConfig, SuiteRun
+from pyro_clip.utils.io import atomic_write, read_json, write_json
 
 #: (key, column title, shown as a percentage)
 COLUMNS: tuple[tuple[str, str, bool], ...] = (

@@ -2,7 +2,7 @@
 
 Two kinds of task: ``prepare`` fills the feature cache of one data set (every split the runs
 read) so that its runs only read it, and ``run`` executes one suite run with
-:func:`pyro_clip.runner.run`. A run is written atomically: into a hidden temporary sibling
+:func:`pyro_clip.pipeline.run.run`. A run is written atomically: into a hidden temporary sibling
 folder ``.<name>.tmp-<id>``, whose ``config.json`` is then pointed at the final folder and
 which is renamed onto ``<name>`` (POSIX ``rename`` of a directory is atomic on one file
 system). A worker killed mid-run leaves only the hidden folder; the next attempt deletes it.
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.config import RunConfig
-from pyro_clip.io import atomic_write, read_json, write_json
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.utils.io import atomic_write, read_json, write_json
 
 PREPARE, RUN = "prepare", "run"
 TMP_MARK = ".tmp-"
@@ -70,8 +70,8 @@ class TaskResult:
 @contextlib.contextmanager
 def diagnostics_mode(mode: str) -> Iterator[None]:
     """Temporarily swap the runner's diagnostics hook: ``full`` | ``metrics`` | ``none``."""
-    from pyro_clip import runner
     from pyro_clip.diagnostics.hooks import diagnose_run, metrics_only_hook
+    from pyro_clip.pipeline import run as runner
 
     saved = list(runner.RUN_HOOKS)
     if mode == "metrics":
@@ -137,7 +137,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def execute_run(task: Task, capture_output: bool = False) -> TaskResult:
     """Run ``task.config`` into a temporary sibling folder, then rename it (module docstring)."""
-    from pyro_clip.runner import run
+    from pyro_clip.pipeline.run import run
 
     final = Path(task.config["out"])
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def execute_prepare(task: Task) -> TaskResult:
     The cache is per image, so images shared by several runs (the test split, overlapping
     few-shot samples) are encoded once.
     """
-    from pyro_clip.runner import encode_images, get_backbone, select_images
+    from pyro_clip.pipeline.run import encode_images, get_backbone, select_images
     from pyro_clip.runtime import Runtime
 
     cfg = RunConfig.from_dict(task.config)

@@ -4,7 +4,7 @@ Worker processes decode and preprocess images (``--workers``; 0 = the main proce
 device encodes the previous batch; on CUDA batches come from pinned memory with non-blocking
 copies, and the backbone runs under :meth:`~pyro_clip.runtime.Runtime.autocast`. Features stay
 on the device until a whole chunk is done, then come back to the host once as float32, so the
-cache (:mod:`pyro_clip.features`) stores the same numbers whichever device computed them.
+cache (:mod:`pyro_clip.features.cache`) stores the same numbers whichever device computed them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import ConfigError, DataError
-from pyro_clip.progress import ProgressBar, progress_bar
 from pyro_clip.runtime import Runtime
+from pyro_clip.utils.progress import ProgressBar, progress_bar
 
 
 def default_workers() -> int:

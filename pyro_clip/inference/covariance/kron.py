@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from pyro_clip.errors import ConfigError
-from pyro_clip.inference.covariance import DTYPE, Covariance, _check_predict, safe_cholesky
+from pyro_clip.inference.covariance.base import DTYPE, Covariance, _check_predict, safe_cholesky
 from pyro_clip.inference.kalman_jacobian import Jacobian, KronJacobian
 from pyro_clip.inference.posteriors import MatrixNormal
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError, DataError
-from pyro_clip.features import FeatureSet
-from pyro_clip.metrics import accuracy, negative_log_likelihood
+from pyro_clip.features.cache import FeatureSet
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from pyro_clip.diagnostics.metrics import harmonic_mean
 from pyro_clip.errors import ConfigError
-from pyro_clip.features import FeatureSet
-from pyro_clip.metrics import harmonic_mean
-from pyro_clip.selection import grid
+from pyro_clip.features.cache import FeatureSet
+from pyro_clip.training.selection import grid
 
 #: ``fit(candidate, train)`` trains once and returns ``evaluate(eval_set) -> (accuracy, NLL)``
 FitScore = Callable[[Mapping[str, Any], FeatureSet], Callable[[FeatureSet], tuple[float, float]]]

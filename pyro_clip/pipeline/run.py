@@ -19,7 +19,6 @@ import torch
 
 import pyro_clip
 from pyro_clip.backbones import DualEncoder, create_backbone
-from pyro_clip.config import RunConfig
 from pyro_clip.data import (
     LabeledImages,
     SubsetImages,
@@ -31,17 +30,18 @@ from pyro_clip.data import (
     load_dataset,
     subsample_classes,
 )
-from pyro_clip.data.augment import encode_views
 from pyro_clip.data.pixels import PixelRows
 from pyro_clip.diagnostics.hooks import diagnose_run
+from pyro_clip.diagnostics.metrics import classification_metrics, harmonic_mean
 from pyro_clip.errors import BackboneError, DataError
-from pyro_clip.features import FeatureCache, FeatureSet
-from pyro_clip.io import read_json, save_npz, save_torch, write_json
+from pyro_clip.features.cache import FeatureCache, FeatureSet
+from pyro_clip.features.views import encode_views
 from pyro_clip.methods import Method, MethodContext, Prediction, create_method, get_method_class
 from pyro_clip.methods.base import to_device
-from pyro_clip.metrics import classification_metrics, harmonic_mean
+from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.runtime import Runtime
-from pyro_clip.seeding import seed_everything
+from pyro_clip.utils.io import read_json, save_npz, save_torch, write_json
+from pyro_clip.utils.seeding import seed_everything
 
 
 @dataclass
@@ -176,7 +176,7 @@ def select_images(cfg: RunConfig) -> RunImages:
 def augmented_train(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages,
                     train: FeatureSet, augment: str, n_views: int) -> FeatureSet:
     """``train`` plus ``n_views`` cached augmented views of its ``images`` (same rows, same
-    order; :mod:`pyro_clip.data.augment`), each view encoded once and cached."""
+    order; :mod:`pyro_clip.features.views`), each view encoded once and cached."""
     views = encode_views(backbone, images, augment, n_views, cfg.seed,
                          FeatureCache(cfg.cache_dir, workers=cfg.workers), cfg.batch_size,
                          cfg.progress)

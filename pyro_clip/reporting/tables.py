@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.io import read_json
+from pyro_clip.utils.io import read_json
 
 COLUMNS = (
     ("method", "method"),

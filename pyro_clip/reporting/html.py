@@ -1,7 +1,8 @@
 """``pyro-clip report``: run folders compared side by side in one self-contained HTML file.
 
 ``out/report.html`` embeds every image as base64 (open it anywhere, mail it), and the same
-PNGs are written beside it; ``out/report.md`` keeps the Markdown table of :mod:`pyro_clip.tables`.
+PNGs are written beside it; ``out/report.md`` keeps the Markdown table of
+:mod:`pyro_clip.reporting.tables`.
 Only run-folder files are read (``config.json``, ``metrics.json``, ``predictions.npz``,
 ``plots/*.png`` written by :mod:`pyro_clip.diagnostics.hooks`), so any method plugs in.
 """
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from pyro_clip.errors import DataError
-from pyro_clip.io import atomic_write, read_json
-from pyro_clip.tables import markdown_table, run_summary
+from pyro_clip.reporting.tables import markdown_table, run_summary
+from pyro_clip.utils.io import atomic_write, read_json
 
 #: per-run figures (from the run hook), in display order: file name -> caption
 RUN_FIGURES = {
@@ -133,7 +134,7 @@ def bootstrap_calibration(
     """``{metric: (estimate, lo, hi)}``: percentile bootstrap 95% intervals (Efron 1979) of the
     equal-width/equal-mass ECE, NLL and Brier score over resampled test images."""
     from pyro_clip.diagnostics.calibration import ece_equal_mass, ece_equal_width
-    from pyro_clip.metrics import brier_score, negative_log_likelihood
+    from pyro_clip.diagnostics.metrics import brier_score, negative_log_likelihood
 
     fns = {"ECE (width)": ece_equal_width, "ECE (mass)": ece_equal_mass,
            "NLL": negative_log_likelihood, "Brier": brier_score}
@@ -234,7 +235,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
     labels = [_label(r, c, seen) for r, c in zip(run_paths, cfgs, strict=True)]
     metrics = [read_json(r / "metrics.json") for r in run_paths]
 
-    from pyro_clip.tables import COLUMNS
+    from pyro_clip.reporting.tables import COLUMNS
 
     percent = {"acc", "shift_acc", "ood_auroc", "base", "new", "h"}
     summary_rows = [[_fmt(s.get(k), k in percent) for k, _ in COLUMNS] for s in summaries]

@@ -5,7 +5,7 @@ CoOp, CoCoOp, KgCoOp and MaPLe train with ``random_resized_crop`` (scale 0.08-1,
 ``n_views`` augmented copies of each training image, each encoded once and cached like any other
 feature set (as Tip-Adapter caches its augmented epochs); training samples one view per image
 per epoch. The view of image ``i`` depends only on ``(augment, view, seed, i)``, and the
-fingerprint includes all three, so :class:`~pyro_clip.features.FeatureCache` needs no change.
+fingerprint includes all three, so :class:`~pyro_clip.features.cache.FeatureCache` needs no change.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def encode_views(
     cache=None, batch_size: int = 64, progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``{view_key(kind, v): (N, D)}`` for v < n_views, each view encoded once and cached."""
-    from pyro_clip.features import FeatureCache  # features imports data: import late
+    from pyro_clip.features.cache import FeatureCache  # features imports data: import late
 
     check_augment(augment, n_views)
     cache = cache if cache is not None else FeatureCache()

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from pyro_clip.errors import ConfigError, TrainingError
-from pyro_clip.io import save_torch
-from pyro_clip.progress import progress_bar
+from pyro_clip.utils.io import save_torch
+from pyro_clip.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_clip.config import RunConfig
 from pyro_clip.errors import ConfigError
 from pyro_clip.methods import get_method_class, known_methods
-from pyro_clip.report import write_report
-from pyro_clip.runner import run
-from pyro_clip.tables import markdown_table, run_summary
+from pyro_clip.pipeline.config import RunConfig
+from pyro_clip.pipeline.run import run
+from pyro_clip.reporting.html import write_report
+from pyro_clip.reporting.tables import markdown_table, run_summary
 
 
 def demo_methods() -> list[str]:

@@ -15,7 +15,7 @@ sets that share images share their features: the few-shot samples of every shot 
 seed, the validation shots, base/new class subsets and the test set. A run therefore encodes
 only the images it uses (few-shot train + validation shots + test + evaluation sets), never
 a whole training split. Encoding goes through one DataLoader pipeline,
-:func:`pyro_clip.extraction.iter_features`.
+:func:`pyro_clip.features.extraction.iter_features`.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyro_clip.backbones.base import DualEncoder
-from pyro_clip.cache_lock import locked
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
-from pyro_clip.extraction import iter_features
-from pyro_clip.io import save_npz
-from pyro_clip.progress import progress_bar
+from pyro_clip.features.extraction import iter_features
+from pyro_clip.features.lock import locked
+from pyro_clip.types import FeatureSet
+from pyro_clip.utils.io import save_npz
+from pyro_clip.utils.progress import progress_bar
 
 CACHE_FORMAT = 2
 _STORE = "items-v2"
@@ -44,40 +44,6 @@ _STORE = "items-v2"
 def default_cache_dir() -> Path:
     """``$PYRO_CLIP_CACHE`` if set, else ``~/.cache/pyro_clip``."""
     return Path(os.environ.get("PYRO_CLIP_CACHE", Path.home() / ".cache" / "pyro_clip"))
-
-
-@dataclass
-class FeatureSet:
-    """Cached image features of one split: ``features[kind]`` (N, D) float32 and ``labels`` (N,)."""
-
-    features: dict[str, torch.Tensor]
-    labels: torch.Tensor
-    classnames: list[str]
-    name: str
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, indices: np.ndarray | torch.Tensor, class_ids: list[int] | None = None):
-        """Rows ``indices``; with ``class_ids``, relabel class ``class_ids[k]`` to ``k``."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        labels = self.labels[idx]
-        classnames = self.classnames
-        if class_ids is not None:
-            remap = torch.full((len(self.classnames),), -1, dtype=torch.long)
-            remap[torch.as_tensor(class_ids)] = torch.arange(len(class_ids))
-            labels = remap[labels]
-            if (labels < 0).any():
-                raise DataError("subset rows include classes outside class_ids")
-            classnames = [self.classnames[c] for c in class_ids]
-        return FeatureSet(
-            {k: v[idx] for k, v in self.features.items()}, labels, classnames, self.name
-        )
-
-    def restrict_classes(self, class_ids: list[int]) -> FeatureSet:
-        """Keep only rows of ``class_ids`` and relabel them ``0..len(class_ids)-1``."""
-        keep = torch.isin(self.labels, torch.as_tensor(class_ids)).nonzero().flatten()
-        return self.subset(keep, class_ids)
 
 
 class FeatureCache:
@@ -90,7 +56,7 @@ class FeatureCache:
         if chunk_size < 1:
             raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
-        #: decoding processes (``None``: :func:`pyro_clip.extraction.default_workers`)
+        #: decoding processes (``None``: :func:`pyro_clip.features.extraction.default_workers`)
         self.workers = workers
         #: per backbone folder: item key -> (shard path, row), and the shards already read
         self._index: dict[Path, dict[str, tuple[Path, int]]] = {}
@@ -165,7 +131,7 @@ class FeatureCache:
     ) -> None:
         """Encode ``indices`` of ``dataset``, one atomic shard per chunk of ``chunk_size``.
 
-        One DataLoader (:func:`pyro_clip.extraction.iter_features`) serves every chunk, so
+        One DataLoader (:func:`pyro_clip.features.extraction.iter_features`) serves every chunk, so
         decoding workers start once; it checks the features are finite.
         """
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,7 @@ import torch
 
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import DataError
-from pyro_clip.io import save_npz, write_json
-from pyro_clip.runner import (
+from pyro_clip.pipeline.run import (
     RunResult,
     evaluate,
     get_backbone,
@@ -25,6 +24,7 @@ from pyro_clip.runner import (
     read_run_config,
 )
 from pyro_clip.runtime import Runtime
+from pyro_clip.utils.io import save_npz, write_json
 
 
 def evaluate_run(

@@ -1,0 +1,1 @@
+"""Image features: the on-disk cache, extraction through a backbone, augmented views."""

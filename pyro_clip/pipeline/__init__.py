@@ -1,0 +1,1 @@
+"""One run end to end: configuration, fitting, evaluation, the demo."""

@@ -1,0 +1,1 @@
+"""Training loops and hyper-parameter selection shared by the trained methods."""

@@ -1,0 +1,1 @@
+"""Small helpers with no pyro_clip dependencies: atomic I/O, progress bars, seeding."""
