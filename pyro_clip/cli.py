@@ -22,6 +22,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="'conse' or 'open_clip:<model>[:<tag or checkpoint>]'")
     p.add_argument("--dataset", help="data set name (pyro-clip list datasets)")
     p.add_argument("--data-root", dest="data_root", help="folder holding the images")
+    p.add_argument("--split-file", dest="split_file",
+                   help="split file: a run's split.json (folder) or a Dassl split_zhou_*.json")
     p.add_argument("--eval-dataset", dest="eval_datasets", action="append",
                    help="extra evaluation set, repeatable (default: the data set's own shifted "
                    "companions: fashion-mnist-c for fashion-mnist, the ImageNet variants for "
@@ -131,9 +133,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         names = known_methods()
     elif args.what == "datasets":
-        from pyro_clip.data import known_datasets
+        from pyro_clip.data.registry import describe_datasets
 
-        names = known_datasets()
+        names = describe_datasets()
     else:
         from pyro_clip.backbones import known_backbones
 

@@ -115,15 +115,15 @@ def test_class_of_only_corrupt_images_is_an_error(tmp_path: Path) -> None:
         ImageFolderImages(tmp_path, skip_corrupt=True)
 
 
-def test_registry_uses_split_subfolder_if_present(tmp_path: Path) -> None:
-    _png(tmp_path / "train" / "a" / "1.png", 1)
-    _png(tmp_path / "train" / "b" / "1.png", 2)
-    _png(tmp_path / "test" / "a" / "1.png", 3)
-    _png(tmp_path / "test" / "b" / "1.png", 4)
-    _png(tmp_path / "test" / "b" / "2.png", 5)
-    assert len(load_dataset("folder", "test", root=tmp_path)) == 3
-    assert len(load_dataset("folder", "train", root=tmp_path)) == 2
-    flat = tmp_path / "train"
-    assert len(load_dataset("folder", "val", root=flat)) == 2  # no val/ -> the root itself
+def test_registry_reads_split_subfolders(tmp_path: Path) -> None:
+    for split, n in (("train", 3), ("test", 2)):
+        for c, cls in enumerate("ab"):
+            for i in range(n):
+                _png(tmp_path / split / cls / f"{i}.png", 40 * c + 10 * i + (split == "test"))
+    assert len(load_dataset("folder", "test", root=tmp_path)) == 4
+    # no val/: one image per class carved from train, never from test
+    assert len(load_dataset("folder", "train", root=tmp_path)) == 4
+    val = load_dataset("folder", "val", root=tmp_path)
+    assert len(val) == 2 and all(r.startswith("train/") for r in val.relpaths())
     with pytest.raises(DataError, match="root"):
         load_dataset("folder", "train")

@@ -71,3 +71,21 @@ def files_fingerprint(
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update("\x00".join(classnames).encode())
     return h.hexdigest()
+
+
+def content_groups(paths: Sequence[Path]) -> list[list[int]]:
+    """Groups (>= 2 indices, ascending) of files with byte-identical content.
+
+    Only files that share their size with another file are read (sha256 of the bytes): a file
+    of unique size has no copy, so a folder of photos is mostly settled by ``stat`` alone.
+    """
+    by_size: dict[int, list[int]] = {}
+    for i, path in enumerate(paths):
+        by_size.setdefault(path.stat().st_size, []).append(i)
+    groups: dict[bytes, list[int]] = {}
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        for i in same_size:
+            groups.setdefault(file_digest(paths[i]), []).append(i)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)

@@ -11,8 +11,12 @@ cross-data-set protocol) is what ``pyro-clip evaluate`` is for.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
+
+from pyro_clip.data.base import LabeledImages
 from pyro_clip.errors import DataError
 
 
@@ -53,3 +57,37 @@ def eval_class_ids(
             f"{train_name!r}, so nothing of it can be scored under base-to-new; {fix}"
         )
     return ids
+
+
+def check_split_classes(train: LabeledImages, test: LabeledImages, protocol: str) -> None:
+    """Refuse data a run cannot score; warn when the test split lacks a training class.
+
+    The model is fitted to (and scored over) every class of ``train``: fewer than two classes
+    (or, under base-to-new, fewer than two per half) is an error, as is a test split in
+    another label space. A class with no test images is still scored over, not dropped (a
+    smaller problem would inflate accuracy), and named in a warning.
+    """
+    n = train.num_classes
+    if n < 2:
+        raise DataError(
+            f"{train.name} has {n} class ({train.classnames}); classification needs at least "
+            "two classes: add a second class folder"
+        )
+    if protocol == "base-to-new" and n < 4:
+        raise DataError(
+            f"{train.name} has {n} classes; base-to-new halves them and scores each half "
+            "separately, which needs at least 4 classes (2 per half): use --protocol few-shot"
+        )
+    if list(test.classnames) != list(train.classnames):
+        raise DataError(
+            f"test split {test.name} has classes {test.classnames[:5]}... but train "
+            f"{train.name} has {train.classnames[:5]}...; the splits must share one label space"
+        )
+    absent = sorted(set(range(n)) - set(np.unique(test.labels).tolist()))
+    if absent:
+        names = [train.classnames[c] for c in absent]
+        warnings.warn(
+            f"{test.name} has no images of class(es) {names}; the test split is still scored "
+            f"over all {n} classes the model was fitted to",
+            stacklevel=2,
+        )

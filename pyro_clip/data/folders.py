@@ -74,3 +74,30 @@ class ImageFolderImages(ImageFiles):
         self.name = f"{self.root.name}/{split_name}" if split_name else self.root.name
         self.base_dir = self.root
 
+
+
+class FileListImages(ImageFiles):
+    """Images listed by path relative to ``base_dir``, with their labels and class names.
+
+    One split of a folder data set (:mod:`pyro_clip.data.folder_splits`): every split keeps
+    ``base_dir`` = the data set's root, so ``train/cat/1.png`` and ``test/cat/1.png`` never
+    share a cache key. ``skip_corrupt`` drops unreadable files (:meth:`ImageFiles.drop_corrupt`).
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        relpaths: list[str],
+        labels: list[int] | np.ndarray,
+        classnames: list[str],
+        name: str,
+        skip_corrupt: bool = False,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.paths = [self.base_dir / rel for rel in relpaths]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.classnames = list(classnames)
+        self.name = name
+        self.skipped = []
+        if skip_corrupt:
+            self.drop_corrupt()

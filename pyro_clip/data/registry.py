@@ -1,9 +1,10 @@
 """One entry point for every data source: ``load_dataset(name, split, root, **kw)``.
 
 Names: ``"fashion-mnist"`` (embedded, offline), ``"fashion-mnist-c"`` (its corrupted copy;
-keywords ``corruption``, ``severity``), ``"folder"`` (``root/<split>/<class>/<images>`` if
-``root/<split>`` exists, else ``root/<class>/<images>`` for every split) and the CoOp/Dassl
-benchmarks (``root`` = the folder holding them; see :mod:`pyro_clip.data.dassl`).
+keywords ``corruption``, ``severity``), ``"folder"`` (a user's images: ``root/<class>/<images>``
+split per class by seed, or ``root/{train,test}/<class>/...`` with an optional ``val/``, or a
+split file; see :mod:`pyro_clip.data.folder_splits`) and the CoOp/Dassl benchmarks (``root`` =
+the folder holding them; see :mod:`pyro_clip.data.dassl`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from pyro_clip.data.base import LabeledImages
 from pyro_clip.data.dassl import DasslSplitImages
 from pyro_clip.data.dassl_specs import PLAIN_TEMPLATE, dassl_names, resolve_dassl
 from pyro_clip.data.embedded import load_embedded
-from pyro_clip.data.folders import ImageFolderImages
+from pyro_clip.data.folder_splits import (
+    DEFAULT_SPLIT_SEED,
+    FLAT_SHARES,
+    VAL_SHARE,
+    FolderSplits,
+    read_folder_splits,
+)
 from pyro_clip.data.imagenet_variants import ImageNetVariantImages, resolve_variant, variant_names
 from pyro_clip.data.shifted import load_shifted
 from pyro_clip.errors import DataError
@@ -77,6 +84,31 @@ def default_augment(name: str) -> str:
     return _spec(name).augment
 
 
+#: what ``pyro-clip list datasets`` prints beside each built-in name
+_DESCRIPTIONS = {
+    "fashion-mnist": "embedded, offline: class-balanced Fashion-MNIST subset (train/val/test)",
+    "fashion-mnist-c": "embedded, offline: its shifted copy (evaluation; corruption, severity)",
+    "folder": "your images, --data-root ROOT, layouts: ROOT/<class>/<images> (split per class "
+              f"by seed {FLAT_SHARES[0]:.0%} train, {FLAT_SHARES[1]:.0%} val, the rest test, "
+              "written to the run's split.json); ROOT/train/ + ROOT/test/ (val carved from "
+              f"train per class, {VAL_SHARE:.0%}); ROOT/train/ + ROOT/val/ + ROOT/test/ (as "
+              "given); or --split-file split.json",
+}
+
+
+def describe_datasets() -> list[str]:
+    """One line per known data set: its name and how it is read."""
+    lines = []
+    for name in known_datasets():
+        if name in _DESCRIPTIONS:
+            lines.append(f"{name}: {_DESCRIPTIONS[name]}")
+        elif resolve_variant(name) is not None:
+            lines.append(f"{name}: ImageNet variant under --data-root (evaluation only)")
+        else:
+            lines.append(f"{name}: CoOp/Dassl layout under --data-root with its split file")
+    return lines
+
+
 def known_datasets() -> list[str]:
     """Every name ``load_dataset`` accepts (canonical spelling)."""
     return [*_BUILTIN, *dassl_names(), *variant_names()]
@@ -113,7 +145,9 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
         split: ``"train"``, ``"val"`` or ``"test"``.
         root: folder with the images; required for ``"folder"`` and the Dassl benchmarks.
         **kw: passed on: ``invert`` (Fashion-MNIST), ``corruption`` / ``severity``
-            (Fashion-MNIST-C), ``image_dir`` / ``split_file`` (Dassl), ``skip_corrupt``
+            (Fashion-MNIST-C), ``image_dir`` / ``split_file`` (Dassl), ``split_file`` /
+            ``split_seed`` (folder: a run's ``split.json``, or the seed of the split of a
+            flat folder, default ``DEFAULT_SPLIT_SEED``), ``skip_corrupt``
             (every data set read from files: drop unreadable images instead of stopping;
             ignored by the embedded sets, whose images cannot be corrupt).
     """
@@ -128,11 +162,7 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
         _reject_extra(name, kw, ("corruption", "severity", "invert"))
         return load_shifted(split, **kw)
     if key == "folder":
-        _reject_extra(name, kw)
-        base = _require_root(name, root)
-        split_dir = base / split
-        folder = split_dir if split_dir.is_dir() else base
-        return ImageFolderImages(folder, split_name=split, skip_corrupt=skip)
+        return _folder_splits(name, root, skip, kw).images(split)
     if resolve_dassl(name) is not None:
         _reject_extra(name, kw, ("image_dir", "split_file"))
         return DasslSplitImages(_require_root(name, root), name, split, skip_corrupt=skip, **kw)
@@ -140,3 +170,38 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
         _reject_extra(name, kw)
         return ImageNetVariantImages(_require_root(name, root), name, split, skip_corrupt=skip)
     raise DataError(f"unknown data set {name!r}; known: {known_datasets()}")
+
+
+def _folder_splits(name: str, root: str | Path | None, skip: bool,
+                   kw: dict[str, Any]) -> FolderSplits:
+    _reject_extra(name, kw, ("split_file", "split_seed"))
+    seed = kw.get("split_seed", DEFAULT_SPLIT_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"split_seed must be an integer >= 0, got {seed!r}")
+    return read_folder_splits(_require_root(name, root), seed, kw.get("split_file"), skip)
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits of one data set, read together (so that a folder is split once)."""
+
+    train: LabeledImages
+    #: ``None`` for data sets without a validation split (:func:`has_validation_split`)
+    val: LabeledImages | None
+    test: LabeledImages
+    #: how the splits were made, as a split file (folder data sets; ``None`` otherwise)
+    record: dict[str, Any] | None = None
+    #: one line saying so (folder data sets)
+    summary: str | None = None
+
+
+def load_splits(name: str, root: str | Path | None = None, **kw: Any) -> DatasetSplits:
+    """train, val and test of ``name`` (keywords as :func:`load_dataset`)."""
+    if name.lower() == "folder":
+        skip = bool(kw.pop("skip_corrupt", False))
+        splits = _folder_splits(name, root, skip, kw)
+        return DatasetSplits(splits.images("train"), splits.images("val"),
+                             splits.images("test"), splits.record(), splits.summary())
+    train = load_dataset(name, "train", root, **kw)
+    val = load_dataset(name, "val", root, **kw) if has_validation_split(name) else None
+    return DatasetSplits(train, val, load_dataset(name, "test", root, **kw))

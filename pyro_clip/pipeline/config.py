@@ -22,6 +22,8 @@ class RunConfig:
     backbone: str = "conse"
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    #: a split file: a run's ``split.json`` (folder data sets) or a Dassl ``split_zhou_*.json``
+    split_file: str | None = None
     #: extra evaluation sets (their test split); ``None``: the data set's own shifted
     #: companions (fashion-mnist -> fashion-mnist-c, imagenet -> its variants, else none)
     eval_datasets: list[str] | None = None

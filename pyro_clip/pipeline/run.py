@@ -8,6 +8,7 @@ the method has weights. Extra writers (e.g. ArviZ diagnostics) hook in via ``RUN
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +27,12 @@ from pyro_clip.data import (
     default_eval_datasets,
     eval_class_ids,
     few_shot_indices,
-    has_validation_split,
     load_dataset,
     subsample_classes,
 )
+from pyro_clip.data.eval_sets import check_split_classes
 from pyro_clip.data.pixels import PixelRows
+from pyro_clip.data.registry import load_splits
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.diagnostics.metrics import classification_metrics, harmonic_mean
 from pyro_clip.errors import BackboneError, DataError
@@ -78,6 +80,8 @@ class RunResult:
 RUN_HOOKS: list[Callable[[RunResult], None]] = [diagnose_run]
 
 _BACKBONES: dict[tuple[str, str], DualEncoder] = {}
+#: the run folder's record of a folder data set's train / val / test split
+SPLIT_FILE = "split.json"
 
 
 def get_backbone(spec: str, runtime: Runtime | None = None) -> DualEncoder:
@@ -95,9 +99,14 @@ def load_dataset_reported(cfg: RunConfig, dataset: str, split: str,
     """``load_dataset`` with ``skip_corrupt``; ``report`` receives its image and skipped counts."""
     # embedded sets ignore root and skip_corrupt
     images = load_dataset(dataset, split, root=cfg.data_root, skip_corrupt=cfg.skip_corrupt)
+    _report(report, dataset, split, images)
+    return images
+
+
+def _report(report: dict[str, dict[str, int]], dataset: str, split: str,
+            images: LabeledImages) -> None:
     report[f"{dataset}/{split}"] = {"n_images": len(images),
                                     "n_skipped": len(getattr(images, "skipped", []))}
-    return images
 
 
 def load_features(cfg: RunConfig, backbone: DualEncoder, dataset: str, split: str) -> FeatureSet:
@@ -130,6 +139,10 @@ class RunImages:
     new_ids: list[int] | None = None
     #: per loaded split: number of images and of corrupt images skipped (``skip_corrupt``)
     report: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: how a folder data set was split, as a split file (written to the run as split.json)
+    split_record: dict[str, Any] | None = None
+    #: one line saying how the data set was split (folder data sets)
+    split_summary: str | None = None
 
 
 def select_images(cfg: RunConfig) -> RunImages:
@@ -141,10 +154,14 @@ def select_images(cfg: RunConfig) -> RunImages:
     ``DataError`` here, before a single image is encoded.
     """
     report: dict[str, dict[str, int]] = {}
-    train_all = load_dataset_reported(cfg, cfg.dataset, "train", report)
-    val_all = (load_dataset_reported(cfg, cfg.dataset, "val", report)
-               if has_validation_split(cfg.dataset) else train_all)
-    test = load_dataset_reported(cfg, cfg.dataset, "test", report)
+    extra_kw = {"split_file": cfg.split_file} if cfg.split_file else {}
+    splits = load_splits(cfg.dataset, cfg.data_root, skip_corrupt=cfg.skip_corrupt, **extra_kw)
+    train_all, test = splits.train, splits.test
+    val_all = splits.val if splits.val is not None else train_all
+    for split, images in (("train", train_all), ("val", splits.val), ("test", test)):
+        if images is not None:
+            _report(report, cfg.dataset, split, images)
+    check_split_classes(train_all, test, cfg.protocol)
     train_idx, val_idx = few_shot_indices(
         train_all.labels, None if val_all is train_all else val_all.labels, cfg.shots, cfg.seed
     )
@@ -170,7 +187,8 @@ def select_images(cfg: RunConfig) -> RunImages:
         ids = eval_class_ids(name, images.classnames, cfg.dataset, train_all.classnames,
                              keep, companions)
         extra[name] = images if ids is None else subsample_classes(images, ids)
-    return RunImages(train, val, test, extra, base_ids, new_ids, report)
+    return RunImages(train, val, test, extra, base_ids, new_ids, report, splits.record,
+                     splits.summary)
 
 
 def augmented_train(cfg: RunConfig, backbone: DualEncoder, images: LabeledImages,
@@ -203,6 +221,10 @@ def run(cfg: RunConfig) -> RunResult:
     started = time.time()
     method = create_method(cfg.method, **cfg.options)  # bad names/options: before any work
     images = select_images(cfg)  # data errors surface here, before weights or encoding
+    if images.split_record is not None:
+        write_json(out / SPLIT_FILE, images.split_record)
+        print(f"{images.split_summary}; recorded in {out / SPLIT_FILE} (reuse: --split-file)",
+              file=sys.stderr, flush=True)
     backbone = get_backbone(cfg.backbone, runtime)
     train = encode_images(cfg, backbone, images.train)
     val = encode_images(cfg, backbone, images.val)
