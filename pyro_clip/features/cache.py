@@ -16,12 +16,20 @@ seed, the validation shots, base/new class subsets and the test set. A run there
 only the images it uses (few-shot train + validation shots + test + evaluation sets), never
 a whole training split. Encoding goes through one DataLoader pipeline,
 :func:`pyro_clip.features.extraction.iter_features`.
+
+Damage: a shard that cannot be read (cut short, overwritten, a bad zip CRC), whose feature
+arrays are shorter than its key list, or that holds a non-finite feature is reported with its
+path (``UserWarning``), deleted, and its images are encoded again; the other shards, and so
+every other data set, are unaffected.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +47,33 @@ from pyro_clip.utils.progress import progress_bar
 
 CACHE_FORMAT = 2
 _STORE = "items-v2"
+#: what reading a damaged ``.npz`` raises: a torn or overwritten zip, random bytes that
+#: ``np.load`` takes for a pickle, a member whose CRC or length does not match
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile,
+                pickle.UnpicklingError)
+#: how often ``get`` re-encodes images of shards found damaged before giving up
+_MAX_REPAIRS = 3
+
+
+class _ShardGone(Exception):
+    """A shard the index points to was damaged (and dropped) or removed by another process."""
+
+
+def _stat_id(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_keys(shard: Path) -> list[str]:
+    # our own handle: np.load leaves the file it opened unclosed when the zip is damaged
+    with open(shard, "rb") as fh, np.load(fh) as data:
+        keys = data["keys"]
+    if keys.ndim != 1 or keys.dtype.kind != "U":
+        raise ValueError(f"keys are {keys.dtype} {keys.shape}, not a list of strings")
+    return keys.tolist()
 
 
 def default_cache_dir() -> Path:
@@ -83,11 +118,37 @@ class FeatureCache:
             for shard in sorted(folder.glob("*.npz")):
                 if shard.name in seen:
                     continue
-                with np.load(shard) as data:
-                    for row, k in enumerate(data["keys"].tolist()):
-                        index.setdefault(k, (shard, row))
+                before = _stat_id(shard)
+                try:
+                    keys = _read_keys(shard)
+                except FileNotFoundError:  # dropped by another process meanwhile
+                    continue
+                except _READ_ERRORS as exc:
+                    self._drop(shard, before, f"unreadable: {type(exc).__name__}: {exc}")
+                    continue
+                for row, k in enumerate(keys):
+                    index.setdefault(k, (shard, row))
                 seen.add(shard.name)
         return index
+
+    def _forget(self, shard: Path) -> None:
+        """Take ``shard`` out of the in-memory index (its keys count as missing again)."""
+        index = self._index.get(shard.parent, {})
+        for k in [k for k, (path, _) in index.items() if path == shard]:
+            del index[k]
+        self._seen.get(shard.parent, set()).discard(shard.name)
+
+    def _drop(self, shard: Path, seen_as: tuple[int, int, int] | None, why: str) -> None:
+        """Report a damaged shard with its path and delete it, unless another process has
+        replaced it since it was read (``seen_as``: its inode, size and mtime then)."""
+        self._forget(shard)
+        if seen_as is not None and _stat_id(shard) == seen_as:
+            shard.unlink(missing_ok=True)
+        warnings.warn(
+            f"feature cache shard {shard} is damaged ({why}); it was deleted and its images "
+            "are encoded again",
+            stacklevel=2,
+        )
 
     def missing(self, backbone: DualEncoder, dataset: LabeledImages) -> list[int]:
         """Indices of the images of ``dataset`` whose features are not cached yet
@@ -110,13 +171,23 @@ class FeatureCache:
         if len(dataset) == 0:
             raise DataError(f"data set {dataset.name} is empty; nothing to encode")
         folder = self.backbone_dir(backbone)
-        todo = self.missing(backbone, dataset)
-        if todo:
-            with locked(folder):  # concurrent writers: one encodes, the others wait and reuse
-                todo = self.missing(backbone, dataset)
-                if todo:
-                    self._extract(backbone, dataset, todo, folder, batch_size, progress)
-        feats = self._gather(folder, dataset.item_keys())
+        for _ in range(_MAX_REPAIRS + 1):
+            todo = self.missing(backbone, dataset)
+            if todo:
+                with locked(folder):  # concurrent writers: one encodes, the others reuse
+                    todo = self.missing(backbone, dataset)
+                    if todo:
+                        self._extract(backbone, dataset, todo, folder, batch_size, progress)
+            try:
+                feats = self._gather(folder, dataset.item_keys())
+                break
+            except _ShardGone:  # dropped: the next pass encodes its images again
+                continue
+        else:
+            raise DataError(
+                f"features of {dataset.name} in {folder} were damaged again after "
+                f"{_MAX_REPAIRS} re-encodings; check the disk, or delete {folder}"
+            )
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64).copy())
         return FeatureSet(feats, labels, list(dataset.classnames), dataset.name)
 
@@ -153,23 +224,56 @@ class FeatureCache:
         self._refresh(folder)
 
     def _gather(self, folder: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Rows of ``keys`` from the shards, in order -> ``{kind: (N, D) float32}``."""
+        """Rows of ``keys`` from the shards, in order -> ``{kind: (N, D) float32}``; raises
+        ``_ShardGone`` after dropping every damaged shard among them."""
         index = self._refresh(folder)
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for out_row, k in enumerate(keys):
             shard, row = index[k]
             by_shard.setdefault(shard, []).append((out_row, row))
         out: dict[str, np.ndarray] = {}
+        gone: list[str] = []
         for shard, pairs in by_shard.items():
             dst = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
             src = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
-            with np.load(shard) as data:
-                for name in data.files:
-                    if not name.startswith("feat_"):
-                        continue
-                    arr = data[name]
-                    kind = name[5:]
-                    if kind not in out:
-                        out[kind] = np.empty((len(keys), *arr.shape[1:]), dtype=arr.dtype)
-                    out[kind][dst] = arr[src]
+            try:
+                arrays = self._read_features(shard)
+            except _ShardGone as exc:  # check the other shards too: all are re-encoded at once
+                gone.append(str(exc))
+                continue
+            for kind, arr in arrays.items():
+                if kind not in out:
+                    out[kind] = np.empty((len(keys), *arr.shape[1:]), dtype=arr.dtype)
+                out[kind][dst] = arr[src]
+        if gone:
+            raise _ShardGone(", ".join(gone))
         return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    def _read_features(self, shard: Path) -> dict[str, np.ndarray]:
+        """``{kind: rows}`` of one shard, checked: readable, one finite row per key.
+
+        A damaged shard is dropped (:meth:`_drop`) and ``_ShardGone`` raised."""
+        before = _stat_id(shard)
+        try:
+            with open(shard, "rb") as fh, np.load(fh) as data:
+                n_keys = len(data["keys"])
+                arrays = {name[5:]: data[name] for name in data.files
+                          if name.startswith("feat_")}
+        except FileNotFoundError as exc:  # dropped by another process
+            self._forget(shard)
+            raise _ShardGone(str(shard)) from exc
+        except _READ_ERRORS as exc:
+            self._drop(shard, before, f"unreadable: {type(exc).__name__}: {exc}")
+            raise _ShardGone(str(shard)) from exc
+        why = None
+        if not arrays:
+            why = "no feature arrays"
+        for kind, arr in arrays.items():
+            if arr.ndim < 1 or arr.shape[0] != n_keys:
+                why = f"{kind} holds {arr.shape[:1]} rows for {n_keys} keys"
+            elif arr.dtype.kind != "f" or not np.isfinite(arr).all():
+                why = f"{kind} has non-finite values"
+        if why is not None:
+            self._drop(shard, before, why)
+            raise _ShardGone(str(shard))
+        return arrays
