@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from pyro_clip.backbones.base import DualEncoder, cosine_logits
-from pyro_clip.errors import ConfigError
+from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.runtime import CPU, Runtime
 
@@ -116,12 +116,49 @@ def _on_device(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: entry points whose image features (tensors or FeatureSets) are checked to be finite first
+CHECKED_INPUTS = ("fit", "predict", "ood_scores", "logit_posterior", "logit_prior")
+
+
+def check_finite_features(method: str, where: str, *inputs: Any) -> None:
+    """Raise ``DataError`` naming the rows when an input's float features hold NaN or inf.
+
+    Inputs that are neither tensors nor :class:`FeatureSet` (lazily decoded pixels, class
+    names) are not features and pass."""
+    for item in inputs:
+        tensors = (item.features if isinstance(item, FeatureSet)
+                   else {"": item} if isinstance(item, torch.Tensor) else {})
+        for kind, x in tensors.items():
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim == 0:
+                continue
+            bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
+            if len(bad):
+                of = f" ({item.name}, {kind})" if isinstance(item, FeatureSet) else ""
+                raise DataError(
+                    f"{method} {where}: features{of} contain NaN or inf in {len(bad)} of "
+                    f"{x.shape[0]} rows (first: row {int(bad[0])}); re-extract them (delete the "
+                    "feature cache entry) or drop those images"
+                )
+
+
+def _checked_inputs(fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """Check every feature input of ``fn`` with :func:`check_finite_features` first."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Method, *args: Any, **kwargs: Any) -> Any:
+        check_finite_features(self.name, where, *args, *kwargs.values())
+        return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Method(ABC):
     """Base class; subclasses set ``name`` and register with :func:`register_method`.
 
     The entry points in :data:`DEVICE_BOUNDARY` are wrapped for every subclass so that a
     method computes on ``ctx.device`` and callers only ever see CPU tensors (the logit
-    distributions of ``logit_posterior`` / ``logit_prior`` keep the device of their parameters).
+    distributions of ``logit_posterior`` / ``logit_prior`` keep the device of their parameters);
+    those in :data:`CHECKED_INPUTS` refuse non-finite features with one clear error.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -130,6 +167,10 @@ class Method(ABC):
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "__isabstractmethod__", False):
                 setattr(cls, name, _on_device(fn))
+        for name in CHECKED_INPUTS:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__isabstractmethod__", False):
+                setattr(cls, name, _checked_inputs(fn, name))
 
     name: ClassVar[str]
     #: which cached image features the method consumes ("joint" = shared embedding space)
