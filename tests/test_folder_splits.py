@@ -162,3 +162,20 @@ def test_one_class_and_tiny_base_to_new_are_refused() -> None:
     three = ArrayImages(pixels, np.arange(6) % 3, ["a", "b", "c"], name="three")
     with pytest.raises(DataError, match="at least 4 classes"):
         check_split_classes(three, three, "base-to-new")
+
+
+def test_content_groups_match_brute_force(tmp_path: Path) -> None:
+    from pyro_clip.data._hashing import content_groups
+
+    rng = np.random.default_rng(5)
+    blobs = [rng.bytes(8) for _ in range(4)] + [rng.bytes(9)]  # four share a size
+    picks = rng.integers(0, len(blobs), 30)
+    paths = []
+    for i, k in enumerate(picks):
+        paths.append(tmp_path / f"{i}.bin")
+        paths[-1].write_bytes(blobs[k])
+    by_bytes: dict[bytes, list[int]] = {}
+    for i, path in enumerate(paths):
+        by_bytes.setdefault(path.read_bytes(), []).append(i)
+    expected = sorted(g for g in by_bytes.values() if len(g) > 1)
+    assert content_groups(paths) == expected

@@ -10,6 +10,7 @@ its bytes instead (streamed), for file systems whose mtimes cannot be trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -79,13 +80,22 @@ def content_groups(paths: Sequence[Path]) -> list[list[int]]:
     Only files that share their size with another file are read (sha256 of the bytes): a file
     of unique size has no copy, so a folder of photos is mostly settled by ``stat`` alone.
     """
+    stats = [path.stat() for path in paths]
     by_size: dict[int, list[int]] = {}
-    for i, path in enumerate(paths):
-        by_size.setdefault(path.stat().st_size, []).append(i)
+    for i, st in enumerate(stats):
+        by_size.setdefault(st.st_size, []).append(i)
     groups: dict[bytes, list[int]] = {}
     for same_size in by_size.values():
         if len(same_size) < 2:
             continue
         for i in same_size:
-            groups.setdefault(file_digest(paths[i]), []).append(i)
+            digest = _remembered_digest(str(paths[i]), stats[i].st_size, stats[i].st_mtime_ns)
+            groups.setdefault(digest, []).append(i)
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _remembered_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    """:func:`file_digest`, remembered by (path, size, mtime): a folder's files are checked for
+    copies twice per run (when splitting, then across the splits)."""
+    return file_digest(Path(path))
