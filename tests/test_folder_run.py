@@ -85,3 +85,22 @@ def test_one_class_folder_is_a_one_line_error(tmp_path, capsys):
     assert rc == 2
     assert err.startswith("pyro-clip: error: ") and err.count("\n") == 1
     assert "classification needs at least two classes" in err
+
+
+def test_class_missing_from_test_is_scored_over_every_fitted_class(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    for split, classes, n in (("train", CLASSES, 5), ("test", ("ant", "cow"), 3)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"no images of class\(es\) \['bee'\].*all 3 classes"):
+        assert main(["fit", "--dataset", "folder", "--data-root", str(root), "--backbone", TINY,
+                     "--method", "zero-shot", "--shots", "2", "--out", str(out),
+                     "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 0
+    predictions = np.load(out / "predictions.npz")
+    assert predictions["test/probs"].shape == (6, 3)  # 3-way, not 2-way
+    assert sorted(set(predictions["test/labels"].tolist())) == [0, 2]

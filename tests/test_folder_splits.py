@@ -81,7 +81,9 @@ def test_flat_class_with_too_few_images_is_named(tmp_path: Path) -> None:
 def test_train_test_layout_carves_val_from_train_only(tmp_path: Path) -> None:
     _write(tmp_path, {"a": 10, "b": 10}, seed=1, prefix="train")
     _write(tmp_path, {"a": 4, "b": 3}, seed=2, prefix="test")
-    splits = _load(tmp_path)
+    _write(tmp_path, {"stray": 3}, seed=3)
+    with pytest.warns(UserWarning, match=r"\['stray'\] beside train/ and test/ are not read"):
+        splits = _load(tmp_path)
     _assert_disjoint(splits)
     assert sorted(splits["test"].paths) == sorted((tmp_path / "test").rglob("*.png"))
     assert np.bincount(splits["val"].labels).tolist() == [2, 2]  # 20 % of each class

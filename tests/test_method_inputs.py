@@ -50,9 +50,17 @@ def test_feature_set_labels_are_checked_where_it_is_built():
         FeatureSet({"joint": x}, torch.tensor([0, 3, 1, 5]), NAMES, "t")
     with pytest.raises(DataError, match=r"label -1 \(row 0"):
         FeatureSet({"joint": x}, torch.tensor([-1, 0, 1, 2]), NAMES, "t")
-    with pytest.raises(DataError, match="1-D integer tensor, got torch.float32"):
+    with pytest.raises(DataError, match=r"1-D integer tensor, got torch\.float32"):
         FeatureSet({"joint": x}, torch.tensor([0.0, 1.0, 1.0, 2.0]), NAMES, "t")
     with pytest.raises(DataError, match=r"shape \(4, 2\) but there are 3 labels"):
         FeatureSet({"joint": x}, torch.tensor([0, 1, 2]), NAMES, "t")
     ok = FeatureSet({"joint": x}, torch.tensor([0, 1, 2, 2]), NAMES, "t")
     assert ok.subset([2, 3], class_ids=[2]).labels.tolist() == [0, 0]
+
+
+def test_empty_and_finite_inputs_pass_the_check():
+    from pyro_clip.methods.base import check_finite_features
+
+    check_finite_features("m", "fit", torch.zeros(0, 5), torch.zeros(3), ["a"],
+                          FeatureSet({"joint": torch.zeros(0, 4)}, torch.zeros(0, dtype=torch.long),
+                                     NAMES, "empty"))

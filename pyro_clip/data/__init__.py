@@ -15,6 +15,7 @@ from pyro_clip.data.fewshot import (
     sample_few_shot,
     subsample_classes,
 )
+from pyro_clip.data.folder_splits import FolderSplits, read_folder_splits
 from pyro_clip.data.folders import ImageFolderImages
 from pyro_clip.data.registry import (
     default_eval_datasets,
@@ -22,6 +23,7 @@ from pyro_clip.data.registry import (
     has_validation_split,
     known_datasets,
     load_dataset,
+    load_splits,
 )
 from pyro_clip.data.shifted import CORRUPTIONS, load_shifted
 
@@ -32,6 +34,7 @@ __all__ = [
     "ArrayImages",
     "DasslSplitImages",
     "FewShotSplit",
+    "FolderSplits",
     "ImageFolderImages",
     "LabeledImages",
     "SubsetImages",
@@ -46,7 +49,9 @@ __all__ = [
     "load_dataset",
     "load_embedded",
     "load_shifted",
+    "load_splits",
     "make_few_shot",
+    "read_folder_splits",
     "sample_few_shot",
     "subsample_classes",
     "validate_dassl_layout",

@@ -211,6 +211,11 @@ def _class_mismatch(root: Path, split: str, train: list[str], other: list[str]) 
 
 def _read_split_folders(root: Path, layout: str, seed: int, skip_corrupt: bool) -> FolderSplits:
     given = [s for s in SPLITS if s != "val" or layout == "train/val/test"]
+    ignored = sorted(p.name for p in root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and p.name not in SPLITS)
+    if ignored:
+        warnings.warn(f"{root}: folder(s) {ignored} beside train/ and test/ are not read; "
+                      "move their images into the split folders", stacklevel=3)
     folders = {s: ImageFolderImages(root / s, split_name=s, skip_corrupt=skip_corrupt)
                for s in given}
     train_dirs = folders["train"].class_dirs

@@ -131,7 +131,8 @@ def check_finite_features(method: str, where: str, *inputs: Any) -> None:
         for kind, x in tensors.items():
             if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim == 0:
                 continue
-            bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
+            infinite = ~torch.isfinite(x)
+            bad = (infinite.flatten(1).any(dim=1) if x.ndim > 1 else infinite).nonzero().flatten()
             if len(bad):
                 of = f" ({item.name}, {kind})" if isinstance(item, FeatureSet) else ""
                 raise DataError(
