@@ -104,3 +104,12 @@ def test_class_missing_from_test_is_scored_over_every_fitted_class(tmp_path):
     predictions = np.load(out / "predictions.npz")
     assert predictions["test/probs"].shape == (6, 3)  # 3-way, not 2-way
     assert sorted(set(predictions["test/labels"].tolist())) == [0, 2]
+
+
+def test_list_datasets_says_how_folders_are_read(capsys):
+    assert main(["list", "datasets"]) == 0
+    folder = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("folder:"))
+    for layout in ("ROOT/<class>/<images>", "ROOT/train/ + ROOT/test/", "ROOT/val/",
+                   "--split-file", "50% train, 20% val"):
+        assert layout in folder
