@@ -19,10 +19,10 @@ from pyro_clip.inference.covariance import (
     LowRankCovariance,
     categorical_block_gain,
     categorical_gain_terms,
+    structure,
 )
 from pyro_clip.inference.kalman_jacobian import DenseJacobian, KronJacobian
 from pyro_clip.methods import create_method
-from pyro_clip.methods.kalman import auto_batch_size
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -271,5 +271,6 @@ def test_bad_top_classes_is_a_clear_error():
 def test_block_auto_batch_keeps_one_example_below_256_classes():
     """The documented rule: B = 1 (each example relinearises) below 256 classes, 32 from
     256 (memory-bound state, minibatch path); diag keeps its O(C P) single-example path."""
-    assert [auto_batch_size("block", c) for c in (10, 100, 255, 256, 1000)] == [1, 1, 1, 32, 32]
-    assert auto_batch_size("diag", 1000) == 1
+    block, diag = structure("block"), structure("diag")
+    assert [block.auto_batch_size(c) for c in (10, 100, 255, 256, 1000)] == [1, 1, 1, 32, 32]
+    assert diag.auto_batch_size(1000) == 1
