@@ -9,9 +9,11 @@ import pytest
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance import (
+    AUTO_STATE_GIB,
     COVARIANCES,
     DiagCovariance,
     build_covariance,
+    choose_structure,
     estimate_bytes,
     register_covariance,
     structure,
@@ -56,3 +58,29 @@ def test_a_new_structure_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
         @register_covariance
         class Clash(DiagCovariance):
             kind = "scaled-diag"
+
+
+@pytest.mark.parametrize(("n_classes", "kind"), [(10, "full"), (15, "full"), (16, "block"),
+                                                 (100, "block"), (255, "block"), (256, "kron"),
+                                                 (1000, "kron")])
+def test_auto_picks_by_size_at_512_dims(n_classes: int, kind: str) -> None:
+    """``covariance=auto`` on a linear head over 512-d features plus a bias: full while its
+    (C P)^2 state fits the budget, then block's C P^2, then kron."""
+    n = n_classes * 513
+    assert choose_structure(n, n_classes) == kind
+    assert estimate_bytes(kind, n, n_classes) <= AUTO_STATE_GIB * 2**30
+
+
+def test_auto_default_at_100_classes_stays_under_4_gb() -> None:
+    """The default's state for 100 classes x 512 dims, with the few copies a fit holds at its
+    peak (best and current prior-variance states, symmetrised copy, Cholesky factor and its
+    product while repairing): well under 4 GB, where ``full`` alone would need 21 GB."""
+    n = 100 * 513
+    kind = choose_structure(n, 100)
+    assert 5 * estimate_bytes(kind, n, 100) < 4e9
+    assert estimate_bytes("full", n, 100) > 4e9
+
+
+def test_auto_respects_the_structures_option_checks() -> None:
+    """kron factors a linear head only: a residual adapter never gets it."""
+    assert choose_structure(1000 * 513, 1000, {"adapter": "residual"}) == "block"

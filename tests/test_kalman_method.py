@@ -119,6 +119,21 @@ def test_bad_input_is_rejected(ctx):
         create_method("kalman", prior_var=-1.0)
 
 
+def test_auto_covariance_is_announced_recorded_and_reloads(ctx, capsys):
+    """The default ``covariance=auto`` resolves to a structure (full for 4 classes x 65
+    inputs), says so in one line, and a checkpoint without the choice (written before
+    ``auto`` existed, when the default was full) reloads as full."""
+    m = _fit(ctx)
+    assert m.options["covariance"] == "full" and m.state_dict()["covariance"] == "full"
+    assert capsys.readouterr().err.count("kalman: covariance=auto -> full") == 1
+    legacy = {k: v for k, v in m.state_dict().items() if k != "covariance"}
+    again = create_method("kalman", prior_var=10.0).setup(ctx)
+    again.load_state_dict(legacy)
+    assert again.options["covariance"] == "full"
+    test = _synthetic(ctx, NAMES, 3, seed=2).features["joint"]
+    torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs)
+
+
 def test_cli_output_contract_and_reload(tmp_path):
     out = tmp_path / "run"
     assert main(["fit", "--method", "kalman", "--backbone", TINY, "--shots", "2",

@@ -25,6 +25,7 @@ weights; ``logit_samples`` is always filled. Unseen classes (base-to-new) keep t
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -35,7 +36,15 @@ from scipy.stats import chi2
 
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.inference.covariance import COVARIANCES, DTYPE, build_covariance, structure
+from pyro_clip.inference.covariance import (
+    AUTO_STATE_GIB,
+    COVARIANCES,
+    DTYPE,
+    build_covariance,
+    choose_structure,
+    estimate_bytes,
+    structure,
+)
 from pyro_clip.inference.covariance.kron import MEAN_STEPS
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import (
@@ -66,7 +75,9 @@ class KalmanAdapter(Method):
     def default_options(cls) -> dict[str, Any]:
         return {
             "adapter": "linear",  # linear | residual
-            "covariance": "full",  # full | block | diag | lowrank | kron
+            # full | block | diag | lowrank | kron; auto: full where its state fits
+            # AUTO_STATE_GIB, then block, then kron (choose_structure; docs/kalman.md)
+            "covariance": "auto",
             "rank": 10,  # low-rank covariance rank R
             "top_classes": 0,  # lowrank: keep each example's K likeliest classes' rows (0 = all)
             "observation": "categorical",  # categorical | cosine
@@ -109,13 +120,14 @@ class KalmanAdapter(Method):
         self.prior_var = 1.0
         self.center: torch.Tensor | None = None
         self.rotation: torch.Tensor | None = None
+        self._auto_covariance = self.options["covariance"] == "auto"
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
         o = self.options
         choices = {
             "adapter": ("linear", "residual"),
-            "covariance": COVARIANCES,
+            "covariance": ("auto", *COVARIANCES),
             "observation": ("categorical", "cosine"),
             "predictive": ("probit", "mc"),
         }
@@ -146,7 +158,8 @@ class KalmanAdapter(Method):
                 f"kalman: rotate_inputs must be auto, true or false, got {o['rotate_inputs']!r}")
         if o["rotate_inputs"] is True and o["adapter"] != "linear":
             raise ConfigError("kalman: rotate_inputs=true needs adapter=linear")
-        structure(o["covariance"]).check_options(o)
+        if o["covariance"] != "auto":
+            structure(o["covariance"]).check_options(o)
         tp = o["tempered_passes"]
         if tp != "auto" and (not isinstance(tp, int) or isinstance(tp, bool) or tp < 1):
             raise ConfigError(
@@ -205,6 +218,9 @@ class KalmanAdapter(Method):
         self.dim = int(x.shape[1])
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
+        self.center = self.rotation = None
+        if self._auto_covariance:
+            self._choose_covariance(self._make_adapter(text))
         self.center = (F.normalize(x.to(DTYPE), dim=-1).mean(0)
                        if self._centred() else None)
         self.rotation = principal_axes(x, self.center) if self._rotated() else None
@@ -236,6 +252,18 @@ class KalmanAdapter(Method):
         }
 
     # ----- the structure's policy for the auto options ---------------------------------
+    def _choose_covariance(self, adapter: Adapter) -> None:
+        """``covariance=auto``: the registry's choice for this head's size
+        (:func:`~pyro_clip.inference.covariance.choose_structure`), written into the options
+        (``resolved_options`` in config.json) and announced in one line."""
+        o = self.options
+        kind = choose_structure(adapter.n_params, adapter.n_blocks, {**o, "covariance": "auto"})
+        o["covariance"] = kind
+        need = estimate_bytes(kind, adapter.n_params, adapter.n_blocks, o["rank"])
+        print(f"kalman: covariance=auto -> {kind} ({adapter.n_params} weights in "
+              f"{adapter.n_blocks} blocks, state {need / 2**20:.1f} MiB; full is chosen up to "
+              f"{AUTO_STATE_GIB:g} GiB)", file=sys.stderr, flush=True)
+
     def _batch_size(self) -> int:
         """``auto``: the structure's :meth:`~Covariance.auto_batch_size` for C classes."""
         b = self.options["batch_size"]
@@ -482,6 +510,7 @@ class KalmanAdapter(Method):
             "dim": self.dim,
             "center": self.center,
             "rotation": self.rotation,
+            "covariance": self.options["covariance"],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -489,6 +518,10 @@ class KalmanAdapter(Method):
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
         self.center = state.get("center")
         self.rotation = state.get("rotation")
+        # checkpoints written before covariance=auto existed were fitted with the old default
+        kind = state.get("covariance") or ("full" if self._auto_covariance
+                                           else self.options["covariance"])
+        self.options["covariance"] = kind
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])

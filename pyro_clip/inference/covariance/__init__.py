@@ -18,9 +18,11 @@ from pyro_clip.inference.covariance.gains import categorical_block_gain, categor
 from pyro_clip.inference.covariance.kron import KronCovariance
 from pyro_clip.inference.covariance.lowrank import LowRankCovariance
 from pyro_clip.inference.covariance.registry import (
+    AUTO_STATE_GIB,
     COVARIANCES,
     MAX_STATE_GIB,
     build_covariance,
+    choose_structure,
     estimate_bytes,
     make_covariance,
     register_covariance,
@@ -29,8 +31,9 @@ from pyro_clip.inference.covariance.registry import (
 )
 
 __all__ = [
-    "COVARIANCES", "DTYPE", "MAX_STATE_GIB", "BlockCovariance", "Covariance", "CovarianceWarning",
-    "DiagCovariance", "FullCovariance", "KronCovariance", "LowRankCovariance",
-    "build_covariance", "categorical_block_gain", "categorical_gain_terms", "estimate_bytes",
-    "make_covariance", "register_covariance", "safe_cholesky", "structure", "structures",
+    "AUTO_STATE_GIB", "COVARIANCES", "DTYPE", "MAX_STATE_GIB", "BlockCovariance", "Covariance",
+    "CovarianceWarning", "DiagCovariance", "FullCovariance", "KronCovariance",
+    "LowRankCovariance", "build_covariance", "categorical_block_gain", "categorical_gain_terms",
+    "choose_structure", "estimate_bytes", "make_covariance", "register_covariance",
+    "safe_cholesky", "structure", "structures",
 ]

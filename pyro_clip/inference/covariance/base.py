@@ -98,6 +98,9 @@ class Covariance(ABC):
     rotate_inputs: ClassVar[bool] = False
     #: ``tempered_passes=auto`` with a categorical observation
     tempered_passes: ClassVar[int] = 1
+    #: ``covariance=auto`` takes the lowest-ranked structure whose state fits the budget
+    #: (``None``: never chosen automatically)
+    auto_rank: ClassVar[int | None] = None
     n: int
 
     # ----- policy ----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class BlockCovariance(Covariance):
 
     kind = "block"
     order = 1
+    auto_rank = 1
     center_inputs = True
 
     @classmethod

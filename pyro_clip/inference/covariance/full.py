@@ -29,6 +29,7 @@ class FullCovariance(Covariance):
 
     kind = "full"
     order = 0
+    auto_rank = 0  # exact: the most accurate wherever it fits
 
     @classmethod
     def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:

@@ -66,6 +66,7 @@ class KronCovariance(Covariance):
 
     kind = "kron"
     order = 4
+    auto_rank = 2
 
     @classmethod
     def auto_batch_size(cls, n_classes: int) -> int:

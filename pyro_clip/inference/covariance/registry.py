@@ -18,6 +18,10 @@ from pyro_clip.inference.covariance.base import Covariance
 
 #: state larger than this is refused before allocating (``max_state_gib`` overrides it)
 MAX_STATE_GIB = 8.0
+#: ``covariance=auto``: the largest state a structure may take to be chosen; a fit holds a
+#: few copies of it at its peak (the best and the current prior-variance state, a Cholesky
+#: factor when sampling), so this keeps the default fit within a few GiB
+AUTO_STATE_GIB = 0.5
 
 _STRUCTURES: dict[str, type[Covariance]] = {}
 _discovered = False
@@ -87,6 +91,32 @@ def _check_memory(kind: str, n: int, n_blocks: int, rank: int, max_gib: float) -
         f"({need} bytes), more than the {max_gib:g} GiB limit; use covariance="
         + "|".join(fits or ["diag"]) + " (or raise --opt max_state_gib=...)"
     )
+
+
+def choose_structure(n: int, n_blocks: int = 1, options: Mapping[str, Any] | None = None,
+                     budget_gib: float = AUTO_STATE_GIB) -> str:
+    """``covariance=auto``: the first structure by ``auto_rank`` that accepts ``options`` and
+    whose state for ``n`` parameters in ``n_blocks`` classes fits ``budget_gib``; the last
+    candidate when none fits (:func:`build_covariance` then checks the hard limit)."""
+    options = dict(options or {})
+    rank = int(options.get("rank", 10))
+    candidates = []
+    for kind, cls in structures().items():
+        if cls.auto_rank is None:
+            continue
+        try:
+            cls.check_options(options)
+        except ConfigError:
+            continue
+        candidates.append((cls.auto_rank, kind))
+    if not candidates:
+        raise ConfigError("covariance=auto found no structure for these options; "
+                          f"pass --opt covariance={'|'.join(structures())}")
+    candidates.sort()
+    for _, kind in candidates:
+        if estimate_bytes(kind, n, n_blocks, rank) <= budget_gib * 2**30:
+            return kind
+    return candidates[-1][1]
 
 
 def build_covariance(kind: str, n: int, prior_var: float, n_blocks: int = 1,
