@@ -422,14 +422,6 @@ class KalmanAdapter(Method):
         return torch.einsum("np,scp->snc", adapter.inputs(x), w)
 
     @torch.no_grad()
-    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
-        """Linearised posterior predictive of the logits, ``f_c(x) ~ N(m_c, v_c)`` with
-        ``m = J mu``, ``v = diag(J P J^T)`` (per-logit marginals; :meth:`posterior` has the
-        full weight posterior of every structure). Batch (N,), event (C,)."""
-        mean, var = self._logit_moments(features.to(DTYPE), classnames)
-        return dist.Normal(mean, var.clamp_min(1e-12).sqrt()).to_event(1)
-
-    @torch.no_grad()
     def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
         """Prior logits before any shot. Linear head: weights ``N(w0, s0 I)`` around the
         zero-shot classifier, so ``f_c(x) ~ N(w0_c . x~, s0 ||x~||^2)`` (x~ = input with bias

@@ -176,13 +176,6 @@ class LaplaceHead(LinearProbe):
         samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
         return Prediction(probit_probs(mean, cov).float(), samples.float())
 
-    def logit_posterior(
-        self, features: torch.Tensor, classnames: Sequence[str]
-    ) -> pyro.distributions.MultivariateNormal:
-        """The GLM predictive ``f(x_i) ~ N(W_MAP x_i, J_i Sigma J_i^T)`` (Laplace Redux eq. 8)."""
-        mean, cov = self.predictive(features, classnames)
-        return pyro.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
-
     @torch.no_grad()
     def logit_prior(
         self, features: torch.Tensor, classnames: Sequence[str]

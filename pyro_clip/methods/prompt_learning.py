@@ -238,13 +238,6 @@ class PromptLearningMethod(Method):
         return self.ctx.zero_shot_logits(features, classnames).float()
 
     @torch.no_grad()
-    def logit_posterior(self, features, classnames: Sequence[str]):
-        """OVE-PG: ``q(f | x) = N(f_learner(x), alpha^-1 I)``; softmax prompt learners: None."""
-        if self.options["likelihood"] != "ove-pg":
-            return None
-        return ove_pg_posterior(self._logits(self.learner, features, classnames), self.ove)
-
-    @torch.no_grad()
     def logit_prior(self, features, classnames: Sequence[str]):
         """OVE-PG: ``p(f | x) = N(f0(x), alpha^-1 I)`` around the zero-shot logits."""
         if self.options["likelihood"] != "ove-pg":
