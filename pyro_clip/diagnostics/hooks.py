@@ -13,7 +13,7 @@ Dependency runs one way: ``runner`` imports this module; this module never impor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,9 +174,3 @@ def diagnose_run(
 
 #: the hook without idata.nc and plots (same metrics)
 metrics_only_hook = functools.partial(diagnose_run, artifacts=False)
-
-
-def register_diagnostics(hooks: list[Callable[[Any], None]]) -> None:
-    """Add :func:`diagnose_run` to a runner's hook list (idempotent)."""
-    if diagnose_run not in hooks:
-        hooks.append(diagnose_run)

@@ -24,7 +24,7 @@ from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 
 
-class Adapter(nn.Module):
+class ResidualBottleneck(nn.Module):
     """Bottleneck MLP with a residual mix: ``r A(x) + (1 - r) x``."""
 
     def __init__(self, dim: int, reduction: int, ratio: float) -> None:
@@ -67,12 +67,13 @@ class ClipAdapter(Method):
             raise ConfigError(f"clip-adapter: reduction must be in 1..{dim} for {dim}-d features, "
                               f"got {o['reduction']}")
 
-    def build(self, dim: int) -> Adapter:
+    def build(self, dim: int) -> ResidualBottleneck:
         # initial weights seeded, global RNG untouched, built on the CPU so that every device
         # starts from the same weights; then moved to the run's device
         with torch.random.fork_rng(), torch.device("cpu"):
             torch.manual_seed(self.ctx.seed)
-            adapter = Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+            adapter = ResidualBottleneck(dim, int(self.options["reduction"]),
+                                         float(self.options["ratio"]))
         return adapter.to(self.ctx.device)
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:

@@ -48,7 +48,7 @@ from pyro_clip.inference.covariance import (
 from pyro_clip.inference.covariance.kron import MEAN_STEPS
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import (
-    Adapter,
+    FilteredHead,
     LinearHead,
     ResidualAdapter,
     principal_axes,
@@ -113,7 +113,7 @@ class KalmanAdapter(Method):
         super().__init__(**options)
         self._validate()
         self.state: KalmanState | None = None
-        self.adapter: Adapter | None = None
+        self.adapter: FilteredHead | None = None
         self.train_classnames: list[str] = []
         self.obs_var = float(self.options["obs_noise"])
         self.dim: int | None = None
@@ -200,7 +200,7 @@ class KalmanAdapter(Method):
                 "(delete the feature cache entry) or drop those images"
             )
 
-    def _make_adapter(self, text: torch.Tensor) -> Adapter:
+    def _make_adapter(self, text: torch.Tensor) -> FilteredHead:
         scale = self.ctx.backbone.logit_scale
         if self.options["adapter"] == "linear":
             return LinearHead(text, scale, bias=self.options["bias"], center=self.center,
@@ -252,7 +252,7 @@ class KalmanAdapter(Method):
         }
 
     # ----- the structure's policy for the auto options ---------------------------------
-    def _choose_covariance(self, adapter: Adapter) -> None:
+    def _choose_covariance(self, adapter: FilteredHead) -> None:
         """``covariance=auto``: the registry's choice for this head's size
         (:func:`~pyro_clip.inference.covariance.choose_structure`), written into the options
         (``resolved_options`` in config.json) and announced in one line."""
@@ -364,7 +364,7 @@ class KalmanAdapter(Method):
         return float(-probs[torch.arange(len(val)), val.labels].clamp_min(1e-12).log().mean())
 
     # ----- prediction --------------------------------------------------------------------
-    def _fitted(self) -> tuple[KalmanState, Adapter]:
+    def _fitted(self) -> tuple[KalmanState, FilteredHead]:
         if self.state is None or self.adapter is None:
             raise RuntimeError("kalman: call fit() or load_state_dict() before predict()")
         return self.state, self.adapter
