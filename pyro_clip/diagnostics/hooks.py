@@ -116,7 +116,7 @@ def diagnose_run(
     """Merge calibration/selective/OOD/PPC metrics into ``metrics.json``; write idata.nc and
     plots; set ``result.idata``.
 
-    ``artifacts=False`` writes the metrics only (plots cost ~4 s per run; benchmark suites).
+    ``artifacts=False`` writes the metrics only (plots cost seconds per run; benchmark suites).
     """
     from pyro_clip.diagnostics.ppc import ppc_checks, ppc_summary
 
