@@ -216,11 +216,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def _discover() -> None:
     """Import every module of ``pyro_clip.methods`` so that each registers its methods."""
-    import pyro_clip.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not info.name.startswith("_") and info.name != "base":
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def known_methods() -> list[str]:

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_clip.backbones.base import cosine_logits
+from pyro_clip.data.augment import check_augment
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.features.views import ViewSampler, check_augment, training_views
+from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 

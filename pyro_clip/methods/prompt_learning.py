@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyro_clip.data.augment import check_augment
 from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.features.views import ViewSampler, check_augment, training_views
+from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
