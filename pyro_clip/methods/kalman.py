@@ -60,7 +60,6 @@ from pyro_clip.utils.progress import track
 _CHUNK = 128  # examples per chunk when computing predictive moments
 
 
-
 @register_method
 class KalmanAdapter(Method):
     """Kalman-filtered adapter over frozen image features (see module docstring)."""
