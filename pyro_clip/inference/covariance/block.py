@@ -24,7 +24,7 @@ from pyro_clip.inference.covariance.gains import (
     categorical_gain_terms,
 )
 from pyro_clip.inference.covariance.registry import register_covariance
-from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian
+from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian, KronJacobian
 
 #: from this many classes ``batch_size=auto`` takes 32 examples per minibatch
 BLOCK_MINIBATCH_CLASSES = 256
@@ -77,6 +77,16 @@ class BlockCovariance(Covariance):
         return torch.einsum("kmb,kbn->mn", cols, g)
 
     def var(self, h: Jacobian) -> torch.Tensor:
+        """``diag(H P H^T)``. A linear head's Jacobian (row ``(b, i)`` =
+        ``sum_c coef[b,i,c] e_c kron x_b``) with one block per class gives
+        ``sum_c coef[b,i,c]^2 x_b^T P_c x_b``: O(C B P^2) time and O(C B P) memory, where the
+        generic path forms the (K, m, P) block columns, m = B C rows."""
+        if isinstance(h, KronJacobian) and self.k == h.n_classes:
+            x = h.x.to(self.p)
+            q = (torch.matmul(x, self.p) * x).sum(-1).T  # (B, C): x_b^T P_c x_b
+            if h.identity:
+                return q.reshape(-1)
+            return torch.einsum("bic,bc->bi", h.coef.to(q) ** 2, q).reshape(-1)
         cols, g = self._cross(h)
         return torch.einsum("kmb,kbm->m", cols, g)
 
