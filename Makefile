@@ -9,10 +9,12 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check pyro_clip tests benchmarks scripts
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check pyro_clip tests benchmarks scripts
+	.venv/bin/lint-imports
 
 # speed benchmarks + the offline suite (configs/bench/offline.yaml); resumable; writes
 # benchmarks/results/*.json and benchmarks/results/RESULTS.md (see docs/benchmarks.md)

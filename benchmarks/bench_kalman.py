@@ -28,7 +28,12 @@ import torch.nn.functional as F
 
 from benchmarks.common import write_result
 from pyro_clip.errors import ConfigError
-from pyro_clip.inference.covariance import COVARIANCES, estimate_bytes, make_covariance
+from pyro_clip.inference.covariance import (
+    COVARIANCES,
+    estimate_bytes,
+    make_covariance,
+    structure,
+)
 from pyro_clip.inference.kalman import KalmanState
 from pyro_clip.inference.kalman_jacobian import KronJacobian
 
@@ -39,9 +44,7 @@ LOWRANK_TOP_CLASSES = 64
 
 def _auto_batch(kind: str, c: int) -> int:
     """The method's ``batch_size=auto``."""
-    from pyro_clip.methods.kalman import auto_batch_size
-
-    return auto_batch_size(kind, c)
+    return structure(kind).auto_batch_size(c)
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from pyro_clip.data import load_dataset
+from pyro_clip.data.augment import AugmentedView, augment_image
 from pyro_clip.errors import ConfigError
-from pyro_clip.features.views import AugmentedView, augment_image, view_key
+from pyro_clip.features.views import view_key
 from pyro_clip.methods import create_method
 from pyro_clip.pipeline.config import RunConfig
 

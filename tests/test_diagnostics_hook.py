@@ -11,7 +11,7 @@ import torch
 from pyro_clip.diagnostics import arviz_io
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.diagnostics.metrics import classification_metrics
-from pyro_clip.methods import Prediction, create_method
+from pyro_clip.methods import Prediction, create_method, get_method_class
 from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.pipeline.run import RUN_HOOKS, Evaluation, RunResult
 
@@ -115,7 +115,7 @@ def test_point_estimate_has_no_posterior_and_loo_says_so(tmp_path):
 
 
 def test_prior_group_from_the_methods_logit_prior(tmp_path):
-    class WithPrior:
+    class WithPrior(get_method_class("zero-shot")):
         name = "with-prior"
 
         def logit_prior(self, features, classnames):
@@ -131,8 +131,8 @@ def test_prior_group_from_the_methods_logit_prior(tmp_path):
     np.testing.assert_allclose(freq, 1 / 3, atol=0.02)
 
 
-def test_method_ood_scores_are_used_by_duck_typing(tmp_path):
-    class WithScores:
+def test_method_ood_scores_are_added_to_the_built_in_ones(tmp_path):
+    class WithScores(get_method_class("zero-shot")):
         name = "scored"
 
         def ood_scores(self, features, classnames):

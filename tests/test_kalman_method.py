@@ -56,7 +56,7 @@ def test_linear_head_learns_and_is_reproducible(ctx, cov):
 def test_unseen_classes_keep_zero_shot_weights(ctx):
     m = _fit(ctx, names=NAMES[:2])
     x = _synthetic(ctx, NAMES, 3, seed=5).features["joint"]
-    mean, var = m._logit_moments(x, NAMES)
+    mean, var = m._logit_moments(x.double(), NAMES)
     zs = ctx.zero_shot_logits(x, NAMES).double()
     torch.testing.assert_close(mean[:, 2:], zs[:, 2:], atol=1e-5, rtol=1e-5)  # zs is float32
     assert not torch.allclose(mean[:, :2], zs[:, :2])
@@ -119,6 +119,21 @@ def test_bad_input_is_rejected(ctx):
         create_method("kalman", prior_var=-1.0)
 
 
+def test_auto_covariance_is_announced_recorded_and_reloads(ctx, capsys):
+    """The default ``covariance=auto`` resolves to a structure (full for 4 classes x 65
+    inputs), says so in one line, and a checkpoint without the choice (written before
+    ``auto`` existed, when the default was full) reloads as full."""
+    m = _fit(ctx)
+    assert m.options["covariance"] == "full" and m.state_dict()["covariance"] == "full"
+    assert capsys.readouterr().err.count("kalman: covariance=auto -> full") == 1
+    legacy = {k: v for k, v in m.state_dict().items() if k != "covariance"}
+    again = create_method("kalman", prior_var=10.0).setup(ctx)
+    again.load_state_dict(legacy)
+    assert again.options["covariance"] == "full"
+    test = _synthetic(ctx, NAMES, 3, seed=2).features["joint"]
+    torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs)
+
+
 def test_cli_output_contract_and_reload(tmp_path):
     out = tmp_path / "run"
     assert main(["fit", "--method", "kalman", "--backbone", TINY, "--shots", "2",
@@ -172,10 +187,11 @@ def test_fitted_method_hands_back_its_posterior(ctx, cov):
 
 
 @pytest.mark.parametrize("cov", ["full", "diag"])
-def test_logit_posterior_and_prior_match_their_weight_distributions(ctx, cov):
-    """The logit hooks against independent references: the prior mean is the zero-shot
-    logits, and the posterior's moments are those of logits of weights drawn from
-    ``posterior()`` (Monte Carlo, 20,000 draws: tolerances a few standard errors)."""
+def test_logit_moments_and_prior_match_their_weight_distributions(ctx, cov):
+    """The logit prior and the linearised predictive moments against independent references:
+    the prior mean is the zero-shot logits, and the predictive's moments are those of logits
+    of weights drawn from ``posterior()`` (Monte Carlo, 20,000 draws: tolerances a few
+    standard errors)."""
     m = _fit(ctx, covariance=cov)
     x = _synthetic(ctx, NAMES, 2, seed=7).features["joint"]
     prior = m.logit_prior(x, NAMES)
@@ -184,9 +200,9 @@ def test_logit_posterior_and_prior_match_their_weight_distributions(ctx, cov):
     inputs = m.adapter.inputs(x)
     torch.testing.assert_close(prior.variance, m.prior_var * (inputs**2).sum(1, keepdim=True)
                                .expand(-1, 4), rtol=1e-12, atol=0)
-    post = m.logit_posterior(x, NAMES)
+    mean, var = m._logit_moments(x.double(), NAMES)
     w = m.posterior(basis="fitted").sample((20_000,))  # (S, C, D+1), inputs' basis
     f = torch.einsum("np,scp->snc", inputs, w)
     sd = f.std(0)
-    assert bool(((post.mean - f.mean(0)).abs() <= 5 * sd / 20_000**0.5 + 1e-9).all())
-    torch.testing.assert_close(post.stddev, sd, rtol=0.05, atol=1e-9)
+    assert bool(((mean - f.mean(0)).abs() <= 5 * sd / 20_000**0.5 + 1e-9).all())
+    torch.testing.assert_close(var.sqrt(), sd, rtol=0.05, atol=1e-9)

@@ -19,10 +19,14 @@ from pyro_clip.inference.covariance import (
     LowRankCovariance,
     categorical_block_gain,
     categorical_gain_terms,
+    structure,
 )
-from pyro_clip.inference.kalman_jacobian import DenseJacobian, KronJacobian
+from pyro_clip.inference.kalman_jacobian import (
+    CategoricalKronJacobian,
+    DenseJacobian,
+    KronJacobian,
+)
 from pyro_clip.methods import create_method
-from pyro_clip.methods.kalman import auto_batch_size
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -271,5 +275,22 @@ def test_bad_top_classes_is_a_clear_error():
 def test_block_auto_batch_keeps_one_example_below_256_classes():
     """The documented rule: B = 1 (each example relinearises) below 256 classes, 32 from
     256 (memory-bound state, minibatch path); diag keeps its O(C P) single-example path."""
-    assert [auto_batch_size("block", c) for c in (10, 100, 255, 256, 1000)] == [1, 1, 1, 32, 32]
-    assert auto_batch_size("diag", 1000) == 1
+    block, diag = structure("block"), structure("diag")
+    assert [block.auto_batch_size(c) for c in (10, 100, 255, 256, 1000)] == [1, 1, 1, 32, 32]
+    assert diag.auto_batch_size(1000) == 1
+
+
+def test_block_var_of_a_linear_head_jacobian_matches_the_dense_reference():
+    """``diag(H P H^T)`` through the per-class path (no (K, m, P) block columns) for the logit,
+    the categorical-whitened and a general linear-head Jacobian equals the dense product."""
+    g = torch.Generator().manual_seed(3)
+    c, p, b = 4, 5, 3
+    cov = BlockCovariance(c * p, c, 1.0)
+    a = torch.randn(c, p, p, generator=g, dtype=torch.float64)
+    cov.p = a @ a.transpose(1, 2) + torch.eye(p, dtype=torch.float64)
+    x = torch.randn(b, p, generator=g, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(b, c, generator=g, dtype=torch.float64), -1)
+    for h in (KronJacobian.logits(x, c), CategoricalKronJacobian(probs, x),
+              KronJacobian(torch.randn(b, 2, c, generator=g, dtype=torch.float64), x)):
+        hd = h.dense()
+        torch.testing.assert_close(cov.var(h), (hd @ cov.dense() @ hd.T).diagonal())

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pyro_clip.data import load_dataset
+from pyro_clip.data.augment import AugmentedView
 from pyro_clip.data.pixels import PixelRows
 from pyro_clip.errors import ConfigError
-from pyro_clip.features.views import AugmentedView
 from pyro_clip.methods import MethodContext, create_method
 from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.prompts.maple import MaPLePromptLearner

@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: 2 shots x 10 classes = 20 examples, batch 4: 5 steps per epoch, 3 epochs
 OPTS = {"epochs": 3, "batch_size": 4}
 STEPS, KILL_EPOCH, KILL_STEP = 5, 2, 3  # killed at step 3 of epoch 2 (epoch 1 checkpointed)
-METHODS = ["coop", "coop-ove-pg", "cocoop", "cocoop-ove-pg", "clip-adapter", "tip-adapter-f"]
+METHODS = ["coop", "coop-ove-pg", "cocoop", "cocoop-ove-pg", "kgcoop", "maple", "clip-adapter",
+           "tip-adapter-f"]
+#: per-method settings the tiny backbone needs (MaPLe's prompts go at most 2 layers deep)
+EXTRA_OPTS = {"maple": {"prompt_depth": 2}}
 
 #: the child runs the real CLI; its loss is wrapped only to stop at a known step (it writes a
 #: marker and waits), where the test SIGKILLs it
@@ -61,7 +64,7 @@ CHILD = textwrap.dedent("""
 def _fit_args(method: str, out: Path) -> list[str]:
     args = ["fit", "--method", method, "--backbone", TINY, "--shots", "2", "--no-progress",
             "--no-eval-datasets", "--out", str(out)]
-    for k, v in OPTS.items():
+    for k, v in {**OPTS, **EXTRA_OPTS.get(method, {})}.items():
         args += ["--opt", f"{k}={v}"]
     return args
 

@@ -138,8 +138,8 @@ def test_shipped_configs_dry_run_without_weights(path, tmp_path, capsys):
     methods = {r.method for r in plan.runs}
     from pyro_clip.methods import get_method_class
 
-    runnable = {m for m in known_methods() if plan.suite.backbone.startswith(
-        getattr(get_method_class(m), "requires_backbone", ""))}
+    runnable = {m for m in known_methods()
+                if plan.suite.backbone.startswith(get_method_class(m).requires_backbone)}
     assert methods == runnable  # every method the backbone can run, none dropped
     if plan.suite.backbone == "conse":
         assert "maple" not in methods and "kgcoop" in methods

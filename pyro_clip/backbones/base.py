@@ -90,8 +90,6 @@ class DualEncoder(nn.Module, ABC):
     def fingerprint(self) -> str:
         """Identifies weights and preprocessing; part of every feature-cache key."""
 
-    #: feature kinds :meth:`encode_images` returns (first is the joint space)
-    image_feature_kinds: tuple[str, ...] = ("joint",)
     #: where forwards run and in which precision (set by :meth:`to_runtime`)
     runtime: Runtime = CPU
 

@@ -51,8 +51,6 @@ class ConSEBackbone(DualEncoder):
     Image feature kinds: ``"joint"`` (384-d ConSE embedding) and ``"pooled"`` (1280-d CNN features).
     """
 
-    image_feature_kinds = ("joint", "pooled")
-
     def __init__(self, top_t: int = 10, image_size: int = 224, scale: float = 15.0) -> None:
         super().__init__()
         if top_t < 1:

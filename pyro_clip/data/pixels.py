@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pyro_clip.data.augment import augment_image, view_seed
 from pyro_clip.data.base import LabeledImages
-from pyro_clip.features.views import augment_image, view_seed
 
 
 class PixelRows:
@@ -44,7 +44,7 @@ class PixelRows:
     def load(self, augment: str = "none", views: Sequence[int] | None = None,
              seed: int = 0) -> torch.Tensor:
         """(N, 3, H, W) pixels; with ``augment``, row r gets view ``views[r]`` of its image,
-        the same draw as :class:`~pyro_clip.features.views.AugmentedView` (image = source row)."""
+        the same draw as :class:`~pyro_clip.data.augment.AugmentedView` (image = source row)."""
         out = []
         for r, i in enumerate(self.indices.tolist()):
             image = self.images.load_image(i)

@@ -183,11 +183,3 @@ def load(path: str | Path) -> az.InferenceData:
 def evaluation_sets(idata: az.InferenceData) -> dict[str, dict]:
     """``{variable suffix: {"name", "classnames"}}`` of the held-out sets stored in the file."""
     return json.loads(idata.attrs.get("evaluation_sets", "{}"))
-
-
-def plot_ppc_labels(idata: az.InferenceData, ax, num_pp_samples: int = 50) -> None:
-    """``az.plot_ppc`` of the training labels: class counts, observed vs replicated."""
-    pp = idata.posterior_predictive["y"]
-    total = pp.sizes["draw"] * pp.sizes["chain"]
-    az.plot_ppc(idata, var_names=["y"], num_pp_samples=min(num_pp_samples, total),
-                random_seed=0, ax=ax, legend=True)

@@ -1,9 +1,10 @@
 """The run hook: every run writes ``idata.nc``, the extra metrics and PNG plots.
 
 Method-agnostic by construction: it reads only ``Evaluation.prediction`` (``probs``, optional
-``logit_samples``), labels, class names and, when the method has them, calls
+``logit_samples``), labels, class names and the method's two diagnostic hooks,
 ``method.ood_scores(features, classnames) -> {name: (N,) tensor}`` and
-``method.logit_prior(features, classnames) -> Distribution | None`` (duck typing).
+``method.logit_prior(features, classnames) -> Distribution | None`` (:class:`MethodLike`;
+:class:`~pyro_clip.methods.base.Method` declares both with empty defaults).
 
 Dependency runs one way: ``runner`` imports this module; this module never imports ``runner``
 (the run result is described by the :class:`RunLike` protocol).
@@ -12,7 +13,7 @@ Dependency runs one way: ``runner`` imports this module; this module never impor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,11 +40,22 @@ class EvaluationLike(Protocol):
     features: torch.Tensor | None
 
 
+class MethodLike(Protocol):
+    """The hooks the diagnostics call on a fitted method (``methods.base.Method`` has them)."""
+
+    name: str
+
+    def ood_scores(self, features: torch.Tensor, classnames: list[str]
+                   ) -> Mapping[str, torch.Tensor]: ...
+
+    def logit_prior(self, features: torch.Tensor, classnames: list[str]) -> Any: ...
+
+
 class RunLike(Protocol):
     """What the hook reads and sets of ``runner.RunResult``."""
 
     config: Any
-    method: Any
+    method: MethodLike
     evaluations: Mapping[str, EvaluationLike]
     metrics: dict[str, Any]
     out: Path
@@ -51,13 +63,11 @@ class RunLike(Protocol):
     idata: Any
 
 
-def evaluation_scores(method: Any, ev: EvaluationLike) -> dict[str, torch.Tensor]:
-    """Built-in scores from the prediction plus the method's own ``ood_scores``, if any."""
+def evaluation_scores(method: MethodLike, ev: EvaluationLike) -> dict[str, torch.Tensor]:
+    """Built-in scores from the prediction plus the method's own ``ood_scores``."""
     scores = prediction_scores(ev.prediction.probs, ev.prediction.logit_samples)
-    extra = getattr(method, "ood_scores", None)
-    features = getattr(ev, "features", None)
-    if callable(extra) and features is not None:
-        for name, value in extra(features, ev.classnames).items():
+    if ev.features is not None:
+        for name, value in method.ood_scores(ev.features, ev.classnames).items():
             value = torch.as_tensor(value).double().flatten()
             if value.shape != (len(ev.labels),):
                 raise ValueError(
@@ -83,15 +93,14 @@ def _draws(ev: EvaluationLike, draws: int, seed: int) -> Any:
                             ev.prediction.logit_samples, draws, seed=seed)
 
 
-def prior_draws(method: Any, ev: EvaluationLike, draws: int, seed: int) -> Any:
+def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -> Any:
     """Prior logit draws on ``ev``'s inputs from ``method.logit_prior``, or None without one."""
     from pyro_clip.diagnostics.predictive import predictive_draws
 
-    fn = getattr(method, "logit_prior", None)
-    if not callable(fn) or ev.features is None:
+    if ev.features is None:
         return None
     with torch.no_grad():
-        prior = fn(ev.features, ev.classnames)
+        prior = method.logit_prior(ev.features, ev.classnames)
     if prior is None:
         return None
     with torch.random.fork_rng(devices=[]):
@@ -107,7 +116,7 @@ def diagnose_run(
     """Merge calibration/selective/OOD/PPC metrics into ``metrics.json``; write idata.nc and
     plots; set ``result.idata``.
 
-    ``artifacts=False`` writes the metrics only (plots cost ~4 s per run; benchmark suites).
+    ``artifacts=False`` writes the metrics only (plots cost seconds per run; benchmark suites).
     """
     from pyro_clip.diagnostics.ppc import ppc_checks, ppc_summary
 
@@ -165,9 +174,3 @@ def diagnose_run(
 
 #: the hook without idata.nc and plots (same metrics)
 metrics_only_hook = functools.partial(diagnose_run, artifacts=False)
-
-
-def register_diagnostics(hooks: list[Callable[[Any], None]]) -> None:
-    """Add :func:`diagnose_run` to a runner's hook list (idempotent)."""
-    if diagnose_run not in hooks:
-        hooks.append(diagnose_run)

@@ -21,12 +21,12 @@ from pyro_clip.inference.covariance import DTYPE
 from pyro_clip.inference.kalman_jacobian import DenseJacobian, Jacobian, KronJacobian
 
 
-class Adapter(ABC):
-    """Maps parameters ``theta`` (n,) and features ``x`` (B, D) to logits (B, C)."""
+class FilteredHead(ABC):
+    """The head whose parameters the Kalman filter tracks: maps parameters ``theta`` (n,) and
+    features ``x`` (B, D) to logits (B, C), with the Jacobian the filter observes through."""
 
     n_params: int
     n_blocks: int
-    class_agnostic: bool = False
 
     @abstractmethod
     def prior_mean(self) -> torch.Tensor:
@@ -41,7 +41,7 @@ class Adapter(ABC):
         """Jacobian of the flattened logits (B C rows) with respect to ``theta``."""
 
 
-class LinearHead(Adapter):
+class LinearHead(FilteredHead):
     """``z = W x + b`` initialised from the zero-shot classifier; ``theta = vec([W, b])``."""
 
     def __init__(
@@ -129,10 +129,8 @@ def principal_axes(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor
     return u.flip(-1)
 
 
-class ResidualAdapter(Adapter):
+class ResidualAdapter(FilteredHead):
     """``x' = x + ratio * U relu(V x)``; ``z = s cos(x', t_c)`` for any class texts."""
-
-    class_agnostic = True
 
     def __init__(
         self, dim: int, scale: float, rank: int = 4, ratio: float = 1.0, seed: int = 0

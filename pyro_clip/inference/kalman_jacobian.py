@@ -189,10 +189,6 @@ class KronJacobian(Jacobian):
         """``coef_b @ u`` for u (C, r) -> (B, k, r)."""
         return self.coef @ u.to(self.coef)
 
-    def class_columns(self) -> torch.Tensor:
-        """``coef[b, :, c]`` as (C, B, k): class c's block of H is ``coef[:, :, c] kron x``."""
-        return self.coef.permute(2, 0, 1)
-
     def mix(self, mix: torch.Tensor) -> KronJacobian:
         if self.identity:
             return KronJacobian(mix.double(), self.x)

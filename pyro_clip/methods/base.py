@@ -91,7 +91,7 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
 #: entry points run on the context's device: tensors in on the device, tensors out on the CPU
 #: (the logit distributions stay where their parameters are; callers move their draws)
 DEVICE_BOUNDARY = ("fit", "predict", "ood_scores", "state_dict", "load_state_dict",
-                   "logit_posterior", "logit_prior")
+                   "logit_prior")
 
 
 def _on_device(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +117,7 @@ def _on_device(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 #: entry points whose image features (tensors or FeatureSets) are checked to be finite first
-CHECKED_INPUTS = ("fit", "predict", "ood_scores", "logit_posterior", "logit_prior")
+CHECKED_INPUTS = ("fit", "predict", "ood_scores", "logit_prior")
 
 
 def check_finite_features(method: str, where: str, *inputs: Any) -> None:
@@ -158,8 +158,12 @@ class Method(ABC):
 
     The entry points in :data:`DEVICE_BOUNDARY` are wrapped for every subclass so that a
     method computes on ``ctx.device`` and callers only ever see CPU tensors (the logit
-    distributions of ``logit_posterior`` / ``logit_prior`` keep the device of their parameters);
-    those in :data:`CHECKED_INPUTS` refuse non-finite features with one clear error.
+    distributions of ``logit_prior`` keep the device of their parameters); those in
+    :data:`CHECKED_INPUTS` refuse non-finite features with one clear error.
+
+    Every hook a caller may use is declared here with its default, so callers call it
+    directly: ``train_views``, ``ood_scores``, ``logit_prior``, ``state_dict`` /
+    ``load_state_dict`` and the class attributes below.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -180,6 +184,8 @@ class Method(ABC):
     demo_options: ClassVar[dict[str, Any] | None] = None
     #: whether the method has trained weights (a checkpoint is written)
     has_weights: ClassVar[bool] = True
+    #: backbone spec prefix the method needs (``"open_clip:"``); ``""`` runs on any backbone
+    requires_backbone: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.default_options())
@@ -215,16 +221,16 @@ class Method(ABC):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         """Predictive distribution for image features (N, D) over ``classnames``."""
 
-    def logit_posterior(
-        self, features: torch.Tensor, classnames: Sequence[str]
-    ) -> torch.distributions.Distribution | None:
-        """Posterior (predictive) distribution of the logits ``f(x)``: batch (N,), event (C,).
-
-        ``None`` (the default) means the method is a point estimate. With it,
-        :func:`pyro_clip.models.categorical.posterior_predictive` runs ``pyro.infer.Predictive``
-        on the model ``f ~ q(f | x), y ~ Cat(softmax f)`` (observed site ``y``).
-        """
+    def train_views(self) -> tuple[str, int] | None:
+        """``(augment, n_views)``: train on that many augmented views of each training image
+        (encoded by the pipeline); ``None`` (the default): the cached, un-augmented features."""
         return None
+
+    def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]
+                   ) -> dict[str, torch.Tensor]:
+        """Method-specific out-of-distribution scores, one (N,) tensor per name, higher = more
+        out-of-distribution; the diagnostics add them to the built-in ones. Default: none."""
+        return {}
 
     def logit_prior(
         self, features: torch.Tensor, classnames: Sequence[str]
@@ -252,11 +258,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def _discover() -> None:
     """Import every module of ``pyro_clip.methods`` so that each registers its methods."""
-    import pyro_clip.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not info.name.startswith("_") and info.name != "base":
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def known_methods() -> list[str]:

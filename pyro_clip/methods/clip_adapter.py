@@ -17,14 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_clip.backbones.base import cosine_logits
+from pyro_clip.data.augment import check_augment
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.features.views import ViewSampler, check_augment, training_views
+from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 
 
-class Adapter(nn.Module):
+class ResidualBottleneck(nn.Module):
     """Bottleneck MLP with a residual mix: ``r A(x) + (1 - r) x``."""
 
     def __init__(self, dim: int, reduction: int, ratio: float) -> None:
@@ -67,12 +68,13 @@ class ClipAdapter(Method):
             raise ConfigError(f"clip-adapter: reduction must be in 1..{dim} for {dim}-d features, "
                               f"got {o['reduction']}")
 
-    def build(self, dim: int) -> Adapter:
+    def build(self, dim: int) -> ResidualBottleneck:
         # initial weights seeded, global RNG untouched, built on the CPU so that every device
         # starts from the same weights; then moved to the run's device
         with torch.random.fork_rng(), torch.device("cpu"):
             torch.manual_seed(self.ctx.seed)
-            adapter = Adapter(dim, int(self.options["reduction"]), float(self.options["ratio"]))
+            adapter = ResidualBottleneck(dim, int(self.options["reduction"]),
+                                         float(self.options["ratio"]))
         return adapter.to(self.ctx.device)
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:

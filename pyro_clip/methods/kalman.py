@@ -25,6 +25,7 @@ weights; ``logit_samples`` is always filled. Unseen classes (base-to-new) keep t
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -35,11 +36,19 @@ from scipy.stats import chi2
 
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.inference.covariance import COVARIANCES, DTYPE, make_covariance
+from pyro_clip.inference.covariance import (
+    AUTO_STATE_GIB,
+    COVARIANCES,
+    DTYPE,
+    build_covariance,
+    choose_structure,
+    estimate_bytes,
+    structure,
+)
 from pyro_clip.inference.covariance.kron import MEAN_STEPS
 from pyro_clip.inference.kalman import KalmanState, probit_probs
 from pyro_clip.inference.kalman_adapters import (
-    Adapter,
+    FilteredHead,
     LinearHead,
     ResidualAdapter,
     principal_axes,
@@ -49,21 +58,6 @@ from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.utils.progress import track
 
 _CHUNK = 128  # examples per chunk when computing predictive moments
-
-
-#: from this many classes ``block`` minibatches 32 examples (one pass over its C P^2 state)
-BLOCK_MINIBATCH_CLASSES = 256
-
-
-def auto_batch_size(covariance: str, n_classes: int) -> int:
-    """Examples per minibatch for ``batch_size=auto`` (see ``KalmanAdapter._batch_size``)."""
-    if covariance == "kron":
-        return max(16, n_classes)
-    if covariance == "diag":
-        return 1
-    if covariance == "block":  # memory-bound state from 256 classes: minibatch (docs/kalman.md)
-        return 1 if n_classes < BLOCK_MINIBATCH_CLASSES else 32
-    return max(1, min(16, 160 // max(n_classes, 1)))
 
 
 @register_method
@@ -80,16 +74,18 @@ class KalmanAdapter(Method):
     def default_options(cls) -> dict[str, Any]:
         return {
             "adapter": "linear",  # linear | residual
-            "covariance": "full",  # full | block | diag | lowrank | kron
+            # full | block | diag | lowrank | kron; auto: full where its state fits
+            # AUTO_STATE_GIB, then block, then kron (choose_structure; docs/kalman.md)
+            "covariance": "auto",
             "rank": 10,  # low-rank covariance rank R
             "top_classes": 0,  # lowrank: keep each example's K likeliest classes' rows (0 = all)
             "observation": "categorical",  # categorical | cosine
             "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
             "prior_var_grid": [1.0, 10.0, 100.0],
-            "batch_size": "auto",  # int, or auto (see auto_batch_size)
+            "batch_size": "auto",  # int, or auto (the structure's auto_batch_size)
             "epochs": 1,
             # passes over the data, each with the likelihood tempered to p(y|w)^(1/passes)
-            # (each example counted once in total); auto: 2 for diag, 1 otherwise
+            # (each example counted once in total); auto: the structure's tempered_passes
             "tempered_passes": "auto",
             "forgetting": 1.0,  # P <- P / forgetting before each minibatch
             "process_noise": 0.0,  # P <- P + q I before each minibatch
@@ -100,9 +96,10 @@ class KalmanAdapter(Method):
             "predictive": "probit",  # probit | mc
             "mc_samples": 64,
             "bias": True,
-            # linear head on x - mean(train x) (bias prior absorbs it); auto: block and diag
+            # linear head on x - mean(train x) (bias prior absorbs it); auto: per structure
             "center_inputs": "auto",
-            # linear head on U^T (x - mu), U = principal axes of the training features
+            # linear head on U^T (x - mu), U = principal axes of the training features;
+            # auto: per structure
             "rotate_inputs": "auto",
             # kron's mean step: kalman (gain of the Kronecker prior) | natural (K-FAC) | auto
             "kron_mean_step": "auto",
@@ -115,20 +112,21 @@ class KalmanAdapter(Method):
         super().__init__(**options)
         self._validate()
         self.state: KalmanState | None = None
-        self.adapter: Adapter | None = None
+        self.adapter: FilteredHead | None = None
         self.train_classnames: list[str] = []
         self.obs_var = float(self.options["obs_noise"])
         self.dim: int | None = None
         self.prior_var = 1.0
         self.center: torch.Tensor | None = None
         self.rotation: torch.Tensor | None = None
+        self._auto_covariance = self.options["covariance"] == "auto"
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
         o = self.options
         choices = {
             "adapter": ("linear", "residual"),
-            "covariance": COVARIANCES,
+            "covariance": ("auto", *COVARIANCES),
             "observation": ("categorical", "cosine"),
             "predictive": ("probit", "mc"),
         }
@@ -159,11 +157,8 @@ class KalmanAdapter(Method):
                 f"kalman: rotate_inputs must be auto, true or false, got {o['rotate_inputs']!r}")
         if o["rotate_inputs"] is True and o["adapter"] != "linear":
             raise ConfigError("kalman: rotate_inputs=true needs adapter=linear")
-        if o["covariance"] == "kron" and o["adapter"] != "linear":
-            raise ConfigError(
-                "kalman: covariance=kron factors the linear head's weights (classes x inputs); "
-                "use adapter=linear, or covariance=block|diag|lowrank with adapter=residual"
-            )
+        if o["covariance"] != "auto":
+            structure(o["covariance"]).check_options(o)
         tp = o["tempered_passes"]
         if tp != "auto" and (not isinstance(tp, int) or isinstance(tp, bool) or tp < 1):
             raise ConfigError(
@@ -199,7 +194,7 @@ class KalmanAdapter(Method):
                 f"on width {self.dim}; use features of the same backbone and feature kind"
             )
 
-    def _make_adapter(self, text: torch.Tensor) -> Adapter:
+    def _make_adapter(self, text: torch.Tensor) -> FilteredHead:
         scale = self.ctx.backbone.logit_scale
         if self.options["adapter"] == "linear":
             return LinearHead(text, scale, bias=self.options["bias"], center=self.center,
@@ -217,6 +212,9 @@ class KalmanAdapter(Method):
         self.dim = int(x.shape[1])
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
+        self.center = self.rotation = None
+        if self._auto_covariance:
+            self._choose_covariance(self._make_adapter(text))
         self.center = (F.normalize(x.to(DTYPE), dim=-1).mean(0)
                        if self._centred() else None)
         self.rotation = principal_axes(x, self.center) if self._rotated() else None
@@ -247,57 +245,56 @@ class KalmanAdapter(Method):
             "n_params": self.adapter.n_params,
         }
 
+    # ----- the structure's policy for the auto options ---------------------------------
+    def _choose_covariance(self, adapter: FilteredHead) -> None:
+        """``covariance=auto``: the registry's choice for this head's size
+        (:func:`~pyro_clip.inference.covariance.choose_structure`), written into the options
+        (``resolved_options`` in config.json) and announced in one line."""
+        o = self.options
+        kind = choose_structure(adapter.n_params, adapter.n_blocks, {**o, "covariance": "auto"})
+        o["covariance"] = kind
+        need = estimate_bytes(kind, adapter.n_params, adapter.n_blocks, o["rank"])
+        print(f"kalman: covariance=auto -> {kind} ({adapter.n_params} weights in "
+              f"{adapter.n_blocks} blocks, state {need / 2**20:.1f} MiB; full is chosen up to "
+              f"{AUTO_STATE_GIB:g} GiB)", file=sys.stderr, flush=True)
+
     def _batch_size(self) -> int:
-        """``auto``: the generic categorical innovation is (B C) x (B C) (issue 16: batch 16
-        at 100 classes was 13-23x slower per example than batch 1), so ``full`` and
-        ``lowrank`` take clamp(160 // C, 1, 16) examples (16 at 10 classes, 1 from 100);
-        ``diag`` takes 1, its O(C P) Sherman-Morrison path; ``block`` takes 1 (O(C P^2)) below
-        256 classes and 32 from 256 (its O(C B P^2 + C B^3) minibatch path reads and writes
-        the memory-bound state once per minibatch);
-        ``kron`` forms no innovation and pays two eigendecompositions per minibatch, so it
-        takes max(16, C)."""
+        """``auto``: the structure's :meth:`~Covariance.auto_batch_size` for C classes."""
         b = self.options["batch_size"]
         if b != "auto":
             return int(b)
-        return auto_batch_size(self.options["covariance"], len(self.train_classnames))
+        return structure(self.options["covariance"]).auto_batch_size(len(self.train_classnames))
 
     def _centred(self) -> bool:
-        """``auto``: centre for ``block`` and ``diag``. Normalised CLIP-like features share a
-        large common component; a structure without cross-input (diag) or cross-class
-        (block) covariance then over-steps along it (4 shots, seed 1: diag 40.4 -> 50.6,
-        block 49.0 -> 52.5 with centring; see docs/kalman.md)."""
-        c = self.options["center_inputs"]
+        """``auto``: the structure's ``center_inputs``, for a linear head with a bias (the
+        bias prior absorbs the shift)."""
+        c, o = self.options["center_inputs"], self.options
         if c == "auto":
-            o = self.options
-            return o["adapter"] == "linear" and o["bias"] and o["covariance"] in ("block", "diag")
+            return (o["adapter"] == "linear" and o["bias"]
+                    and structure(o["covariance"]).center_inputs)
         return bool(c)
 
     def _passes(self) -> int:
-        """``auto``: 2 tempered passes for ``diag`` (its diagonal projection after each
-        update loses the correlations a second, relinearised pass recovers: 4 shots 53.2 ->
-        55.7, docs/kalman.md), 1 otherwise; cosine observations always 1."""
-        tp = self.options["tempered_passes"]
+        """``auto``: the structure's ``tempered_passes``; cosine observations always 1."""
+        tp, o = self.options["tempered_passes"], self.options
         if tp == "auto":
-            o = self.options
-            return 2 if o["covariance"] == "diag" and o["observation"] == "categorical" else 1
+            return (structure(o["covariance"]).tempered_passes
+                    if o["observation"] == "categorical" else 1)
         return int(tp)
 
     def _rotated(self) -> bool:
-        """``auto``: rotate for ``diag`` and ``lowrank`` (see docs/kalman.md)."""
-        r = self.options["rotate_inputs"]
+        """``auto``: the structure's ``rotate_inputs``, for a linear head."""
+        r, o = self.options["rotate_inputs"], self.options
         if r == "auto":
-            return self.options["adapter"] == "linear" and self.options["covariance"] in (
-                "diag", "lowrank")
+            return o["adapter"] == "linear" and structure(o["covariance"]).rotate_inputs
         return bool(r)
 
     def _make_cov(self, prior_var: float):
         o, adapter = self.options, self.adapter
         assert adapter is not None
-        return make_covariance(o["covariance"], adapter.n_params, prior_var,
-                               n_blocks=adapter.n_blocks, rank=o["rank"],
-                               max_gib=float(o["max_state_gib"]),
-                               top_classes=int(o["top_classes"]),
-                               kron_mean_step=o["kron_mean_step"])
+        return build_covariance(o["covariance"], adapter.n_params, prior_var,
+                                n_blocks=adapter.n_blocks, options=o,
+                                max_gib=float(o["max_state_gib"]))
 
     def _filter(
         self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, prior_var: float
@@ -361,7 +358,7 @@ class KalmanAdapter(Method):
         return float(-probs[torch.arange(len(val)), val.labels].clamp_min(1e-12).log().mean())
 
     # ----- prediction --------------------------------------------------------------------
-    def _fitted(self) -> tuple[KalmanState, Adapter]:
+    def _fitted(self) -> tuple[KalmanState, FilteredHead]:
         if self.state is None or self.adapter is None:
             raise RuntimeError("kalman: call fit() or load_state_dict() before predict()")
         return self.state, self.adapter
@@ -417,14 +414,6 @@ class KalmanAdapter(Method):
         trained = thetas.reshape(s, adapter.n_classes, adapter.n_in)
         w[:, seen >= 0] = trained[:, seen[seen >= 0]]
         return torch.einsum("np,scp->snc", adapter.inputs(x), w)
-
-    @torch.no_grad()
-    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
-        """Linearised posterior predictive of the logits, ``f_c(x) ~ N(m_c, v_c)`` with
-        ``m = J mu``, ``v = diag(J P J^T)`` (per-logit marginals; :meth:`posterior` has the
-        full weight posterior of every structure). Batch (N,), event (C,)."""
-        mean, var = self._logit_moments(features.to(DTYPE), classnames)
-        return dist.Normal(mean, var.clamp_min(1e-12).sqrt()).to_event(1)
 
     @torch.no_grad()
     def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
@@ -507,6 +496,7 @@ class KalmanAdapter(Method):
             "dim": self.dim,
             "center": self.center,
             "rotation": self.rotation,
+            "covariance": self.options["covariance"],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -514,6 +504,10 @@ class KalmanAdapter(Method):
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
         self.center = state.get("center")
         self.rotation = state.get("rotation")
+        # checkpoints written before covariance=auto existed were fitted with the old default
+        kind = state.get("covariance") or ("full" if self._auto_covariance
+                                           else self.options["covariance"])
+        self.options["covariance"] = kind
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])

@@ -12,8 +12,6 @@ approximation ``softmax(mu / sqrt(1 + pi/8 diag var))`` (eq. 9); ``logit_samples
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -24,6 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
+from pyro_clip.inference.covariance import safe_cholesky
+from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
@@ -42,31 +42,9 @@ def _head(weight: torch.Tensor) -> nn.Sequential:
     return nn.Sequential(nn.Identity(), lin)
 
 
-def probit_probs(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``softmax(mu_c / sqrt(1 + pi/8 Var f_c))`` (MacKay 1992; Laplace Redux eq. 9)."""
-    return torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * var.diagonal(dim1=1, dim2=2)), -1)
-
-
-def logit_cholesky(cov: torch.Tensor) -> torch.Tensor:
-    """Cholesky factors (N, C, C) of the logit covariances; jitter (with a warning) if not PD."""
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    jitter = 0.0
-    for attempt in range(8):
-        chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
-        if not info.any():
-            break
-        jitter = 1e-10 * 10 ** attempt * float(cov.diagonal(dim1=1, dim2=2).mean())
-    else:
-        raise ConfigError("logit covariance is not positive definite even with jitter; "
-                          "raise the prior precision")
-    if jitter:
-        warnings.warn(f"laplace: added jitter {jitter:.2e} to the logit covariance", stacklevel=3)
-    return chol
-
-
 def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
-    chol = logit_cholesky(cov)
+    chol = safe_cholesky(cov, "laplace logit covariance")
     gen = torch.Generator().manual_seed(seed)  # CPU draws: the same samples on every device
     eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype,
                       device=gen.device).to(mean.device)
@@ -138,8 +116,9 @@ class LaplaceHead(LinearProbe):
 
             def score(c: dict[str, Any]) -> tuple[float, float]:
                 self.la.prior_precision = c["prior_precision"]
-                return validation_score(probit_probs(*self.predictive(xv, val.classnames)),
-                                        val.labels)
+                mean, cov = self.predictive(xv, val.classnames)
+                probs = probit_probs(mean, cov.diagonal(dim1=1, dim2=2))
+                return validation_score(probs, val.labels)
 
             result = grid_search([{"prior_precision": p}
                                   for p in self.options["precision_grid"]], score)
@@ -174,14 +153,8 @@ class LaplaceHead(LinearProbe):
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         mean, cov = self.predictive(features, classnames)
         samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
-        return Prediction(probit_probs(mean, cov).float(), samples.float())
-
-    def logit_posterior(
-        self, features: torch.Tensor, classnames: Sequence[str]
-    ) -> pyro.distributions.MultivariateNormal:
-        """The GLM predictive ``f(x_i) ~ N(W_MAP x_i, J_i Sigma J_i^T)`` (Laplace Redux eq. 8)."""
-        mean, cov = self.predictive(features, classnames)
-        return pyro.distributions.MultivariateNormal(mean, scale_tril=logit_cholesky(cov))
+        probs = probit_probs(mean, cov.diagonal(dim1=1, dim2=2))
+        return Prediction(probs.float(), samples.float())
 
     @torch.no_grad()
     def logit_prior(

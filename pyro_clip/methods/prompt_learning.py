@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyro_clip.data.augment import check_augment
 from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.features.views import ViewSampler, check_augment, training_views
+from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
@@ -236,13 +237,6 @@ class PromptLearningMethod(Method):
     def _prior_logits(self, features, classnames: Sequence[str]) -> torch.Tensor:
         """Frozen zero-shot logits f0 of ``features`` (MaPLe overrides: it holds pixels)."""
         return self.ctx.zero_shot_logits(features, classnames).float()
-
-    @torch.no_grad()
-    def logit_posterior(self, features, classnames: Sequence[str]):
-        """OVE-PG: ``q(f | x) = N(f_learner(x), alpha^-1 I)``; softmax prompt learners: None."""
-        if self.options["likelihood"] != "ove-pg":
-            return None
-        return ove_pg_posterior(self._logits(self.learner, features, classnames), self.ove)
 
     @torch.no_grad()
     def logit_prior(self, features, classnames: Sequence[str]):

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_clip.data.augment import check_augment
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
-from pyro_clip.features.views import ViewSampler, check_augment, training_views
+from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods._linear_head import class_mapping
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
@@ -247,8 +248,8 @@ class TipAdapterF(_TipBase):
     @classmethod
     def default_options(cls) -> dict[str, Any]:
         # init_alpha / init_beta None: fine-tune at the training-free Tip-Adapter's validation
-        # choice (the paper's fixed 1.0 suits CLIP on ImageNet; on ConSE it costs 8 points,
-        # docs/baselines.md). leave_one_out: a training query ignores its own cache key.
+        # choice (the paper's fixed 1.0 suits CLIP on ImageNet, not ConSE: docs/baselines.md).
+        # leave_one_out: a training query ignores its own cache key.
         # search_initial_keys: the final search also considers the un-fine-tuned keys.
         return {**super().default_options(), "init_alpha": None, "init_beta": None,
                 "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.01,

@@ -1,9 +1,10 @@
 """The Pyro model shared by every Bayesian method's posterior predictive.
 
-``f_i ~ q(f | x_i)`` (the method's :meth:`~pyro_clip.methods.Method.logit_posterior`, or its
-prior), ``y_i ~ Cat(softmax f_i)``, observed site ``y``. With ``y=None``,
-``pyro.infer.Predictive`` returns draws of ``f`` (S, N, C) and ``y`` (S, N): the posterior
-predictive ``p(y* | x, D) = E_q[Cat(y*; softmax f)]`` (BDA3 eq. 1.4) sampled jointly per draw.
+``f_i ~ q(f | x_i)`` (a distribution of the logits: a method's predictive, or its
+:meth:`~pyro_clip.methods.Method.logit_prior`), ``y_i ~ Cat(softmax f_i)``, observed site
+``y``. With ``y=None``, ``pyro.infer.Predictive`` returns draws of ``f`` (S, N, C) and ``y``
+(S, N): the posterior predictive ``p(y* | x, D) = E_q[Cat(y*; softmax f)]`` (BDA3 eq. 1.4)
+sampled jointly per draw.
 """
 
 from __future__ import annotations

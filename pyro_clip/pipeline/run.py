@@ -239,7 +239,7 @@ def run(cfg: RunConfig) -> RunResult:
         eval_sets[extra] = encode_images(cfg, backbone, extra_images)
 
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
-    views = getattr(method, "train_views", lambda: None)()  # (augment, n_views) or None
+    views = method.train_views()
     if views:
         train = augmented_train(cfg, backbone, images.train, train, *views)
     fit_start = time.time()

@@ -128,8 +128,8 @@ class SuiteConfig:
         if self.methods == "all":  # minus methods the backbone cannot run (MaPLe on conse)
             from pyro_clip.methods import get_method_class
 
-            return [m for m in known if self.backbone.startswith(
-                getattr(get_method_class(m), "requires_backbone", ""))]
+            return [m for m in known
+                    if self.backbone.startswith(get_method_class(m).requires_backbone)]
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise ConfigError(

@@ -167,7 +167,7 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
 
 def checkpoint_identity(method: str, options: Mapping[str, Any], backbone_fingerprint: str,
                         *data: torch.Tensor, templates: Sequence[str] = ()) -> dict[str, Any]:
-    """What a resumable checkpoint must share with the run resuming it (issue 16): the method,
+    """What a resumable checkpoint must share with the run resuming it: the method,
     its options, the backbone, the prompt templates (they set the zero-shot prior) and the
     training data (:func:`data_fingerprint` of ``data``)."""
     return {"method": method, "options": json.loads(json.dumps(dict(options), default=str)),

@@ -1,4 +1,4 @@
-"""Progress bars: the one home of every bar in the package (issue 11).
+"""Progress bars: the one home of every bar in the package.
 
 On a terminal, a tqdm bar whose redraws are throttled (``mininterval``) and whose postfix
 (e.g. the running loss) is refreshed with the bar, not per step. When stderr is not a terminal

@@ -15,13 +15,20 @@ log-likelihood gradient ``g``, the exact Kalman step from prior covariance ``P``
 
 All maths is float64. A matrix that should be positive definite but is not is repaired with
 jitter and a :class:`CovarianceWarning`, never a crash.
+
+Each structure also carries its own policy as class attributes and class methods: what the
+``auto`` settings of the Kalman method mean for it (input centring, rotation, tempered passes,
+minibatch size), how much memory its state takes, and how it is built from the method's
+options. A structure is one module in this package registered with
+:func:`~pyro_clip.inference.covariance.registry.register_covariance`.
 """
 
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,8 +36,6 @@ from pyro_clip.errors import ConfigError
 from pyro_clip.inference.kalman_jacobian import Jacobian
 
 DTYPE = torch.float64
-
-
 
 
 class CovarianceWarning(UserWarning):
@@ -73,11 +78,56 @@ def _eye(m: int, like: torch.Tensor | None = None) -> torch.Tensor:
 
 
 class Covariance(ABC):
-    """Covariance ``P`` of an n-dimensional Gaussian state."""
+    """Covariance ``P`` of an n-dimensional Gaussian state, with the structure's policy.
 
-    kind: str
+    Policy (class attributes, read by the Kalman method when an option is ``auto``):
+    ``center_inputs`` / ``rotate_inputs`` say whether a linear head should run on centred /
+    principal-axis rotated inputs for this structure, ``tempered_passes`` how many tempered
+    passes a categorical observation takes, :meth:`auto_batch_size` the minibatch size;
+    :meth:`estimate_bytes` sizes the state before it is allocated and :meth:`from_options`
+    builds it.
+    """
+
+    #: the ``covariance=`` name
+    kind: ClassVar[str]
+    #: position among the ``covariance=`` choices (listings, error messages)
+    order: ClassVar[int] = 100
+    #: ``center_inputs=auto``: centre a linear head's inputs
+    center_inputs: ClassVar[bool] = False
+    #: ``rotate_inputs=auto``: rotate a linear head's inputs into their principal axes
+    rotate_inputs: ClassVar[bool] = False
+    #: ``tempered_passes=auto`` with a categorical observation
+    tempered_passes: ClassVar[int] = 1
+    #: ``covariance=auto`` takes the lowest-ranked structure whose state fits the budget
+    #: (``None``: never chosen automatically)
+    auto_rank: ClassVar[int | None] = None
     n: int
 
+    # ----- policy ----------------------------------------------------------------------------
+    @classmethod
+    def auto_batch_size(cls, n_classes: int) -> int:
+        """``batch_size=auto``: the generic categorical innovation is (B C) x (B C), so
+        ``clamp(160 // C, 1, 16)`` examples (16 at 10 classes, 1 from 100 classes)."""
+        return max(1, min(16, 160 // max(n_classes, 1)))
+
+    @classmethod
+    @abstractmethod
+    def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+        """float64 bytes of the state for ``n`` parameters in ``n_blocks`` classes, before
+        allocating it."""
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, n: int, prior_var: float, n_blocks: int,
+                     options: Mapping[str, Any]) -> Covariance:
+        """The prior ``prior_var * I`` over ``n`` parameters (``n_blocks`` classes); the
+        structure reads its own settings (``rank``, ...) from the method's ``options``."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` for method options this structure cannot honour."""
+
+    # ----- the filter's operations ---------------------------------------------------------
     @abstractmethod
     def quad(self, h: Jacobian) -> torch.Tensor:
         """``H P H^T`` (m, m)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyro.distributions as dist
@@ -22,13 +23,44 @@ from pyro_clip.inference.covariance.gains import (
     categorical_block_gain,
     categorical_gain_terms,
 )
-from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian
+from pyro_clip.inference.covariance.registry import register_covariance
+from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian, KronJacobian
+
+#: from this many classes ``batch_size=auto`` takes 32 examples per minibatch
+BLOCK_MINIBATCH_CLASSES = 256
 
 
+@register_covariance
 class BlockCovariance(Covariance):
-    """Block-diagonal ``P``: K equal contiguous blocks (per class for a linear head)."""
+    """Block-diagonal ``P``: K equal contiguous blocks (per class for a linear head).
+
+    Policy: centre a linear head's inputs (the block prior drops the cross-class coupling,
+    so it over-steps along the normalised features' common component; docs/kalman.md);
+    rotation is exact within a block, so it is not applied."""
 
     kind = "block"
+    order = 1
+    auto_rank = 1
+    center_inputs = True
+
+    @classmethod
+    def auto_batch_size(cls, n_classes: int) -> int:
+        """One example (its O(C P^2) Sherman-Morrison path, relinearised after every example)
+        below :data:`BLOCK_MINIBATCH_CLASSES` classes; from there the C P^2 state no longer
+        fits a cache and the O(C B P^2 + C B^3) minibatch path of 32 examples reads and writes
+        it once per minibatch instead of once per example (docs/kalman.md)."""
+        return 1 if n_classes < BLOCK_MINIBATCH_CLASSES else 32
+
+    @classmethod
+    def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+        """``K (n/K)^2`` numbers."""
+        per_block = n // max(n_blocks, 1)
+        return 8 * n_blocks * per_block * per_block
+
+    @classmethod
+    def from_options(cls, n: int, prior_var: float, n_blocks: int,
+                     options: Mapping[str, Any]) -> BlockCovariance:
+        return cls(n, n_blocks, prior_var)
 
     def __init__(self, n: int, n_blocks: int, prior_var: float = 1.0) -> None:
         if n % n_blocks:
@@ -45,6 +77,16 @@ class BlockCovariance(Covariance):
         return torch.einsum("kmb,kbn->mn", cols, g)
 
     def var(self, h: Jacobian) -> torch.Tensor:
+        """``diag(H P H^T)``. A linear head's Jacobian (row ``(b, i)`` =
+        ``sum_c coef[b,i,c] e_c kron x_b``) with one block per class gives
+        ``sum_c coef[b,i,c]^2 x_b^T P_c x_b``: O(C B P^2) time and O(C B P) memory, where the
+        generic path forms the (K, m, P) block columns, m = B C rows."""
+        if isinstance(h, KronJacobian) and self.k == h.n_classes:
+            x = h.x.to(self.p)
+            q = (torch.matmul(x, self.p) * x).sum(-1).T  # (B, C): x_b^T P_c x_b
+            if h.identity:
+                return q.reshape(-1)
+            return torch.einsum("bic,bc->bi", h.coef.to(q) ** 2, q).reshape(-1)
         cols, g = self._cross(h)
         return torch.einsum("kmb,kbm->m", cols, g)
 

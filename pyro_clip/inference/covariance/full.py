@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyro.distributions as dist
@@ -15,13 +16,30 @@ from pyro_clip.inference.covariance.base import (
     _randn,
     safe_cholesky,
 )
+from pyro_clip.inference.covariance.registry import register_covariance
 from pyro_clip.inference.kalman_jacobian import Jacobian
 
 
+@register_covariance
 class FullCovariance(Covariance):
-    """Dense ``P`` (n x n); the update never forms the Jacobian densely if it is structured."""
+    """Dense ``P`` (n x n); the update never forms the Jacobian densely if it is structured.
+
+    Policy: exact, so neither centring nor rotation changes it (both are exact
+    reparametrisations of the isotropic prior) and one pass; generic minibatch size."""
 
     kind = "full"
+    order = 0
+    auto_rank = 0  # exact: the most accurate wherever it fits
+
+    @classmethod
+    def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+        """``n^2`` numbers."""
+        return 8 * n * n
+
+    @classmethod
+    def from_options(cls, n: int, prior_var: float, n_blocks: int,
+                     options: Mapping[str, Any]) -> FullCovariance:
+        return cls(n, prior_var)
 
     def __init__(self, n: int, prior_var: float = 1.0) -> None:
         self.n = n

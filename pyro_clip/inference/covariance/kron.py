@@ -40,12 +40,14 @@ the Kronecker form and is refused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance.base import DTYPE, Covariance, _check_predict, safe_cholesky
+from pyro_clip.inference.covariance.registry import register_covariance
 from pyro_clip.inference.kalman_jacobian import Jacobian, KronJacobian
 from pyro_clip.inference.posteriors import MatrixNormal
 
@@ -53,10 +55,39 @@ KALMAN_STEP_MAX_OBS = 2048  # mean_step=auto: innovation rows (B C) up to which 
 MEAN_STEPS = ("auto", "kalman", "natural")
 
 
+@register_covariance
 class KronCovariance(Covariance):
-    """Precision ``A kron G + tau I`` over a (C, P) weight matrix (see module docstring)."""
+    """Precision ``A kron G + tau I`` over a (C, P) weight matrix (see module docstring).
+
+    Policy: the input factor keeps the inputs' correlations, so neither centring nor rotation
+    is applied (rotation is exact, ``G -> U^T G U``); no innovation is formed but each
+    minibatch pays two eigendecompositions, so ``batch_size=auto`` takes ``max(16, C)``
+    examples. Settings: ``kron_mean_step``. Linear heads only."""
 
     kind = "kron"
+    order = 4
+    auto_rank = 2
+
+    @classmethod
+    def auto_batch_size(cls, n_classes: int) -> int:
+        return max(16, n_classes)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Linear head only: the factors are over its classes x inputs."""
+        if options.get("adapter", "linear") != "linear":
+            raise ConfigError(
+                "kalman: covariance=kron factors the linear head's weights (classes x inputs); "
+                "use adapter=linear, or covariance=block|diag|lowrank with adapter=residual"
+            )
+
+    @classmethod
+    def from_options(cls, n: int, prior_var: float, n_blocks: int,
+                     options: Mapping[str, Any]) -> KronCovariance:
+        if n % n_blocks:
+            raise ConfigError(f"{n} parameters cannot be split into {n_blocks} classes")
+        return cls(n_blocks, n // n_blocks, prior_var,
+                   mean_step=options.get("kron_mean_step", "natural"))
 
     def __init__(
         self,
@@ -79,10 +110,12 @@ class KronCovariance(Covariance):
         self.tau = torch.tensor(1.0 / prior_var, **kw)
         self._refresh()
 
-    @staticmethod
-    def estimate_bytes(n_classes: int, n_in: int, itemsize: int = 8) -> int:
-        """State plus eigen-cache bytes: ``2 (C^2 + P^2) + C + P + C P`` numbers."""
-        return itemsize * (2 * (n_classes**2 + n_in**2) + n_classes + n_in + n_classes * n_in)
+    @classmethod
+    def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+        """State plus eigen-cache: ``2 (C^2 + P^2) + C + P + C P`` numbers (``C = n_blocks``
+        classes, ``P = n / C`` inputs)."""
+        c, p = n_blocks, n // max(n_blocks, 1)
+        return 8 * (2 * (c**2 + p**2) + c + p + n)
 
     # ----- factors ------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,14 +19,33 @@ from pyro_clip.inference.covariance.base import (
     _randn,
     safe_cholesky,
 )
+from pyro_clip.inference.covariance.registry import register_covariance
 from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian
 from pyro_clip.inference.posteriors import LowRankPrecisionNormal
 
 
+@register_covariance
 class LowRankCovariance(Covariance):
-    """LoFi: precision ``diag(u) + W W^T`` with ``W`` (n, R), covariance by Woodbury."""
+    """LoFi: precision ``diag(u) + W W^T`` with ``W`` (n, R), covariance by Woodbury.
+
+    Policy: rotate a linear head's inputs into their principal axes (the diagonal part then
+    carries the information in a better basis; centring on top does not help,
+    docs/kalman.md); generic minibatch size. Settings: ``rank`` R, ``top_classes``."""
 
     kind = "lowrank"
+    order = 3
+    rotate_inputs = True
+
+    @classmethod
+    def estimate_bytes(cls, n: int, n_blocks: int = 1, rank: int = 10) -> int:
+        """``n (R + 1)`` numbers."""
+        return 8 * n * (rank + 1)
+
+    @classmethod
+    def from_options(cls, n: int, prior_var: float, n_blocks: int,
+                     options: Mapping[str, Any]) -> LowRankCovariance:
+        return cls(n, int(options.get("rank", 10)), prior_var,
+                   int(options.get("top_classes", 0)))
 
     def __init__(self, n: int, rank: int, prior_var: float = 1.0, top_classes: int = 0) -> None:
         if rank < 1:
@@ -122,5 +142,3 @@ class LowRankCovariance(Covariance):
     def distribution(self, mean: torch.Tensor) -> torch.distributions.Distribution:
         return LowRankPrecisionNormal(mean, self.u, self.w)
 
-
-#: state larger than this is refused before allocating (``max_state_gib`` overrides it)
