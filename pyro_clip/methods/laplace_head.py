@@ -27,6 +27,7 @@ from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
+from pyro_clip.methods.options import Option
 from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
 
 STRUCTURES = ("kron", "diag", "full")
@@ -95,27 +96,19 @@ class LaplaceHead(LinearProbe):
     name = "laplace"
     demo_options: ClassVar[dict] = {"n_samples": 32}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "hessian_structure": "kron",
-                "prior_precision": "marglik", "precision_grid": log_grid(1e-2, 1e4, 25),
-                "n_samples": 64}
-
-    def _check_options(self) -> None:
-        super()._check_options()
-        o = self.options
-        if o["center"] != "zero-shot":
-            raise ConfigError("laplace: the prior is centred at the zero-shot head; "
-                              "remove --opt center=... (only 'zero-shot' is supported)")
-        if o["hessian_structure"] not in STRUCTURES:
-            raise ConfigError(f"laplace: hessian_structure must be one of {STRUCTURES}, "
-                              f"got {o['hessian_structure']!r}")
-        tuning = o["prior_precision"]
-        if not (tuning in PRIOR_TUNING or (isinstance(tuning, int | float) and tuning > 0)):
-            raise ConfigError(f"laplace: prior_precision must be one of {PRIOR_TUNING} or a "
-                              f"number > 0, got {tuning!r}")
-        if int(o["n_samples"]) < 1:
-            raise ConfigError(f"laplace: n_samples must be >= 1, got {o['n_samples']}")
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **LinearProbe.OPTIONS,
+        "center": Option("zero-shot", "prior mean of the head (only the zero-shot rows)",
+                         choices=("zero-shot",)),
+        "hessian_structure": Option("kron", "laplace-torch Hessian (GGN) structure",
+                                    choices=STRUCTURES),
+        "prior_precision": Option("marglik", "prior precision P: tuned by marginal "
+                                  "likelihood, on validation, kept at the MAP's, or fixed",
+                                  float, PRIOR_TUNING, low=0, low_open=True),
+        "precision_grid": Option(log_grid(1e-2, 1e4, 25), "candidates for "
+                                 "prior_precision=val", list, low=0, low_open=True, item=float),
+        "n_samples": Option(64, "logit draws of the GLM predictive", int, low=1),
+    }
 
     def fit(self, train: FeatureSet, val: FeatureSet) -> None:
         super().fit(train, val)  # MAP head, penalty lam chosen on validation
