@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.errors import PyroClipError
+from pyro_clip.errors import ConfigError, PyroClipError
 from pyro_clip.pipeline.config import RunConfig, load_yaml_config, parse_option
 from pyro_clip.suite.executors import EXECUTORS
 
@@ -126,6 +126,18 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "options":
+        from pyro_clip.methods import get_method_class, known_methods
+        from pyro_clip.methods.options import format_table
+
+        if args.name is None:
+            raise ConfigError("name the method: pyro-clip list options <method>; methods: "
+                              + ", ".join(known_methods()))
+        print(format_table(get_method_class(args.name).OPTIONS, args.name))
+        return 0
+    if args.name is not None:
+        raise ConfigError(f"'pyro-clip list {args.what}' takes no name (only 'list options' "
+                          f"does), got {args.name!r}")
     if args.what == "methods":
         from pyro_clip.methods import known_methods
 
@@ -188,8 +200,10 @@ def make_parser() -> argparse.ArgumentParser:
     su.add_argument("--no-progress", dest="progress", action="store_false")
     su.set_defaults(func=cmd_suite)
 
-    ls = sub.add_parser("list", help="list known methods, data sets or backbones")
-    ls.add_argument("what", choices=["methods", "datasets", "backbones"])
+    ls = sub.add_parser("list", help="list known methods, data sets, backbones, or a "
+                        "method's options (pyro-clip list options kalman)")
+    ls.add_argument("what", choices=["methods", "datasets", "backbones", "options"])
+    ls.add_argument("name", nargs="?", help="the method whose options to list")
     ls.set_defaults(func=cmd_list)
     return parser
 

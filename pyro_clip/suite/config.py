@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pyro_clip.errors import ConfigError
 from pyro_clip.pipeline.config import PROTOCOLS, RunConfig
+from pyro_clip.utils.io import read_yaml
 
 OPTIONS_FROM = ("demo", "defaults")
 DIAGNOSTICS = ("full", "metrics", "none")
@@ -233,10 +232,7 @@ def load_suite(path: str | Path, **overrides: Any) -> SuiteConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file {path} does not exist (see configs/bench, configs/paper)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path) or {}
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return parse_suite(data, source=str(path))
