@@ -107,6 +107,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
                        workers=args.workers)
     plan = dry_run(suite)  # config errors raise before anything runs
     print(plan.summary())
+    if plan.too_large:  # before hours are spent on the runs that fit
+        raise ConfigError(
+            f"{len(plan.too_large)} run group(s) of {suite.source} cannot run, e.g. "
+            f"{plan.too_large[0]}; see the list above: choose smaller structures in "
+            "method_options (e.g. kalman: {covariance: kron}) or set device_memory_gib")
     if args.dry_run:
         return 0
     from pyro_clip.suite import run_suite, write_results
@@ -185,7 +190,9 @@ def make_parser() -> argparse.ArgumentParser:
     su = sub.add_parser("suite", help="run a benchmark suite (YAML) and tabulate mean ± std")
     su.add_argument("config", help="suite file, e.g. configs/bench/offline.yaml")
     su.add_argument("--dry-run", action="store_true",
-                    help="validate every run and list missing data; load no weights")
+                    help="validate every run, list missing data and estimate each run's "
+                         "memory (failing runs above the suite's device_memory_gib); "
+                         "load no weights")
     su.add_argument("--workers", type=int, default=None,
                     help="local: worker processes; ray: CPUs of a local cluster "
                          "(default: the suite's workers, 1)")

@@ -33,6 +33,14 @@ from pyro_clip.training.selection import check_validation, grid_search, log_grid
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")
 CHUNK = 256  # examples per GLM-predictive call: Jacobians are (chunk, C, C*D)
+#: bytes the (chunk, C, C*D) float64 Jacobians of one predictive call may take
+JACOBIAN_BYTES = 2**30
+
+
+def predictive_chunk(n_classes: int, dim: int) -> int:
+    """Examples per GLM-predictive call: :data:`CHUNK`, fewer when their last-layer Jacobians
+    ``(chunk, C, C D)`` would exceed :data:`JACOBIAN_BYTES` (at least one)."""
+    return max(1, min(CHUNK, JACOBIAN_BYTES // (8 * n_classes * n_classes * dim)))
 LAST_LAYER = "1"  # the Linear's name in _head's Sequential
 
 
@@ -156,10 +164,11 @@ class LaplaceHead(LinearProbe):
         zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
         mean = zs.clone()
         cov = torch.diag_embed(torch.full_like(zs, 1.0 / self.precision))  # prior rows: 1/P
-        for start in range(0, len(x), CHUNK):
+        chunk = predictive_chunk(len(self.train_classnames), x.shape[1])
+        for start in range(0, len(x), chunk):
             # private but stable laplace-torch call: the public __call__ returns only probs
-            f_mu, f_var = self.la._glm_predictive_distribution(x[start:start + CHUNK])
-            rows = slice(start, start + CHUNK)
+            f_mu, f_var = self.la._glm_predictive_distribution(x[start:start + chunk])
+            rows = slice(start, start + chunk)
             mean[rows, seen] = f_mu[:, mapping[seen]]
             cov[rows, seen.unsqueeze(1), seen] = f_var[:, mapping[seen]][:, :, mapping[seen]]
         return mean, cov
