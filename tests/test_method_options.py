@@ -111,3 +111,9 @@ def test_list_options_needs_a_known_method(capsys):
     assert "unknown method 'kalmann'" in capsys.readouterr().err
     assert main(["list", "options", "zero-shot"]) == 0
     assert "no options" in capsys.readouterr().out
+
+
+def test_select_grid_candidates_are_checked_like_options():
+    with pytest.raises(ConfigError, match="coop-ove-pg select_grid: lam must be a number >= 0"):
+        create_method("coop-ove-pg", select="pseudo-new", select_grid={"lam": [0.2, -1.0]})
+    create_method("coop-ove-pg", select="pseudo-new", select_grid={"lam": [0.2, 1.0]})

@@ -92,6 +92,9 @@ class PromptLearningMethod(Method):
             bad = set(axes) - set(self.default_options())
             if bad:
                 raise ConfigError(f"select_grid names unknown option(s) {sorted(bad)}")
+            for key, values in axes.items():  # each candidate: the option's type and range
+                for value in values:
+                    self.OPTIONS[key].check(key, value, f"{self.name} select_grid")
         self.ove = self._ove_config(o)
         self._train_settings(o, seed=1)  # bad optimiser options fail at construction
         self.learner: CoOpPromptLearner | None = None
