@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_clip.errors import PyroClipError
+from pyro_clip.errors import ConfigError, PyroClipError
 from pyro_clip.pipeline.config import RunConfig, load_yaml_config, parse_option
 from pyro_clip.suite.executors import EXECUTORS
 
@@ -109,6 +109,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
                        workers=args.workers)
     plan = dry_run(suite)  # config errors raise before anything runs
     print(plan.summary())
+    if plan.too_large:  # before hours are spent on the runs that fit
+        raise ConfigError(
+            f"{len(plan.too_large)} run group(s) of {suite.source} cannot run, e.g. "
+            f"{plan.too_large[0]}; see the list above: choose smaller structures in "
+            "method_options (e.g. kalman: {covariance: kron}) or set device_memory_gib")
     if args.dry_run:
         return 0
     from pyro_clip.suite import run_suite, write_results
@@ -128,6 +133,18 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "options":
+        from pyro_clip.methods import get_method_class, known_methods
+        from pyro_clip.methods.options import format_table
+
+        if args.name is None:
+            raise ConfigError("name the method: pyro-clip list options <method>; methods: "
+                              + ", ".join(known_methods()))
+        print(format_table(get_method_class(args.name).OPTIONS, args.name))
+        return 0
+    if args.name is not None:
+        raise ConfigError(f"'pyro-clip list {args.what}' takes no name (only 'list options' "
+                          f"does), got {args.name!r}")
     if args.what == "methods":
         from pyro_clip.methods import known_methods
 
@@ -175,7 +192,9 @@ def make_parser() -> argparse.ArgumentParser:
     su = sub.add_parser("suite", help="run a benchmark suite (YAML) and tabulate mean ± std")
     su.add_argument("config", help="suite file, e.g. configs/bench/offline.yaml")
     su.add_argument("--dry-run", action="store_true",
-                    help="validate every run and list missing data; load no weights")
+                    help="validate every run, list missing data and estimate each run's "
+                         "memory (failing runs above the suite's device_memory_gib); "
+                         "load no weights")
     su.add_argument("--workers", type=int, default=None,
                     help="local: worker processes; ray: CPUs of a local cluster "
                          "(default: the suite's workers, 1)")
@@ -190,8 +209,10 @@ def make_parser() -> argparse.ArgumentParser:
     su.add_argument("--no-progress", dest="progress", action="store_false")
     su.set_defaults(func=cmd_suite)
 
-    ls = sub.add_parser("list", help="list known methods, data sets or backbones")
-    ls.add_argument("what", choices=["methods", "datasets", "backbones"])
+    ls = sub.add_parser("list", help="list known methods, data sets, backbones, or a "
+                        "method's options (pyro-clip list options kalman)")
+    ls.add_argument("what", choices=["methods", "datasets", "backbones", "options"])
+    ls.add_argument("name", nargs="?", help="the method whose options to list")
     ls.set_defaults(func=cmd_list)
     return parser
 

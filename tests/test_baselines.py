@@ -235,11 +235,11 @@ def test_search_helpers():
     ("name", "options", "message"),
     [
         ("linear-probe", {"center": "mean"}, "center must be one of"),
-        ("linear-probe", {"lam": -1}, "lam and every lam_grid value"),
-        ("tip-adapter", {"beta_grid": []}, "beta and beta_grid"),
+        ("linear-probe", {"lam": -1}, r"lam must be one of null \| a number > 0"),
+        ("tip-adapter", {"beta_grid": []}, "beta_grid must be a non-empty list"),
         ("laplace", {"hessian_structure": "lowrank"}, "hessian_structure must be one of"),
         ("laplace", {"prior_precision": "cv"}, "prior_precision must be one of"),
-        ("clip-adapter", {"ratio": 1.5}, "ratio must be in"),
+        ("clip-adapter", {"ratio": 1.5}, r"ratio must be a number in \[0, 1\]"),
     ],
 )
 def test_bad_options_name_the_fix(name, options, message, tiny_backbone, problem):

@@ -134,7 +134,7 @@ def test_same_seed_same_ove_pg_fit(tiny_backbone):
         ({"lam": -0.5}, "lambda"),
         ({"num_samples": 0}, "num_samples"),
         ({"likelihood": "probit"}, "likelihood must be one of"),
-        ({"lr": 0.0}, "learning rate must be > 0"),
+        ({"lr": 0.0}, "lr must be a number > 0"),
     ],
 )
 def test_bad_options_are_rejected_with_a_clear_message(options, message):

@@ -130,6 +130,12 @@ def test_cli_unknown_method_exits_nonzero(tmp_path, capsys):
     assert "unknown method(s) ['co-op']" in err and "registered methods" in err
 
 
+#: run groups the paper configs cannot fit in 80 GiB today: laplace's predictive holds the
+#: (N, C, C) float64 logit covariances of all 50,000 ImageNet test images, 50000 * 1000^2 * 8
+#: bytes = 372.5 GiB (docs/benchmarks.md, "Memory")
+KNOWN_TOO_LARGE = {"imagenet/few-shot/laplace"}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_dry_run_without_weights(path, tmp_path, capsys):
     root = tmp_path / "no-data"
@@ -149,10 +155,17 @@ def test_shipped_configs_dry_run_without_weights(path, tmp_path, capsys):
     else:
         assert plan.problems == []
     assert f"{len(plan.runs)} runs" in plan.summary()
-    # the CLI dry run prints the plan and exits 0
+    assert "memory estimate per run" in plan.summary()
+    groups = {(r.dataset, r.protocol) for r in plan.runs}
+    assert {(e.dataset, e.protocol) for e in plan.estimates} == groups
+    too_large = {line.split(" at ")[0] for line in plan.too_large}
+    assert too_large <= KNOWN_TOO_LARGE, plan.too_large
+    # the CLI dry run prints the plan and exits 0 (2 when a run cannot fit the device)
     assert main(["suite", str(path), "--dry-run", "--data-root", str(root),
-                 "--out", str(tmp_path / "runs")]) == 0
-    assert "problem" in capsys.readouterr().out or not disk
+                 "--out", str(tmp_path / "runs")]) == (2 if too_large else 0)
+    out = capsys.readouterr().out
+    assert "problem" in out or not disk
+    assert "memory estimate per run" in out
 
 
 def test_paper_configs_cover_the_protocols():

@@ -7,6 +7,7 @@ end-of-text token leaves every feature unchanged and saves most of the 77-token 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from pyro_clip.backbones.base import DualEncoder, PromptTokens
+from pyro_clip.backbones.open_clip_weights import check_weights, hub_offline_mode, local_file_spec
 from pyro_clip.errors import BackboneError
 
 QUICKGELU_SUFFIX = "-quickgelu"
@@ -95,18 +97,15 @@ def _load_open_clip(
 ):
     import open_clip
 
-    if model_name not in open_clip.list_models():
-        raise BackboneError(
-            f"unknown open_clip model {model_name!r}; see open_clip.list_models(), "
-            "e.g. ViT-B-32, ViT-B-16, ViT-L-14, RN50"
-        )
+    cached = check_weights(model_name, pretrained)  # one clear line, no download retries
     kwargs: dict = {"force_quick_gelu": quick_gelu}
     if image_size is not None:
         kwargs["force_image_size"] = image_size
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, **kwargs
-        )
+    try:  # cached Hub weights are read from the cache alone (no requests)
+        with hub_offline_mode() if cached else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, **kwargs
+            )
     except Exception as exc:  # hub / file errors have many types; re-raise one clear line
         if pretrained and os.path.exists(pretrained):
             raise BackboneError(
@@ -114,9 +113,9 @@ def _load_open_clip(
                 f"{type(exc).__name__}: {exc}. Pass the model name the checkpoint was trained with."
             ) from exc
         raise BackboneError(
-            f"could not get weights {model_name}/{pretrained} (offline or unknown tag: "
-            f"{type(exc).__name__}); download them where there is internet and pass "
-            f"--backbone open_clip:{model_name}:/path/to/open_clip_model.safetensors"
+            f"could not get weights {model_name}:{pretrained} ({type(exc).__name__}: {exc}); "
+            f"download them where there is internet and pass --backbone "
+            f"{local_file_spec(model_name, quick_gelu)}"
         ) from exc
     return model, preprocess
 

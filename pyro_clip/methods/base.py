@@ -9,6 +9,7 @@ zero-shot classifier for classes they never saw (base-to-new protocol).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -24,6 +25,7 @@ import torch
 from pyro_clip.backbones.base import DualEncoder, cosine_logits
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
+from pyro_clip.methods.options import Option, check_options
 from pyro_clip.runtime import CPU, Runtime
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -187,21 +189,21 @@ class Method(ABC):
     #: backbone spec prefix the method needs (``"open_clip:"``); ``""`` runs on any backbone
     requires_backbone: ClassVar[str] = ""
 
+    #: the method's options: default, type and range, meaning (one table validates ``--opt``
+    #: and feeds ``pyro-clip list options``; subclasses extend it, see methods/options.py)
+    OPTIONS: ClassVar[dict[str, Option]] = {}
+
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.default_options())
-        if unknown:
-            raise ConfigError(
-                f"method {self.name!r} has no option(s) {sorted(unknown)}; "
-                f"known: {sorted(self.default_options())}"
-            )
-        self.options: dict[str, Any] = {**self.default_options(), **options}
+        given = check_options(self.OPTIONS, options, self.name)  # type, range, unknown keys
+        self.options: dict[str, Any] = {**self.default_options(), **given}
         self.context: MethodContext | None = None
         #: hyper-parameters chosen during fit (on validation data), recorded in config.json
         self.selected: dict[str, Any] = {}
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {}
+        """Every option's default (a fresh copy: lists may be changed by the caller)."""
+        return {k: copy.deepcopy(o.default) for k, o in cls.OPTIONS.items()}
 
     def setup(self, context: MethodContext) -> Method:
         self.context = context

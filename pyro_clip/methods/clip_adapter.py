@@ -22,6 +22,7 @@ from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.methods.options import Option, augment_options, train_options
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 
 
@@ -47,12 +48,14 @@ class ClipAdapter(Method):
     name = "clip-adapter"
     demo_options: ClassVar[dict] = {"epochs": 20}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        # augment: CLIP-Adapter trains on CoOp's crop + flip pipeline (pyro_clip.features.views)
-        return {"reduction": 4, "ratio": 0.2, "epochs": 50, "lr": 1e-3, "batch_size": 32,
-                "optimizer": "adamw", "weight_decay": 1e-4, "augment": "crop-flip",
-                "n_views": 8}
+    # augment: CLIP-Adapter trains on CoOp's crop + flip pipeline (pyro_clip.features.views)
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "reduction": Option(4, "bottleneck width D / reduction", int, low=1),
+        "ratio": Option(0.2, "residual ratio r of the adapted feature", float, low=0, high=1),
+        **train_options(epochs=50, batch_size=32, lr=1e-3, weight_decay=1e-4,
+                        optimizer="adamw"),
+        **augment_options(n_views=8),
+    }
 
     def train_views(self) -> tuple[str, int] | None:
         """``(augment, n_views)`` for the runner to encode and cache, or None."""
@@ -62,9 +65,7 @@ class ClipAdapter(Method):
 
     def _check_options(self, dim: int) -> None:
         o = self.options
-        if not 0 <= float(o["ratio"]) <= 1:
-            raise ConfigError(f"clip-adapter: ratio must be in [0, 1], got {o['ratio']}")
-        if int(o["reduction"]) < 1 or dim // int(o["reduction"]) < 1:
+        if dim // int(o["reduction"]) < 1:
             raise ConfigError(f"clip-adapter: reduction must be in 1..{dim} for {dim}-d features, "
                               f"got {o['reduction']}")
 

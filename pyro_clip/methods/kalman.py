@@ -55,6 +55,7 @@ from pyro_clip.inference.kalman_adapters import (
 )
 from pyro_clip.inference.posteriors import RowLinearMap
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.methods.options import Option
 from pyro_clip.utils.progress import track
 
 _CHUNK = 128  # examples per chunk when computing predictive moments
@@ -70,43 +71,55 @@ class KalmanAdapter(Method):
         "prior_var_grid": [10.0, 100.0],
     }
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {
-            "adapter": "linear",  # linear | residual
-            # full | block | diag | lowrank | kron; auto: full where its state fits
-            # AUTO_STATE_GIB, then block, then kron (choose_structure; docs/kalman.md)
-            "covariance": "auto",
-            "rank": 10,  # low-rank covariance rank R
-            "top_classes": 0,  # lowrank: keep each example's K likeliest classes' rows (0 = all)
-            "observation": "categorical",  # categorical | cosine
-            "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
-            "prior_var_grid": [1.0, 10.0, 100.0],
-            "batch_size": "auto",  # int, or auto (the structure's auto_batch_size)
-            "epochs": 1,
-            # passes over the data, each with the likelihood tempered to p(y|w)^(1/passes)
-            # (each example counted once in total); auto: the structure's tempered_passes
-            "tempered_passes": "auto",
-            "forgetting": 1.0,  # P <- P / forgetting before each minibatch
-            "process_noise": 0.0,  # P <- P + q I before each minibatch
-            "obs_noise": 0.05,  # cosine observation: initial R
-            "adaptive_noise": True,
-            "noise_memory": 0.9,
-            "gate": 0.999,  # chi^2 probability of the Mahalanobis gate (0 = off)
-            "predictive": "probit",  # probit | mc
-            "mc_samples": 64,
-            "bias": True,
-            # linear head on x - mean(train x) (bias prior absorbs it); auto: per structure
-            "center_inputs": "auto",
-            # linear head on U^T (x - mu), U = principal axes of the training features;
-            # auto: per structure
-            "rotate_inputs": "auto",
-            # kron's mean step: kalman (gain of the Kronecker prior) | natural (K-FAC) | auto
-            "kron_mean_step": "auto",
-            "max_state_gib": 8.0,  # refuse a covariance state larger than this, before allocating
-            "residual_rank": 4,
-            "residual_ratio": 1.0,
-        }
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "adapter": Option("linear", "linear head on the features, or a residual low-rank "
+                          "adapter", choices=("linear", "residual")),
+        "covariance": Option("auto", "structure of the weights' Gaussian covariance (auto: "
+                             "full where its state fits, then block, then kron)",
+                             choices=("auto", *COVARIANCES)),
+        "rank": Option(10, "rank R of covariance=lowrank", int, low=1),
+        "top_classes": Option(0, "lowrank: keep each example's K likeliest classes' rows "
+                              "(0 keeps all)", int, low=0),
+        "observation": Option("categorical", "labels through the EKF (categorical) or the "
+                              "paper's matched cosine", choices=("categorical", "cosine")),
+        "prior_var": Option("auto", "prior variance of the weights (auto: chosen on "
+                            "validation NLL from prior_var_grid)", float, ("auto",), low=0,
+                            low_open=True),
+        "prior_var_grid": Option([1.0, 10.0, 100.0], "candidates for prior_var=auto", list,
+                                 low=0, low_open=True, item=float),
+        "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
+                             "classes)", int, ("auto",), low=1),
+        "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),
+        "tempered_passes": Option("auto", "passes with the likelihood tempered to "
+                                  "p(y|w)^(1/passes) (auto: the structure's default)", int,
+                                  ("auto",), low=1),
+        "forgetting": Option(1.0, "P <- P / forgetting before each minibatch", float, low=0,
+                             high=1, low_open=True),
+        "process_noise": Option(0.0, "P <- P + q I before each minibatch", float, low=0),
+        "obs_noise": Option(0.05, "cosine observation: initial noise variance R", float,
+                            low=0, low_open=True),
+        "adaptive_noise": Option(True, "cosine observation: adapt R to the innovations", bool),
+        "noise_memory": Option(0.9, "cosine observation: memory a of the adaptive R", float,
+                               low=0, high=1, high_open=True),
+        "gate": Option(0.999, "chi^2 probability of the Mahalanobis gate (0 = off)", float,
+                       low=0, high=1, high_open=True),
+        "predictive": Option("probit", "predictive: linearised probit or Monte Carlo over "
+                             "weights", choices=("probit", "mc")),
+        "mc_samples": Option(64, "weight draws for predictive=mc and logit samples", int,
+                             low=1),
+        "bias": Option(True, "learn a per-class bias", bool),
+        "center_inputs": Option("auto", "linear head on x - mean(train x) (auto: per "
+                                "structure)", choices=("auto", True, False)),
+        "rotate_inputs": Option("auto", "linear head on the training features' principal "
+                                "axes (auto: by structure)", choices=("auto", True, False)),
+        "kron_mean_step": Option("auto", "kron's mean step: kalman gain of the Kronecker "
+                                 "prior, or natural (K-FAC)", choices=MEAN_STEPS),
+        "max_state_gib": Option(8.0, "refuse a covariance state larger than this (GiB), "
+                                "before allocating", float, low=0, low_open=True),
+        "residual_rank": Option(4, "adapter=residual: rank of the adapter", int, low=1),
+        "residual_ratio": Option(1.0, "adapter=residual: weight of the adapter's output",
+                                 float),
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -123,67 +136,16 @@ class KalmanAdapter(Method):
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
+        """Constraints between options (each option's type and range: :attr:`OPTIONS`)."""
         o = self.options
-        choices = {
-            "adapter": ("linear", "residual"),
-            "covariance": ("auto", *COVARIANCES),
-            "observation": ("categorical", "cosine"),
-            "predictive": ("probit", "mc"),
-        }
-        for key, allowed in choices.items():
-            if o[key] not in allowed:
-                raise ConfigError(
-                    f"kalman: {key}={o[key]!r} is not valid; use --opt {key}=" + "|".join(allowed)
-                )
-        if o["batch_size"] != "auto" and (not isinstance(o["batch_size"], int)
-                                          or o["batch_size"] < 1):
-            raise ConfigError(
-                f"kalman: batch_size must be 'auto' or a positive integer, got {o['batch_size']!r}"
-            )
-        if not isinstance(o["max_state_gib"], int | float) or o["max_state_gib"] <= 0:
-            raise ConfigError(
-                f"kalman: max_state_gib must be a positive number, got {o['max_state_gib']!r}"
-            )
-        if o["center_inputs"] not in ("auto", True, False):
-            raise ConfigError(
-                f"kalman: center_inputs must be auto, true or false, got {o['center_inputs']!r}")
         if o["center_inputs"] is True and (o["adapter"] != "linear" or not o["bias"]):
             raise ConfigError("kalman: center_inputs=true needs adapter=linear with bias=true")
-        if o["kron_mean_step"] not in MEAN_STEPS:
-            raise ConfigError(f"kalman: kron_mean_step={o['kron_mean_step']!r} is not valid; "
-                              "use --opt kron_mean_step=" + "|".join(MEAN_STEPS))
-        if o["rotate_inputs"] not in ("auto", True, False):
-            raise ConfigError(
-                f"kalman: rotate_inputs must be auto, true or false, got {o['rotate_inputs']!r}")
         if o["rotate_inputs"] is True and o["adapter"] != "linear":
             raise ConfigError("kalman: rotate_inputs=true needs adapter=linear")
         if o["covariance"] != "auto":
             structure(o["covariance"]).check_options(o)
-        tp = o["tempered_passes"]
-        if tp != "auto" and (not isinstance(tp, int) or isinstance(tp, bool) or tp < 1):
-            raise ConfigError(
-                f"kalman: tempered_passes must be 'auto' or a positive integer, got {tp!r}")
-        if tp not in ("auto", 1) and o["observation"] != "categorical":
+        if o["tempered_passes"] not in ("auto", 1) and o["observation"] != "categorical":
             raise ConfigError("kalman: tempered_passes > 1 needs observation=categorical")
-        for key in ("rank", "epochs", "mc_samples", "residual_rank"):
-            if not isinstance(o[key], int) or o[key] < 1:
-                raise ConfigError(f"kalman: {key} must be a positive integer, got {o[key]!r}")
-        if not isinstance(o["top_classes"], int) or o["top_classes"] < 0:
-            raise ConfigError(f"kalman: top_classes must be an integer >= 0 (0 keeps every "
-                              f"class), got {o['top_classes']!r}")
-        grid = [o["prior_var"]] if o["prior_var"] != "auto" else list(o["prior_var_grid"])
-        if not grid or any(not isinstance(v, int | float) or v <= 0 for v in grid):
-            raise ConfigError(
-                f"kalman: prior_var must be 'auto' or a positive number and prior_var_grid a "
-                f"non-empty list of positive numbers; got {o['prior_var']!r}, "
-                f"{o['prior_var_grid']!r}"
-            )
-        if not 0 < o["forgetting"] <= 1 or o["process_noise"] < 0 or o["obs_noise"] <= 0:
-            raise ConfigError(
-                "kalman: need 0 < forgetting <= 1, process_noise >= 0 and obs_noise > 0"
-            )
-        if not 0 <= o["gate"] < 1 or not 0 <= o["noise_memory"] < 1:
-            raise ConfigError("kalman: gate and noise_memory must be in [0, 1)")
 
     def _check(self, x: torch.Tensor, where: str) -> None:
         if x.ndim != 2:

@@ -11,7 +11,6 @@ towards the zero-shot one, KgCoOp in text-embedding space, OVE-PG in logit space
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_clip.errors import ConfigError
 from pyro_clip.methods.base import register_method
+from pyro_clip.methods.options import Option
 from pyro_clip.methods.prompt_learning import CoOp
 from pyro_clip.models.ove_pg import ove_pg_loss
 from pyro_clip.prompts.coop import CoOpPromptLearner
@@ -42,16 +41,10 @@ class KgCoOp(CoOp):
     }
     prior_options: ClassVar[tuple[str, ...]] = ("w", "lam")
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "w": 8.0}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        w = self.options["w"]
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise ConfigError(f"KgCoOp w (knowledge-guidance weight) must be a finite number "
-                              f">= 0, got {w!r}; the official code uses w=8.0")
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **CoOp.OPTIONS,
+        "w": Option(8.0, "knowledge-guidance weight (official code: 8.0)", float, low=0),
+    }
 
     def loss(self, learner: CoOpPromptLearner, x: torch.Tensor, f0: torch.Tensor,
              y: torch.Tensor, names: Sequence[str], options: dict[str, Any],

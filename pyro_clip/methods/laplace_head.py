@@ -27,11 +27,20 @@ from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
+from pyro_clip.methods.options import Option
 from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
 
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")
 CHUNK = 256  # examples per GLM-predictive call: Jacobians are (chunk, C, C*D)
+#: bytes the (chunk, C, C*D) float64 Jacobians of one predictive call may take
+JACOBIAN_BYTES = 2**30
+
+
+def predictive_chunk(n_classes: int, dim: int) -> int:
+    """Examples per GLM-predictive call: :data:`CHUNK`, fewer when their last-layer Jacobians
+    ``(chunk, C, C D)`` would exceed :data:`JACOBIAN_BYTES` (at least one)."""
+    return max(1, min(CHUNK, JACOBIAN_BYTES // (8 * n_classes * n_classes * dim)))
 LAST_LAYER = "1"  # the Linear's name in _head's Sequential
 
 
@@ -73,27 +82,19 @@ class LaplaceHead(LinearProbe):
     name = "laplace"
     demo_options: ClassVar[dict] = {"n_samples": 32}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "hessian_structure": "kron",
-                "prior_precision": "marglik", "precision_grid": log_grid(1e-2, 1e4, 25),
-                "n_samples": 64}
-
-    def _check_options(self) -> None:
-        super()._check_options()
-        o = self.options
-        if o["center"] != "zero-shot":
-            raise ConfigError("laplace: the prior is centred at the zero-shot head; "
-                              "remove --opt center=... (only 'zero-shot' is supported)")
-        if o["hessian_structure"] not in STRUCTURES:
-            raise ConfigError(f"laplace: hessian_structure must be one of {STRUCTURES}, "
-                              f"got {o['hessian_structure']!r}")
-        tuning = o["prior_precision"]
-        if not (tuning in PRIOR_TUNING or (isinstance(tuning, int | float) and tuning > 0)):
-            raise ConfigError(f"laplace: prior_precision must be one of {PRIOR_TUNING} or a "
-                              f"number > 0, got {tuning!r}")
-        if int(o["n_samples"]) < 1:
-            raise ConfigError(f"laplace: n_samples must be >= 1, got {o['n_samples']}")
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **LinearProbe.OPTIONS,
+        "center": Option("zero-shot", "prior mean of the head (only the zero-shot rows)",
+                         choices=("zero-shot",)),
+        "hessian_structure": Option("kron", "laplace-torch Hessian (GGN) structure",
+                                    choices=STRUCTURES),
+        "prior_precision": Option("marglik", "prior precision P: tuned by marginal "
+                                  "likelihood, on validation, kept at the MAP's, or fixed",
+                                  float, PRIOR_TUNING, low=0, low_open=True),
+        "precision_grid": Option(log_grid(1e-2, 1e4, 25), "candidates for "
+                                 "prior_precision=val", list, low=0, low_open=True, item=float),
+        "n_samples": Option(64, "logit draws of the GLM predictive", int, low=1),
+    }
 
     def fit(self, train: FeatureSet, val: FeatureSet) -> None:
         super().fit(train, val)  # MAP head, penalty lam chosen on validation
@@ -142,10 +143,11 @@ class LaplaceHead(LinearProbe):
         zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
         mean = zs.clone()
         cov = torch.diag_embed(torch.full_like(zs, 1.0 / self.precision))  # prior rows: 1/P
-        for start in range(0, len(x), CHUNK):
+        chunk = predictive_chunk(len(self.train_classnames), x.shape[1])
+        for start in range(0, len(x), chunk):
             # private but stable laplace-torch call: the public __call__ returns only probs
-            f_mu, f_var = self.la._glm_predictive_distribution(x[start:start + CHUNK])
-            rows = slice(start, start + CHUNK)
+            f_mu, f_var = self.la._glm_predictive_distribution(x[start:start + chunk])
+            rows = slice(start, start + chunk)
             mean[rows, seen] = f_mu[:, mapping[seen]]
             cov[rows, seen.unsqueeze(1), seen] = f_var[:, mapping[seen]][:, :, mapping[seen]]
         return mean, cov

@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods._linear_head import class_mapping, fit_logistic, merge_rows, normalize
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.methods.options import Option
 from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
 
 CENTERS = ("zero-shot", "zero")
@@ -34,26 +34,15 @@ class LinearProbe(Method):
     name = "linear-probe"
     demo_options: ClassVar[dict] = {}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {
-            "center": "zero-shot",
-            #: fixed penalty, or None to choose it on validation from ``lam_grid``
-            "lam": None,
-            "lam_grid": log_grid(1e-4, 10.0, 11),
-            "max_iter": 500,
-        }
-
-    def _check_options(self) -> None:
-        o = self.options
-        if o["center"] not in CENTERS:
-            raise ConfigError(f"linear-probe: center must be one of {CENTERS}, got {o['center']!r}")
-        lams = [o["lam"]] if o["lam"] is not None else list(o["lam_grid"])
-        if not lams or any(not isinstance(v, int | float) or v <= 0 for v in lams):
-            raise ConfigError(
-                f"linear-probe: lam and every lam_grid value must be a number > 0, got {lams}; "
-                "e.g. --opt lam=0.01"
-            )
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "center": Option("zero-shot", "prior mean of the head: the zero-shot rows (no bias) "
+                         "or zero (classic probe, free bias)", choices=CENTERS),
+        "lam": Option(None, "L2 penalty (null: chosen on validation from lam_grid)", float,
+                      (None,), low=0, low_open=True),
+        "lam_grid": Option(log_grid(1e-4, 10.0, 11), "candidates for lam=null", list, low=0,
+                           low_open=True, item=float),
+        "max_iter": Option(500, "L-BFGS iterations per fit", int, low=1),
+    }
 
     def head_prior(self, classnames: Sequence[str]) -> torch.Tensor:
         """Prior mean of the rows: ``s * t_c`` (zero-shot centre) or zeros (classic probe)."""
@@ -61,7 +50,6 @@ class LinearProbe(Method):
         return zs if self.options["center"] == "zero-shot" else torch.zeros_like(zs)
 
     def fit(self, train: FeatureSet, val: FeatureSet) -> None:
-        self._check_options()
         kind, bias = self.feature_kind, self.options["center"] == "zero"
         x, y = normalize(train.features[kind]), train.labels
         prior = self.head_prior(train.classnames)

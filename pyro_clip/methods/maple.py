@@ -22,6 +22,7 @@ from pyro_clip.data.pixels import PixelRows
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods.base import MethodContext, register_method
+from pyro_clip.methods.options import Option, with_defaults
 from pyro_clip.methods.prompt_learning import PromptLearningMethod
 from pyro_clip.prompts.maple import MaPLePromptLearner, check_deep_backbone
 
@@ -34,13 +35,13 @@ class MaPLe(PromptLearningMethod):
     feature_kind: ClassVar[str] = "pixels"
     #: backbone spec prefix it needs (suites with ``methods: all`` skip it elsewhere)
     requires_backbone: ClassVar[str] = "open_clip:"
-    default_lam = 0.2
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "n_ctx": 2, "prompt_depth": 9, "epochs": 5,
-                "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "weight_decay": 5e-4,
-                "chunk": 64}
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **with_defaults(PromptLearningMethod.OPTIONS, n_ctx=2, epochs=5, batch_size=4,
+                        lr=0.0035, optimizer="sgd", weight_decay=5e-4),
+        "prompt_depth": Option(9, "transformer layers that get prompts", int, low=1),
+        "chunk": Option(64, "images decoded and encoded at a time when predicting", int,
+                        low=1),
+    }
 
     def setup(self, context: MethodContext) -> MaPLe:
         check_deep_backbone(context.backbone, self.options["prompt_depth"])  # refuse early
@@ -116,8 +117,5 @@ class MaPLeOvePG(MaPLe):
     """MaPLe trained with the OVE-PG objective (4 context tokens, depth 9, lambda 0.2)."""
 
     name = "maple-ove-pg"
-    likelihood = "ove-pg"
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "n_ctx": 4}
+    OPTIONS: ClassVar[dict[str, Option]] = with_defaults(MaPLe.OPTIONS, n_ctx=4,
+                                                         likelihood="ove-pg")

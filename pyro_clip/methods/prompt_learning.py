@@ -25,6 +25,7 @@ from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.methods.options import Option, augment_options, train_options, with_defaults
 from pyro_clip.models.ove_pg import (
     PREDICTIVE_DRAWS,
     OvePGConfig,
@@ -44,9 +45,6 @@ SELECTS = ("fixed", "pseudo-new")
 class PromptLearningMethod(Method):
     """Shared fit/predict; subclasses choose the learner and the default likelihood."""
 
-    likelihood: ClassVar[str] = "softmax"
-    #: paper default KL weight lambda for this learner
-    default_lam: ClassVar[float] = 0.2
     #: select=pseudo-new grid per likelihood (options -> values), overridable by select_grid
     select_axes: ClassVar[dict[str, dict[str, list[Any]]]] = {
         "ove-pg": {"lam": [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "alpha": [0.1, 1.0, 10.0]},
@@ -54,28 +52,38 @@ class PromptLearningMethod(Method):
     #: options whose larger values pull harder towards the zero-shot prior (tie-break of select)
     prior_options: ClassVar[tuple[str, ...]] = ("lam",)
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        # Training settings chosen on the embedded data's *validation* split with the offline
-        # ConSE backbone (docs/ove_pg.md); the paper's SGD lr 1e-4 barely moves MiniLM prompts.
-        # CoOp, CoCoOp, KgCoOp and MaPLe all train with random resized crop + flip: on.
-        return {
-            "n_ctx": 4, "ctx_init": "a photo of a", "likelihood": cls.likelihood,
-            "alpha": 1.0, "lam": cls.default_lam, "num_samples": 1, "omega": "sample",
-            "epochs": 10, "batch_size": 16, "lr": 1e-2, "optimizer": "adamw",
-            "weight_decay": 0.0, "augment": "crop-flip", "n_views": 8,
-            "select": "fixed", "select_grid": None, "select_folds": 2,
-            "select_score": "accuracy",
-        }
+    # Training settings chosen on the embedded data's *validation* split with the offline
+    # ConSE backbone (docs/ove_pg.md); the paper's SGD lr 1e-4 barely moves MiniLM prompts.
+    # CoOp, CoCoOp, KgCoOp and MaPLe all train with random resized crop + flip: on.
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "n_ctx": Option(4, "learned context tokens", int, low=1),
+        "ctx_init": Option("a photo of a", "words the context starts from ('' = random "
+                           "N(0, 0.02^2))", str),
+        "likelihood": Option("softmax", "training objective: softmax cross-entropy or OVE-PG",
+                             choices=LIKELIHOODS),
+        "alpha": Option(1.0, "OVE-PG prior precision alpha of the logits", float, low=0,
+                        low_open=True),
+        "lam": Option(0.2, "OVE-PG KL weight lambda towards the zero-shot logits", float,
+                      low=0),
+        "num_samples": Option(1, "OVE-PG Polya-Gamma draws M per step", int, low=1),
+        "omega": Option("sample", "OVE-PG omega: Polya-Gamma draws or their mean",
+                        choices=("sample", "mean")),
+        **train_options(epochs=10, batch_size=16, lr=1e-2, weight_decay=0.0,
+                        optimizer="adamw"),
+        **augment_options(n_views=8),
+        "select": Option("fixed", "keep the options, or choose them on pseudo-new folds of "
+                         "the training classes", choices=SELECTS),
+        "select_grid": Option(None, "select=pseudo-new: options -> candidate values (null: "
+                              "the method's grid)", dict, (None,)),
+        "select_folds": Option(2, "select=pseudo-new: folds of the training classes", int,
+                               low=1, high=2),
+        "select_score": Option("accuracy", "select=pseudo-new: score on the pseudo-new "
+                               "classes", choices=SCORES),
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         o = self.options
-        if o["likelihood"] not in LIKELIHOODS:
-            raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {o['likelihood']!r}")
-        check_augment(o["augment"], o["n_views"])
-        if o["select"] not in SELECTS:
-            raise ConfigError(f"select must be one of {SELECTS}, got {o['select']!r}")
         if o["select"] == "pseudo-new":
             axes = self.selection_axes()
             if not axes:
@@ -85,8 +93,9 @@ class PromptLearningMethod(Method):
             bad = set(axes) - set(self.default_options())
             if bad:
                 raise ConfigError(f"select_grid names unknown option(s) {sorted(bad)}")
-        if o["select_score"] not in SCORES:
-            raise ConfigError(f"select_score must be one of {SCORES}, got {o['select_score']!r}")
+            for key, values in axes.items():  # each candidate: the option's type and range
+                for value in values:
+                    self.OPTIONS[key].check(key, value, f"{self.name} select_grid")
         self.ove = self._ove_config(o)
         self._train_settings(o, seed=1)  # bad optimiser options fail at construction
         self.learner: CoOpPromptLearner | None = None
@@ -263,9 +272,10 @@ class CoOp(PromptLearningMethod):
     name = "coop"
     demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 5}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "class_specific": False}
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **PromptLearningMethod.OPTIONS,
+        "class_specific": Option(False, "one context per class instead of one shared", bool),
+    }
 
     def make_learner(self, classnames: Sequence[str]) -> CoOpPromptLearner:
         o = self.options
@@ -280,7 +290,7 @@ class CoOpOvePG(CoOp):
     """CoOp trained with the OVE-PG objective (lambda = 0.2)."""
 
     name = "coop-ove-pg"
-    likelihood = "ove-pg"
+    OPTIONS: ClassVar[dict[str, Option]] = with_defaults(CoOp.OPTIONS, likelihood="ove-pg")
 
 
 @register_method
@@ -288,12 +298,9 @@ class CoCoOp(PromptLearningMethod):
     """CoCoOp: context shifted per image by a meta-net on the cached image features."""
 
     name = "cocoop"
-    default_lam = 0.1
     demo_options: ClassVar[dict[str, Any] | None] = {"epochs": 1, "batch_size": 8}
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "batch_size": 4}
+    OPTIONS: ClassVar[dict[str, Option]] = with_defaults(PromptLearningMethod.OPTIONS,
+                                                         lam=0.1, batch_size=4)
 
     def make_learner(self, classnames: Sequence[str]) -> CoCoOpPromptLearner:
         o = self.options
@@ -306,4 +313,4 @@ class CoCoOpOvePG(CoCoOp):
     """CoCoOp trained with the OVE-PG objective (lambda = 0.1)."""
 
     name = "cocoop-ove-pg"
-    likelihood = "ove-pg"
+    OPTIONS: ClassVar[dict[str, Option]] = with_defaults(CoCoOp.OPTIONS, likelihood="ove-pg")

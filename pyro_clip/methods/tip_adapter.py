@@ -27,6 +27,7 @@ from pyro_clip.features.cache import FeatureSet
 from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods._linear_head import class_mapping
 from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.methods.options import Option, augment_options, train_options
 from pyro_clip.training.loop import TrainSettings, checkpoint_identity, train
 from pyro_clip.training.selection import check_validation, grid, grid_search, validation_score
 
@@ -53,21 +54,21 @@ class _TipBase(Method):
     #: whether the cache keys are fine-tuned before the search
     finetune: ClassVar[bool] = False
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {
-            #: fixed values, or None to choose each on validation from its grid
-            "alpha": None,
-            "beta": None,
-            # the paper's search ranges (alpha in [0.1, 3], beta in [0.1, 7]), alpha extended to
-            # 10 (weak priors such as ConSE need a heavier cache) and alpha = 0, which is
-            # zero-shot CLIP, so validation can fall back to the prior
-            "alpha_grid": [0.0, *np.linspace(0.1, 3.0, 15).round(4).tolist(), 4.0, 6.0, 10.0],
-            "beta_grid": np.linspace(0.1, 7.0, 24).round(4).tolist(),
-            # the paper builds the cache from 10 augmented epochs (crop + flip)
-            "augment": "crop-flip",
-            "n_views": 10,
-        }
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "alpha": Option(None, "cache weight on CLIP's logit scale (null: chosen on "
+                        "validation from alpha_grid)", float, (None,), low=0),
+        "beta": Option(None, "sharpness of the cache affinity (null: chosen on validation "
+                       "from beta_grid)", float, (None,), low=0),
+        # the paper's search ranges (alpha in [0.1, 3], beta in [0.1, 7]), alpha extended to
+        # 10 (weak priors such as ConSE need a heavier cache) and alpha = 0, which is
+        # zero-shot CLIP, so validation can fall back to the prior
+        "alpha_grid": Option([0.0, *np.linspace(0.1, 3.0, 15).round(4).tolist(), 4.0, 6.0,
+                              10.0], "candidates for alpha=null", list, low=0, item=float),
+        "beta_grid": Option(np.linspace(0.1, 7.0, 24).round(4).tolist(),
+                            "candidates for beta=null", list, low=0, item=float),
+        # the paper builds the cache from 10 augmented epochs (crop + flip)
+        **augment_options(n_views=10),
+    }
 
     def train_views(self) -> tuple[str, int] | None:
         """``(augment, n_views)`` for the runner to encode and cache, or None."""
@@ -81,24 +82,10 @@ class _TipBase(Method):
         return training_views(train_set.features, self.feature_kind, o["augment"], o["n_views"],
                               self.name).float()
 
-    def _check_options(self) -> None:
-        for key in ("init_alpha", "init_beta"):
-            v = self.options.get(key)
-            if v is not None and (not isinstance(v, int | float) or v < 0):
-                raise ConfigError(f"{self.name}: {key} must be a number >= 0 or null (chosen "
-                                  f"on validation), got {v!r}; e.g. --opt {key}=1.0")
-        for key in ("alpha", "beta"):
-            values = [self.options[key]] if self.options[key] is not None else list(
-                self.options[f"{key}_grid"])
-            if not values or any(not isinstance(v, int | float) or v < 0 for v in values):
-                raise ConfigError(f"{self.name}: {key} and {key}_grid values must be numbers "
-                                  f">= 0, got {values}; e.g. --opt {key}=1.0")
-
     def _alpha_scale(self) -> float:
         return self.ctx.backbone.logit_scale / CLIP_SCALE
 
     def fit(self, train_set: FeatureSet, val: FeatureSet) -> None:
-        self._check_options()
         self.train_classnames = list(train_set.classnames)
         views = self._views(train_set)
         # K_i = normalise(mean_v f(aug_v(x_i))): CacheModel normalises the view mean
@@ -245,12 +232,16 @@ class TipAdapterF(_TipBase):
     finetune = True
     demo_options: ClassVar[dict] = {}
 
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        # init_alpha / init_beta None: fine-tune at the training-free Tip-Adapter's validation
-        # choice (the paper's fixed 1.0 suits CLIP on ImageNet, not ConSE: docs/baselines.md).
-        # leave_one_out: a training query ignores its own cache key.
-        # search_initial_keys: the final search also considers the un-fine-tuned keys.
-        return {**super().default_options(), "init_alpha": None, "init_beta": None,
-                "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.01,
-                "leave_one_out": False, "search_initial_keys": True}
+    # init_alpha / init_beta null: fine-tune at the training-free Tip-Adapter's validation
+    # choice (the paper's fixed 1.0 suits CLIP on ImageNet, not ConSE: docs/baselines.md)
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        **_TipBase.OPTIONS,
+        "init_alpha": Option(None, "alpha the keys are fine-tuned at (null: the training-free "
+                             "Tip-Adapter's validation choice)", float, (None,), low=0),
+        "init_beta": Option(None, "beta the keys are fine-tuned at (null: as init_alpha)",
+                            float, (None,), low=0),
+        **train_options(epochs=20, batch_size=32, lr=1e-3, weight_decay=0.01),
+        "leave_one_out": Option(False, "a training query ignores its own cache key", bool),
+        "search_initial_keys": Option(True, "the final search also considers the "
+                                      "un-fine-tuned keys", bool),
+    }

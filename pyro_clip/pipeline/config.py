@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from pyro_clip.errors import ConfigError
+from pyro_clip.utils.io import check_out_dir, read_yaml
 
 PROTOCOLS = ("few-shot", "base-to-new")
 
@@ -53,6 +54,7 @@ class RunConfig:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.shots < 1:
             raise ConfigError(f"shots must be >= 1 (Dassl uses 1, 2, 4, 8, 16), got {self.shots}")
+        check_out_dir(self.out)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
@@ -103,7 +105,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
     return {k.replace("-", "_"): v for k, v in data.items()}

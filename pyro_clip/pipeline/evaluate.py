@@ -24,14 +24,14 @@ from pyro_clip.pipeline.run import (
     read_run_config,
 )
 from pyro_clip.runtime import Runtime
-from pyro_clip.utils.io import save_npz, write_json
+from pyro_clip.utils.io import check_out_dir, save_npz, write_json
 
 
 def evaluate_run(
     run_dir: str | Path, dataset: str, out: str | Path, data_root: str | None = None
 ) -> dict[str, Any]:
     """Evaluate the method of ``run_dir`` on the test split of ``dataset``; write the contract."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), check_out_dir(out)
     if not (run_dir / "config.json").exists():
         raise DataError(
             f"{run_dir} is not a run folder (no config.json); pass a 'fit' --out folder"

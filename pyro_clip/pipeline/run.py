@@ -7,6 +7,7 @@ the method has weights. Extra writers (e.g. ArviZ diagnostics) hook in via ``RUN
 
 from __future__ import annotations
 
+import pickle
 import platform
 import sys
 import time
@@ -314,6 +315,18 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     return RunConfig.from_dict(fields), cfg_data
 
 
+def _read_checkpoint(path: Path, runtime: Runtime) -> dict[str, Any]:
+    """``torch.load`` of a run's checkpoint; missing or damaged -> one-line :class:`DataError`."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run folder has config.json but no trained "
+                        "weights; re-run 'pyro-clip fit' for it (same options) to re-create it")
+    try:
+        return torch.load(path, map_location=runtime.device, weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise DataError(f"{path} is damaged ({type(exc).__name__}); re-run 'pyro-clip fit' "
+                        "for that run (same options) to re-create it") from exc
+
+
 def load_trained_method(
     run_dir: str | Path, backbone: DualEncoder | None = None, runtime: Runtime | None = None
 ) -> Method:
@@ -331,8 +344,7 @@ def load_trained_method(
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, None, cfg.progress, runtime))
     method.selected = dict(cfg_data.get("selected_hyperparameters", {}))
     if method.has_weights:
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location=runtime.device,
-                          weights_only=False)
+        ckpt = _read_checkpoint(run_dir / "checkpoint.pt", runtime)
         if ckpt["backbone_fingerprint"] != backbone.fingerprint():
             raise BackboneError(
                 f"checkpoint {run_dir / 'checkpoint.pt'} was trained on backbone "

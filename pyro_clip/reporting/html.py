@@ -21,7 +21,7 @@ import torch
 
 from pyro_clip.errors import DataError
 from pyro_clip.reporting.tables import markdown_table, run_summary
-from pyro_clip.utils.io import atomic_write, read_json
+from pyro_clip.utils.io import atomic_write, check_out_dir, read_json
 
 #: per-run figures (from the run hook), in display order: file name -> caption
 RUN_FIGURES = {
@@ -224,7 +224,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
             "by 'pyro-clip fit' or 'pyro-clip demo'"
         )
     run_paths = [Path(r) for r in runs]
-    out = Path(out)
+    out = check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = [run_summary(r) for r in run_paths]
     table = markdown_table(summaries)

@@ -17,6 +17,13 @@ from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_l
 from pyro_clip.data.registry import has_validation_split, known_datasets
 from pyro_clip.errors import ConfigError, PyroClipError
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
+from pyro_clip.suite.estimate import (
+    RunEstimate,
+    default_memory_gib,
+    estimate_run,
+    format_estimates,
+    too_large,
+)
 
 EMBEDDED = ("fashion-mnist", "fashion-mnist-c")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -30,6 +37,14 @@ class Plan:
     runs: list[SuiteRun]
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: rough per-group memory (and time) estimates, and the memory they are checked against
+    estimates: list[RunEstimate] = field(default_factory=list)
+    memory_gib: float = 0.0
+
+    @property
+    def too_large(self) -> list[str]:
+        """Groups of runs that cannot run: refused by their method or above the memory."""
+        return too_large(self.estimates, self.memory_gib)
 
     @property
     def done(self) -> int:
@@ -53,7 +68,11 @@ class Plan:
             + f", {s.workers} worker(s); per run {s.resources.cpus} CPU(s), "
             f"{s.resources.gpus:g} GPU(s); up to {s.max_retries} retries of a dead worker",
         ]
+        lines += format_estimates(self.estimates, self.memory_gib)
         lines += [f"note: {n}" for n in self.notes]
+        if self.too_large:
+            lines.append(f"{len(self.too_large)} run group(s) cannot run (memory):")
+            lines += [f"  - {p}" for p in self.too_large]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s) (the runs that need them will fail):")
             lines += [f"  - {p}" for p in self.problems]
@@ -163,4 +182,23 @@ def dry_run(suite: SuiteConfig) -> Plan:
                 f"{name} has no validation split in CoOp's layout; validation shots are held "
                 "out of train (disjoint from the training shots)"
             )
+    _estimate(plan)
     return plan
+
+
+def _estimate(plan: Plan) -> None:
+    """Fill ``plan.estimates``: one per (data set, protocol, method, shots), seeds counted."""
+    suite = plan.suite
+    plan.memory_gib = float(suite.device_memory_gib or default_memory_gib(suite.device))
+    groups = Counter(r.group for r in plan.runs if not r.done)
+    unknown = set()
+    for (dataset, protocol, method, shots), runs in groups.items():
+        first = next(r for r in plan.runs if r.group == (dataset, protocol, method, shots))
+        est = estimate_run(dataset, protocol, method, shots, runs, first.config.options,
+                           suite.backbone, suite.data_root, suite.batch_size, suite.precision)
+        if est is None:
+            unknown.add(dataset)
+        else:
+            plan.estimates.append(est)
+    plan.notes += [f"{d}: class count unknown (folder not found), memory not estimated"
+                   for d in sorted(unknown)]

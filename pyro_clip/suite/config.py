@@ -20,6 +20,7 @@ A suite file (see ``configs/bench/offline.yaml``, ``configs/paper/*.yaml``)::
     executor: local                 # local (process pool) | ray (see pyro_clip.suite.executors)
     address: null                   # ray: cluster address (null: RAY_ADDRESS or a local one)
     workers: 1                      # local: worker processes; ray: CPUs of a local cluster
+    device_memory_gib: 80           # per run; the dry run fails runs estimated above it
     resources: {cpus: 1, gpus: 0}   # per run: torch threads, and what Ray reserves
     max_retries: 2                  # re-runs of a task whose worker process died
 
@@ -34,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pyro_clip.errors import ConfigError
 from pyro_clip.pipeline.config import PROTOCOLS, RunConfig
+from pyro_clip.utils.io import read_yaml
 
 OPTIONS_FROM = ("demo", "defaults")
 DIAGNOSTICS = ("full", "metrics", "none")
@@ -112,6 +112,9 @@ class SuiteConfig:
     resources: Resources = field(default_factory=Resources)
     #: how often a task whose worker process died is re-run (Ray ``max_retries``)
     max_retries: int = 2
+    #: memory of the device each run gets, GiB; runs estimated above it fail the dry run
+    #: (None: the host's RAM for device cpu, else an 80 GB GPU; see pyro_clip.suite.estimate)
+    device_memory_gib: float | None = None
     #: where the file was read from (for messages); not a YAML key
     source: str = "<dict>"
 
@@ -220,6 +223,11 @@ def parse_suite(data: dict[str, Any], source: str = "<dict>") -> SuiteConfig:
         if not isinstance(value, int) or isinstance(value, bool) or value < (key == "workers"):
             raise ConfigError(f"{source}: {key} must be an integer >= {int(key == 'workers')}, "
                               f"got {value!r}")
+    mem = cfg.device_memory_gib
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float)
+                            or not mem > 0):
+        raise ConfigError(f"{source}: device_memory_gib must be a number > 0 (GiB of the "
+                          f"device each run gets, e.g. 80), got {mem!r}")
     from pyro_clip.suite.executors import check_executor_name
 
     check_executor_name(cfg.executor, source)
@@ -233,10 +241,7 @@ def load_suite(path: str | Path, **overrides: Any) -> SuiteConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file {path} does not exist (see configs/bench, configs/paper)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path) or {}
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return parse_suite(data, source=str(path))

@@ -34,6 +34,9 @@ from pyro_clip.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+#: optimisers :class:`TrainSettings` accepts
+OPTIMIZERS = ("sgd", "adamw")
+
 #: steps between loss read-backs for the progress bar (each is a device -> host sync)
 LOG_EVERY = 25
 
@@ -56,7 +59,7 @@ class TrainSettings:
                               f"{self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        if self.optimizer not in ("sgd", "adamw"):
+        if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         return self
 

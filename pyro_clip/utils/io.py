@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_clip.errors import ConfigError, DataError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where ``/proc`` allows (Linux)."""
@@ -58,7 +60,44 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a damaged one raises a one-line :class:`DataError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) \
+            else ""
+        raise DataError(f"{path} is damaged: not valid JSON{where}; re-create it by re-running "
+                        "the command that wrote it (or remove its folder from the inputs)"
+                        ) from exc
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error raises a one-line :class:`ConfigError` with the file,
+    line and column (1-based, as editors count)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}; fix that line "
+                          "(mappings are 'key: value', lists '[a, b]')") from exc
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder that can be created or used: neither it nor a parent may be a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "" if p == path else f" (its parent {p} is a file)"
+                raise ConfigError(f"{flag} {path} is not a folder{what}; pass a folder path "
+                                  "(it is created if missing)")
+            break
+    return path
 
 
 def save_npz(path: str | Path, compress: bool = True, **arrays: np.ndarray) -> Path:
