@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import safe_cholesky
 from pyro_clip.inference.kalman import probit_probs

@@ -180,7 +180,7 @@ def format_table(table: Mapping[str, Option], owner: str) -> str:
 
 def augment_options(n_views: int) -> dict[str, Option]:
     """``augment`` and ``n_views``: the training-image views a method caches or draws."""
-    from pyro_clip.features.views import AUGMENTS
+    from pyro_clip.data.augment import AUGMENTS
 
     return {
         "augment": Option("crop-flip", "training-image augmentation (random resized crop + "

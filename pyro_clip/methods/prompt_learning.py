@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_clip.data.augment import check_augment
 from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_clip.data.augment import check_augment
-from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.features.views import ViewSampler, training_views
 from pyro_clip.methods._linear_head import class_mapping
