@@ -23,7 +23,14 @@ class EvaluationResult:
     """``metrics[set]`` (accuracy, per-class accuracy, ECE variants, NLL, Brier, AURC, PPC
     summary; ``metrics["ood"]`` with shifted sets), ``idata`` (ArviZ ``InferenceData``:
     held-out ``predictions``, and with the training features a ``log_likelihood`` and
-    ``posterior`` summary for Bayesian methods) and ``probs[set]`` (N, C)."""
+    ``posterior`` summary for Bayesian methods) and ``probs[set]`` (N, C).
+
+    >>> import torch, pyro_clip as pc
+    >>> feats = pc.Features(torch.eye(3), torch.arange(3), ["a", "b", "c"], text=torch.eye(3))
+    >>> result = pc.evaluate(pc.fit("zero-shot", feats), feats)
+    >>> result.metrics["test"]["accuracy"], result.probs["test"].shape
+    (1.0, torch.Size([3, 3]))
+    """
 
     metrics: dict[str, Any]
     idata: Any

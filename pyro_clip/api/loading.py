@@ -30,7 +30,7 @@ def load_backbone(spec: str = "conse", *, device: str = "auto",
     >>> import pyro_clip as pc
     >>> backbone = pc.load_backbone("open_clip:pyro-clip-tiny", device="cpu")
     >>> backbone.runtime.precision, backbone.embed_dim
-    ('fp32', 32)
+    ('fp32', 64)
     """
     return get_backbone(spec, Runtime.resolve(device, precision))
 
@@ -80,7 +80,7 @@ def encode(backbone: DualEncoder, images: LabeledImages, *, cache_dir: str | Pat
     >>> backbone = pc.load_backbone("open_clip:pyro-clip-tiny", device="cpu")
     >>> feats = pc.encode(backbone, pc.load_dataset("fashion-mnist", "val", shots=1))
     >>> feats.x.shape, feats.y.shape
-    (torch.Size([10, 32]), torch.Size([10]))
+    (torch.Size([10, 64]), torch.Size([10]))
     """
     if not isinstance(images, LabeledImages):
         raise DataError(f"encode takes labelled images (pyro_clip.load_dataset), got "

@@ -35,7 +35,8 @@ class FittedModel:
     Besides :meth:`predict`, :meth:`posterior` and :meth:`ood_scores` it forwards the
     method's own extra capabilities when the method has them (explicit delegation: the
     method object itself is ``model.method``): :meth:`update` (add labelled examples to the
-    posterior) and :meth:`acquisition` (score an unlabelled pool).
+    posterior) and :meth:`acquisition` (score an unlabelled pool); a method without them
+    raises a ConfigError saying so.
 
     >>> import torch, pyro_clip as pc
     >>> x, y = torch.randn(20, 8), torch.arange(4).repeat(5)
@@ -91,8 +92,7 @@ class FittedModel:
     def _inputs(self, data: FeatureSet | torch.Tensor,
                 classnames: Sequence[str] | None) -> tuple[Any, list[str]]:
         if isinstance(data, FeatureSet):
-            if isinstance(self.encoder, ClassTextEncoder) and data.text is not None:
-                self.encoder.add(data.classnames, data.text)
+            self._register_text(data)
             names = list(classnames) if classnames is not None else data.classnames
             return self.method_inputs(data).features[self.method.feature_kind], names
         if not isinstance(data, torch.Tensor) or data.ndim != 2:
@@ -151,21 +151,41 @@ class FittedModel:
                               "methods that support it (e.g. kalman)")
         return fn
 
-    def update(self, features: FeatureSet, **kwargs: Any) -> FittedModel:
-        """Condition the posterior on more labelled ``features`` (the method's ``update``,
-        e.g. further Kalman filter steps); returns ``self``."""
-        self._capability("update")(self.method_inputs(features), **kwargs)
-        return self
+    def update(self, features: FeatureSet, **kwargs: Any) -> Any:
+        """Condition the fitted posterior on more labelled ``features`` without refitting
+        (the method's ``update``, e.g. one more Kalman filtering pass; classes never seen join
+        with their zero-shot prior). Returns the method's record of the update."""
+        fn = self._capability("update")
+        self._register_text(features)
+        record = fn(self.method_inputs(features), **kwargs)
+        self.classnames = list(getattr(self.method, "train_classnames", self.classnames))
+        self.train = _concat(self.train, features)
+        return record
 
     def acquisition(self, pool: FeatureSet | torch.Tensor, score: str | None = None,
-                    **kwargs: Any) -> Any:
-        """Acquisition scores of an unlabelled ``pool`` (the method's ``acquisition``; higher
-        = more informative to label). ``pool``: Features or an (N, D) tensor."""
+                    **kwargs: Any) -> torch.Tensor:
+        """One acquisition score per unlabelled image of ``pool`` (the method's
+        ``acquisition``; higher = label it first), e.g. ``score="entropy" | "bald" |
+        "variance"`` for kalman. ``pool``: Features or an (N, D) tensor."""
         fn = self._capability("acquisition")
-        x = self.method_inputs(pool) if isinstance(pool, FeatureSet) else pool
+        x, _ = self._inputs(pool, None)
         if score is not None:
             kwargs["score"] = score
         return fn(x, **kwargs)
+
+    def _register_text(self, data: FeatureSet) -> None:
+        if isinstance(self.encoder, ClassTextEncoder) and data.text is not None:
+            self.encoder.add(data.classnames, data.text)
+
+
+def _concat(a: FeatureSet | None, b: FeatureSet) -> FeatureSet | None:
+    """Rows of ``a`` then ``b`` when both hold the same classes and tensor kinds, else None
+    (the training set is then unknown to :func:`pyro_clip.evaluate`)."""
+    if a is None or a.classnames != b.classnames or set(a.features) != set(b.features) or not all(
+            isinstance(v, torch.Tensor) for v in (*a.features.values(), *b.features.values())):
+        return None
+    return FeatureSet({k: torch.cat([a.features[k], b.features[k]]) for k in a.features},
+                      torch.cat([a.labels, b.labels]), a.classnames, a.name, a.text)
 
 
 def needs_backbone(method: str) -> bool:

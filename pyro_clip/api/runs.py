@@ -30,6 +30,9 @@ def load_run(run_dir: str | Path, *, backbone: DualEncoder | None = None,
     same weights (its fingerprint is checked). ``model.config`` is the run's ``config.json``.
 
     >>> import pyro_clip as pc
+    >>> model = pc.load_run("runs/demo/kalman", device="cpu")  # a pyro-clip fit --out folder
+    >>> model.name, model.encoder.runtime.precision, len(model.classnames)
+    ('kalman', 'fp32', 10)
     >>> pc.load_run("runs/missing")
     Traceback (most recent call last):
     ...
@@ -65,6 +68,8 @@ def report(runs: Sequence[str | Path] | str | Path, out: str | Path = "report") 
     holding run folders (``runs/demo``) stands for all of them. Returns ``out/report.html``.
 
     >>> import pyro_clip as pc
+    >>> pc.report(["runs/demo"], out="report").name
+    'report.html'
     >>> pc.report(["runs/missing"], out="report")
     Traceback (most recent call last):
     ...
