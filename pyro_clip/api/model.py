@@ -121,10 +121,11 @@ class FittedModel:
         normalised features; ``laplace``: ``W`` of ``z = W x``), with ``.mean``,
         ``.variance``, ``.sample()`` and ``.log_prob()``. Point estimates raise."""
         fn = getattr(self.method, "posterior", None)
-        if not callable(fn):
+        post = fn(**kwargs) if callable(fn) else None
+        if post is None:
             raise ConfigError(f"method {self.name!r} is a point estimate and has no posterior; "
                               "the Bayesian methods are kalman and laplace")
-        return fn(**kwargs)
+        return post
 
     def logit_posterior(self, data: FeatureSet | torch.Tensor,
                         classnames: Sequence[str] | None = None):
