@@ -15,9 +15,9 @@ from pyro_clip.runtime import Runtime
 
 
 def _rerun(run_dir: Path, version: str, why: object) -> DataError:
-    return DataError(f"{run_dir} was written by pyro-clip {version} and cannot be loaded by "
-                     f"{pyro_clip.__version__} ({why}); re-run it with pyro-clip fit (its "
-                     "settings are in its config.json)")
+    return DataError(f"{run_dir} cannot be loaded by this pyro-clip ({pyro_clip.__version__}; "
+                     f"the run was written by {version}): {why}; re-run it with pyro-clip fit "
+                     "(its settings are in its config.json)")
 
 
 def load_run(run_dir: str | Path, *, backbone: DualEncoder | None = None,
