@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
+from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
@@ -204,8 +205,6 @@ class LaplaceHead(LinearProbe):
         ``1 / (l_1 l_2^T + P)``; ``diag``: independent normals; ``full``: one multivariate
         normal with the posterior precision.
         """
-        from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
-
         shape = tuple(self.weight.shape)
         mean = self.la.mean.detach().double()
         structure = self.options["hessian_structure"]
