@@ -257,7 +257,7 @@ def fit(method: str, train: FeatureSet, val: FeatureSet | None = None, *,
     >>> pc.fit("kalman", feats, covarianse="diag")
     Traceback (most recent call last):
     ...
-    pyro_clip.errors.ConfigError: method 'kalman' has no option(s) ['covarianse']; known: [...]
+    pyro_clip.errors.ConfigError: method 'kalman' has no option(s) ['covarianse']; ...
     """
     if not isinstance(train, FeatureSet):
         raise DataError(f"fit takes pyro_clip.Features as train, got {type(train).__name__}; "
