@@ -217,7 +217,7 @@ def _options(method: str, options: Mapping[str, Any], dataset: str | None,
              has_images: bool) -> dict[str, Any]:
     """The CLI's option path: the data set's defaults (``RunConfig.resolved``) when the
     features come from a known data set; without images, no augmented views."""
-    opts = dict(options)
+    opts = {str(k).replace("-", "_"): v for k, v in options.items()}  # as parse_option
     cls = get_method_class(method)  # unknown method: the list of known ones
     if "augment" in cls.default_options() and "augment" not in opts and not has_images:
         opts["augment"] = "none"
