@@ -79,7 +79,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pyro_clip.pipeline.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run, args.dataset, args.out, data_root=args.data_root)
+    metrics = evaluate_run(args.run, args.dataset, args.out, data_root=args.data_root,
+                           device=args.device, precision=args.precision)
     print(f"{args.dataset}: accuracy {100 * metrics['accuracy']:.1f}%, ECE {metrics['ece']:.3f}, "
           f"NLL {metrics['nll']:.3f}; outputs in {args.out}")
     return 0
@@ -182,6 +183,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", required=True)
     ev.add_argument("--data-root", dest="data_root")
     ev.add_argument("--out", required=True)
+    ev.add_argument("--device", default="auto",
+                    help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="backbone forward precision now, whatever the run was fitted with")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="compare run folders side by side")

@@ -1,23 +1,96 @@
-"""Types shared by every layer: a split's cached features."""
+"""Types shared by every layer: a split's image features (``pyro_clip.Features``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from pyro_clip.errors import DataError
 
+#: the feature kind of the shared image-text embedding space (``Features.x``)
+JOINT = "joint"
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"Features: {what} must be a tensor or array, got "
+                        f"{type(value).__name__}") from exc
+
 
 @dataclass
 class FeatureSet:
-    """Cached image features of one split: ``features[kind]`` (N, D) float32 and ``labels`` (N,)."""
+    """Image features of one split with their labels and class names; public as
+    ``pyro_clip.Features``.
 
-    features: dict[str, torch.Tensor]
+    ``features[kind]`` is (N, D) per feature kind (``"joint"`` is the image-text space, also
+    ``x``; augmented views and other kinds sit beside it), ``labels`` (N,) class indices into
+    ``classnames`` (also ``y``). ``text`` (C, D), optional: one class embedding per class name
+    in the joint space, which lets weight-space methods fit and predict without a backbone.
+    ``images``, optional: the labelled images the rows were encoded from
+    (``pyro_clip.encode`` sets it), for methods that encode augmented views or train the
+    image encoder.
+
+    >>> import torch
+    >>> f = FeatureSet(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), ["cat", "dog"])
+    >>> f.x.shape, f.y.tolist(), len(f)
+    (torch.Size([4, 3]), [0, 1, 1, 0], 4)
+    """
+
+    features: dict[str, Any]
     labels: torch.Tensor
     classnames: list[str]
-    name: str
+    name: str = "features"
+    text: torch.Tensor | None = None
+    images: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise DataError(f"Features: name must be a string, got {type(self.name).__name__}; "
+                            "pass class text embeddings as text=...")
+        if not isinstance(self.features, Mapping):  # plain (N, D) features: the joint space
+            self.features = {JOINT: _as_tensor(self.features, "x")}
+        self.features = dict(self.features)
+        self.labels = _as_tensor(self.labels, "y")
+        self.classnames = list(self.classnames)
+        if self.labels.ndim != 1 or self.labels.is_floating_point():
+            raise DataError(f"Features: y must be a 1-D integer tensor of class indices, got "
+                            f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+        n = len(self.labels)
+        for kind, value in self.features.items():
+            if isinstance(value, torch.Tensor) and (value.ndim != 2 or value.shape[0] != n):
+                raise DataError(f"Features: {kind!r} features must be (N, D) with N = {n} "
+                                f"labels, got {tuple(value.shape)}")
+        if len(set(self.classnames)) != len(self.classnames):
+            raise DataError("Features: class names must be unique; rename the duplicates")
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classnames)):
+            raise DataError(f"Features: labels must lie in [0, {len(self.classnames)}) (one "
+                            f"per class name), got {int(self.labels.min())}.."
+                            f"{int(self.labels.max())}")
+        if self.text is not None:
+            self.text = _as_tensor(self.text, "text")
+            if self.text.ndim != 2 or self.text.shape[0] != len(self.classnames):
+                raise DataError(f"Features: text must be (C, D) with one row per class name "
+                                f"(C = {len(self.classnames)}), got {tuple(self.text.shape)}")
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(N, D) features in the joint image-text space."""
+        if JOINT not in self.features:
+            raise DataError(f"Features {self.name!r} hold no joint-space features (kinds: "
+                            f"{sorted(self.features)}); encode the images with pyro_clip.encode")
+        return self.features[JOINT]
+
+    @property
+    def y(self) -> torch.Tensor:
+        """(N,) labels (alias of ``labels``)."""
+        return self.labels
 
     def __post_init__(self) -> None:
         """Labels are checked where features are put together: 1-D integers in ``0..C-1``
@@ -47,11 +120,11 @@ class FeatureSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, indices: np.ndarray | torch.Tensor, class_ids: list[int] | None = None):
+    def subset(self, indices: np.ndarray | torch.Tensor, class_ids: Sequence[int] | None = None):
         """Rows ``indices``; with ``class_ids``, relabel class ``class_ids[k]`` to ``k``."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         labels = self.labels[idx]
-        classnames = self.classnames
+        classnames, text = self.classnames, self.text
         if class_ids is not None:
             remap = torch.full((len(self.classnames),), -1, dtype=torch.long)
             remap[torch.as_tensor(class_ids)] = torch.arange(len(class_ids))
@@ -59,8 +132,9 @@ class FeatureSet:
             if (labels < 0).any():
                 raise DataError("subset rows include classes outside class_ids")
             classnames = [self.classnames[c] for c in class_ids]
+            text = None if text is None else text[torch.as_tensor(list(class_ids))]
         return FeatureSet(
-            {k: v[idx] for k, v in self.features.items()}, labels, classnames, self.name
+            {k: v[idx] for k, v in self.features.items()}, labels, classnames, self.name, text
         )
 
     def restrict_classes(self, class_ids: list[int]) -> FeatureSet:

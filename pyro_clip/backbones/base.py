@@ -9,6 +9,8 @@ use three hooks: :meth:`tokenize` (ids cut after the longest prompt's end-of-tex
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,16 +90,34 @@ class DualEncoder(nn.Module, ABC):
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """Identifies weights and preprocessing; part of every feature-cache key."""
+        """Identifies weights and preprocessing (what a checkpoint was trained on); the
+        precision forwards run in is not part of it (see :meth:`feature_fingerprint`)."""
+
+    def feature_fingerprint(self) -> str:
+        """Key of the image features this backbone computes: :meth:`fingerprint`, plus the
+        precision when it is not fp32 (bf16/fp16 features differ, so they never share a cache
+        entry with fp32 ones)."""
+        if self.runtime.precision == "fp32":
+            return self.fingerprint()
+        text = f"{self.fingerprint()}:precision={self.runtime.precision}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     #: where forwards run and in which precision (set by :meth:`to_runtime`)
     runtime: Runtime = CPU
 
     def to_runtime(self, runtime: Runtime) -> DualEncoder:
-        """Move the weights to ``runtime.device`` once; later forwards autocast as it says."""
+        """Move the weights to ``runtime.device`` (in place); later forwards autocast as it says."""
         self.to(runtime.device)
         self.runtime = runtime
         return self
+
+    def with_runtime(self, runtime: Runtime) -> DualEncoder:
+        """A shallow copy that shares the weights (already on ``runtime.device``) and computes
+        under ``runtime``; ``self`` is left unchanged, so one cached set of weights serves
+        runs with different precisions."""
+        twin = copy.copy(self)
+        twin.runtime = runtime
+        return twin
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """The :meth:`preprocess` callable handed to DataLoader workers (override with a

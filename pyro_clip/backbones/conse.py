@@ -122,6 +122,4 @@ class ConSEBackbone(DualEncoder):
 
     def fingerprint(self) -> str:
         key = f"conse:effnet-lite0:minilm-l6-v2:top{self.top_t}:size{self.image_size}"
-        if self.runtime.precision != "fp32":  # bf16/fp16 features differ: never mix in a cache
-            key += f":precision={self.runtime.precision}"
         return hashlib.sha256(key.encode()).hexdigest()

@@ -242,8 +242,6 @@ class OpenClipBackbone(DualEncoder):
         if self.pretrained is None:
             h.update(f"seed={self._seed}".encode())
         h.update(repr(self._preprocess).encode())
-        if self.runtime.precision != "fp32":  # bf16/fp16 features differ: never mix in a cache
-            h.update(f"precision={self.runtime.precision}".encode())
         return h.hexdigest()
 
     # --- deep prompt hooks (MaPLe, Khattak et al. CVPR 2023); new methods, used by

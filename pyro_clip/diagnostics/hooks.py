@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -110,17 +111,25 @@ def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -
                             seed=seed)
 
 
-def diagnose_run(
-    result: RunLike, draws: int = DEFAULT_DRAWS, bins: int = 15, artifacts: bool = True
-) -> None:
-    """Merge calibration/selective/OOD/PPC metrics into ``metrics.json``; write idata.nc and
-    plots; set ``result.idata``.
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` computed besides the metrics: per-set OOD scores and predictive
+    draws, the in-distribution set and the shifted sets."""
 
-    ``artifacts=False`` writes the metrics only (plots cost seconds per run; benchmark suites).
-    """
+    scores: dict[str, dict[str, torch.Tensor]]
+    draws: dict[str, Any]
+    id_name: str | None
+    ood_names: list[str]
+
+
+def diagnose(
+    result: RunLike, draws: int = DEFAULT_DRAWS, bins: int = 15, idata: bool = True
+) -> Diagnosis:
+    """Merge calibration/selective/OOD/PPC metrics into ``result.metrics`` and, with ``idata``,
+    set ``result.idata`` (ArviZ); writes nothing."""
     from pyro_clip.diagnostics.ppc import ppc_checks, ppc_summary
 
-    out, evs = result.out, result.evaluations
+    evs = result.evaluations
     seed = int(result.config.seed)
     for name, ev in evs.items():
         probs = ev.prediction.probs.double()
@@ -139,20 +148,38 @@ def diagnose_run(
     checks = {name: ppc_checks(evs[name].prediction.probs, d) for name, d in sets.items()}
     for name, c in checks.items():
         result.metrics[name]["ppc"] = ppc_summary(c)
-    train = getattr(result, "train", None)
+    if idata:
+        from pyro_clip.diagnostics import arviz_io
+
+        train = getattr(result, "train", None)
+        fit = _draws(train, draws, seed + 1000) if train is not None else None
+        prior = (prior_draws(result.method, train, draws, seed + 2000) if train is not None
+                 else None)
+        result.idata = arviz_io.to_inference_data(fit, sets, prior,
+                                                  method=str(result.config.method))
+    return Diagnosis(scores, sets, id_name, ood_names)
+
+
+def diagnose_run(
+    result: RunLike, draws: int = DEFAULT_DRAWS, bins: int = 15, artifacts: bool = True
+) -> None:
+    """:func:`diagnose`, then write ``metrics.json`` and, with ``artifacts``, ``idata.nc``
+    and the plots into ``result.out``.
+
+    ``artifacts=False`` writes the metrics only (benchmark suites skip the plots).
+    """
+    out, evs = result.out, result.evaluations
+    diag = diagnose(result, draws, bins, idata=artifacts)
     if not artifacts:
         write_json(out / "metrics.json", result.metrics)
         return
 
     from pyro_clip.diagnostics import arviz_io, plots
 
-    fit = _draws(train, draws, seed + 1000) if train is not None else None
-    prior = prior_draws(result.method, train, draws, seed + 2000) if train is not None else None
-    idata = arviz_io.to_inference_data(fit, sets, prior, method=str(result.config.method))
-    result.idata = idata
-    arviz_io.save(idata, out / "idata.nc")
+    arviz_io.save(result.idata, out / "idata.nc")
     write_json(out / "metrics.json", result.metrics)
 
+    id_name, ood_names, scores, sets = diag.id_name, diag.ood_names, diag.scores, diag.draws
     title = f"{result.config.method} ({result.config.protocol})"
     pdir = out / PLOTS_DIR
     pairs = {n: (ev.prediction.probs, ev.labels) for n, ev in evs.items()}

@@ -1,7 +1,8 @@
 """Image-feature cache: one feature row per (backbone, image), stored in atomic shards.
 
 Layout: ``<root>/items-v2/<backbone key>/<shard>.npz`` where the backbone key is a hash of
-``backbone.fingerprint()`` (weights, resolved architecture, preprocessing). A shard holds
+``backbone.feature_fingerprint()`` (weights, resolved architecture, preprocessing, and the
+precision when it is not fp32). A shard holds
 ``keys`` (the images' :meth:`~pyro_clip.data.base.LabeledImages.item_keys`: pixel hashes for
 in-memory sets, relative path + size + mtime for files, or file content with
 ``PYRO_CLIP_HASH=content``) and one ``feat_<kind>`` array per feature kind, row ``i`` for
@@ -100,7 +101,7 @@ class FeatureCache:
     def backbone_dir(self, backbone: DualEncoder) -> Path:
         """The folder holding every shard of ``backbone``'s features."""
         h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
-        h.update(backbone.fingerprint().encode())
+        h.update(backbone.feature_fingerprint().encode())
         return self.root / _STORE / h.hexdigest()[:32]
 
     def key(self, backbone: DualEncoder, dataset: LabeledImages) -> str:

@@ -136,12 +136,93 @@ class LowRankPrecisionNormal(dist.TorchDistribution):
         return -0.5 * (maha - logdet + self.loc.numel() * _LOG_2PI)
 
 
+class EventReshape(dist.TorchDistribution):
+    """``base`` with its event reshaped to ``event_shape`` (row-major, log-det 0).
+
+    Unlike a ``TransformedDistribution`` with a ``ReshapeTransform`` it keeps the base's
+    moments: ``mean`` and ``variance`` are the base's, reshaped.
+    """
+
+    arg_constraints: dict = {}  # noqa: RUF012
+    support = constraints.real
+
+    def __init__(
+        self, base: torch.distributions.Distribution, event_shape: tuple[int, ...],
+        validate_args: bool | None = None,
+    ) -> None:
+        if math.prod(event_shape) != math.prod(base.event_shape):
+            raise ValueError(f"cannot reshape event {tuple(base.event_shape)} to {event_shape}")
+        self.base = base
+        super().__init__(base.batch_shape, torch.Size(event_shape), validate_args=validate_args)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.base.has_rsample
+
+    def _out(self, value: torch.Tensor) -> torch.Tensor:
+        return value.reshape(*value.shape[: value.ndim - len(self.base.event_shape)],
+                             *self.event_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._out(self.base.mean)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._out(self.base.variance)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        return self._out(self.base.rsample(sample_shape))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        return self._out(self.base.sample(sample_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lead = value.shape[: value.ndim - len(self.event_shape)]
+        return self.base.log_prob(value.reshape(*lead, *self.base.event_shape))
+
+
 def reshape_event(d: torch.distributions.Distribution, shape: tuple[int, ...]):
-    """The same distribution with its event reshaped to ``shape`` (row-major, log-det 0)."""
+    """The same distribution with its event reshaped to ``shape`` (:class:`EventReshape`)."""
     if tuple(d.event_shape) == tuple(shape):
         return d
-    transform = torch.distributions.ReshapeTransform(d.event_shape, torch.Size(shape))
-    return dist.TransformedDistribution(d, [transform])
+    return EventReshape(d, tuple(shape))
+
+
+def _unwrap(d: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """The distribution under ``EventReshape`` / ``Independent`` wrappers."""
+    while isinstance(d, EventReshape | torch.distributions.Independent):
+        d = d.base if isinstance(d, EventReshape) else d.base_dist
+    return d
+
+
+def row_map_variance(
+    base: torch.distributions.Distribution, matrix: torch.Tensor
+) -> torch.Tensor:
+    """``Var[(X M^T)_{r i}] = m_i^T Sigma_rr m_i`` (R, S) for a Gaussian ``X`` with event
+    (R, S), where ``Sigma_rr`` is row r's covariance, without forming the (RS)^2 covariance
+    unless the structure stores it (full): diagonal ``sum_j M_ij^2 v_rj``; low-rank precision
+    ``Sigma = D^-1 - A A^T`` with ``A = D^-1 W L^-T`` (Woodbury, ``L L^T = I + W^T D^-1 W``);
+    Kronecker eigenbasis ``(Q_r^2) v ((M Q_c)^2)^T``; dense blocks ``einsum(M, Sigma_rr, M)``.
+    """
+    rows, cols = base.event_shape
+    inner = _unwrap(base)
+    if isinstance(inner, MatrixNormal):
+        return (inner.row_basis**2) @ inner.eigen_var @ ((matrix @ inner.col_basis) ** 2).T
+    if isinstance(inner, torch.distributions.Normal):
+        return inner.variance.reshape(rows, cols) @ (matrix**2).T
+    if isinstance(inner, LowRankPrecisionNormal):
+        a = torch.linalg.solve_triangular(inner._cap_chol, inner._g.T, upper=False).T
+        low = torch.einsum("rsk,is->rik", a.reshape(rows, cols, -1), matrix)
+        return (1.0 / inner.prec_diag).reshape(rows, cols) @ (matrix**2).T - (low**2).sum(-1)
+    if isinstance(inner, torch.distributions.MultivariateNormal):
+        cov = inner.covariance_matrix
+        if cov.ndim == 2:  # one (RS, RS) matrix: take its diagonal (S, S) row blocks
+            cov = cov.reshape(rows, cols, rows, cols).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        return torch.einsum("is,rst,it->ri", matrix, cov.reshape(rows, cols, cols), matrix)
+    raise NotImplementedError(
+        f"variance of a row-mapped {type(inner).__name__} is not implemented; use "
+        "posterior(basis='fitted') or draw samples")
 
 
 class RowLinearMap(dist.TorchDistribution):
@@ -175,6 +256,10 @@ class RowLinearMap(dist.TorchDistribution):
     def mean(self) -> torch.Tensor:
         base_mean = self.base.mean if self._base_mean is None else self._base_mean
         return base_mean @ self.matrix.T
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return row_map_variance(self.base, self.matrix)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         return self.base.rsample(sample_shape) @ self.matrix.T

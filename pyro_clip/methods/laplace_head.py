@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import safe_cholesky
 from pyro_clip.inference.kalman import probit_probs
+from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
@@ -166,6 +167,36 @@ class LaplaceHead(LinearProbe):
         x = normalize(features)
         zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
         return pyro.distributions.Normal(zs, self.precision ** -0.5).to_event(1)
+
+    @torch.no_grad()
+    def posterior(self) -> torch.distributions.Distribution:
+        """The Laplace posterior ``N(W_MAP, (GGN + P I)^-1)`` over the trained head's weights
+        ``W`` (C, D) of ``f = W x`` on the normalised features, event (C, D), row c for
+        ``train_classnames[c]``, laid out as laplace-torch's row-major parameter vector.
+
+        ``kron``: the precision is ``(Q_1 kron Q_2) diag(l_1 l_2^T + P) (Q_1 kron Q_2)^T``
+        (laplace-torch's eigendecomposed factors), a :class:`MatrixNormal` with eigen-variances
+        ``1 / (l_1 l_2^T + P)``; ``diag``: independent normals; ``full``: one multivariate
+        normal with the posterior precision.
+        """
+        shape = tuple(self.weight.shape)
+        mean = self.la.mean.detach().double()
+        structure = self.options["hessian_structure"]
+        if structure == "kron":
+            prec = self.la.posterior_precision
+            (q_rows, q_cols), (l_rows, l_cols) = prec.eigenvectors[0], prec.eigenvalues[0]
+            if q_rows.shape[0] != shape[0] or q_cols.shape[0] != shape[1]:
+                raise RuntimeError(f"laplace: unexpected Kronecker factor shapes "
+                                   f"{tuple(q_rows.shape)}, {tuple(q_cols.shape)} for {shape}")
+            var = 1.0 / (torch.outer(l_rows, l_cols) + prec.deltas[0])
+            return MatrixNormal(mean.reshape(shape), q_rows.double(), q_cols.double(),
+                                var.double())
+        if structure == "diag":
+            std = self.la.posterior_variance.detach().double().sqrt()
+            return pyro.distributions.Normal(mean.reshape(shape), std.reshape(shape)).to_event(2)
+        prec = self.la.posterior_precision.detach().double()
+        return reshape_event(pyro.distributions.MultivariateNormal(
+            mean, precision_matrix=0.5 * (prec + prec.T)), shape)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "laplace": self.la.state_dict()}

@@ -1,7 +1,8 @@
 """``pyro-clip demo``: every demo method on the embedded Fashion-MNIST subset, fully offline.
 
-Runs the few-shot protocol (with the shifted copy as an extra evaluation set) and the
-base-to-new protocol for each method, then prints one table and writes the report.
+Runs the few-shot protocol (with the shifted copy as an extra evaluation set) into
+``out/<method>`` and the base-to-new protocol into ``out/<method>_base-to-new`` for each
+method, then prints one table and writes the report.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run_demo(
     for method in methods:
         options = dict(get_method_class(method).demo_options or {})
         for protocol in ("few-shot", "base-to-new"):
-            run_dir = out / f"{method}_{protocol}"
+            # the few-shot run is the method's own folder (runs/demo/kalman)
+            run_dir = out / (method if protocol == "few-shot" else f"{method}_{protocol}")
             cfg = RunConfig(
                 method=method, backbone=backbone, protocol=protocol, shots=shots, seed=seed,
                 options=options, cache_dir=cache_dir, out=str(run_dir),

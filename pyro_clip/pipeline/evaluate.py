@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pyro_clip.diagnostics.hooks import diagnose_run
 from pyro_clip.errors import DataError
 from pyro_clip.pipeline.run import (
@@ -28,9 +26,15 @@ from pyro_clip.utils.io import check_out_dir, save_npz, write_json
 
 
 def evaluate_run(
-    run_dir: str | Path, dataset: str, out: str | Path, data_root: str | None = None
+    run_dir: str | Path, dataset: str, out: str | Path, data_root: str | None = None,
+    device: str = "auto", precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Evaluate the method of ``run_dir`` on the test split of ``dataset``; write the contract."""
+    """Evaluate the method of ``run_dir`` on the test split of ``dataset``; write the contract.
+
+    ``device`` / ``precision`` say where and how to compute now, whatever the run was trained
+    with (precision is not part of a backbone's identity: a run fitted in bf16 evaluates in
+    fp32); ``config.json`` records them under ``evaluation_runtime``.
+    """
     run_dir, out = Path(run_dir), check_out_dir(out)
     if not (run_dir / "config.json").exists():
         raise DataError(
@@ -38,16 +42,15 @@ def evaluate_run(
         )
     cfg, cfg_data = read_run_config(run_dir)
     cfg.data_root = data_root
-    # the run's device is where it was trained, not a request now: evaluate where we are
-    precision = cfg.precision if cfg.precision != "fp16" or torch.cuda.is_available() else "fp32"
-    backbone = get_backbone(cfg.backbone, Runtime.resolve("auto", precision))
+    runtime = Runtime.resolve(device, precision)
+    backbone = get_backbone(cfg.backbone, runtime)
     method = load_trained_method(run_dir, backbone)
     test = load_features(cfg, backbone, dataset, "test")
     ev = evaluate(method, dataset, test)
     write_json(
         out / "config.json",
         {**cfg_data, "evaluated_run": str(run_dir), "eval_dataset": dataset,
-         "data_root": data_root},
+         "data_root": data_root, "evaluation_runtime": runtime.describe()},
     )
     save_npz(
         out / "predictions.npz",

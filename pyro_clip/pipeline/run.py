@@ -80,19 +80,25 @@ class RunResult:
 #: hook (idata.nc, calibration/OOD/PPC metrics, plots) is registered for every run
 RUN_HOOKS: list[Callable[[RunResult], None]] = [diagnose_run]
 
+#: one set of weights per (spec, device) per process; never handed out itself
 _BACKBONES: dict[tuple[str, str], DualEncoder] = {}
 #: the run folder's record of a folder data set's train / val / test split
 SPLIT_FILE = "split.json"
 
 
 def get_backbone(spec: str, runtime: Runtime | None = None) -> DualEncoder:
-    """Backbones are expensive to build; one instance per (spec, device) per process, moved
-    to the device once; its forwards then follow ``runtime`` (precision; default CPU fp32)."""
+    """The backbone ``spec`` computing under ``runtime`` (default CPU fp32).
+
+    Backbones are expensive to build: the weights are built once per (spec, device) per
+    process and moved to the device once; each call returns a view of them
+    (:meth:`DualEncoder.with_runtime`) with its own precision, so a later call with other
+    settings never changes a backbone an earlier caller holds.
+    """
     runtime = runtime or Runtime()
     key = (spec, str(runtime.device))
     if key not in _BACKBONES:
-        _BACKBONES[key] = create_backbone(spec)
-    return _BACKBONES[key].to_runtime(runtime)
+        _BACKBONES[key] = create_backbone(spec).to_runtime(Runtime(runtime.device))
+    return _BACKBONES[key].with_runtime(runtime)
 
 
 def load_dataset_reported(cfg: RunConfig, dataset: str, split: str,
