@@ -50,6 +50,8 @@ class FeatureSet:
     images: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """Inputs are normalised and checked where features are put together: labels 1-D
+        integers in ``0..C-1`` for the ``C`` unique class names, one per feature row."""
         if not isinstance(self.name, str):
             raise DataError(f"Features: name must be a string, got {type(self.name).__name__}; "
                             "pass class text embeddings as text=...")
@@ -58,21 +60,29 @@ class FeatureSet:
         self.features = dict(self.features)
         self.labels = _as_tensor(self.labels, "y")
         self.classnames = list(self.classnames)
-        if self.labels.ndim != 1 or self.labels.is_floating_point():
-            raise DataError(f"Features: y must be a 1-D integer tensor of class indices, got "
-                            f"{self.labels.dtype} {tuple(self.labels.shape)}")
-        self.labels = self.labels.long()
-        n = len(self.labels)
-        for kind, value in self.features.items():
-            if isinstance(value, torch.Tensor) and (value.ndim != 2 or value.shape[0] != n):
-                raise DataError(f"Features: {kind!r} features must be (N, D) with N = {n} "
-                                f"labels, got {tuple(value.shape)}")
+        y = self.labels
+        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DataError(f"FeatureSet {self.name!r}: labels must be a 1-D integer tensor, "
+                            f"got {y.dtype} {tuple(y.shape)}; pass torch.tensor(labels, "
+                            "dtype=torch.long)")
+        self.labels = y = y.long()
+        n_classes = len(self.classnames)
+        bad = ((y < 0) | (y >= n_classes)).nonzero().flatten()
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(
+                f"FeatureSet {self.name!r}: label {int(y[row])} (row {row}, {len(bad)} such "
+                f"rows) is outside 0..{n_classes - 1} for its {n_classes} class names; labels "
+                "index classnames: give every class a name, or relabel"
+            )
+        for kind, x in self.features.items():
+            if isinstance(x, torch.Tensor) and (x.ndim != 2 or x.shape[0] != y.shape[0]):
+                raise DataError(
+                    f"FeatureSet {self.name!r}: features {kind!r} have shape {tuple(x.shape)} "
+                    f"but there are {y.shape[0]} labels; pass one (N, D) feature row per label"
+                )
         if len(set(self.classnames)) != len(self.classnames):
             raise DataError("Features: class names must be unique; rename the duplicates")
-        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classnames)):
-            raise DataError(f"Features: labels must lie in [0, {len(self.classnames)}) (one "
-                            f"per class name), got {int(self.labels.min())}.."
-                            f"{int(self.labels.max())}")
         if self.text is not None:
             self.text = _as_tensor(self.text, "text")
             if self.text.ndim != 2 or self.text.shape[0] != len(self.classnames):
@@ -91,31 +101,6 @@ class FeatureSet:
     def y(self) -> torch.Tensor:
         """(N,) labels (alias of ``labels``)."""
         return self.labels
-
-    def __post_init__(self) -> None:
-        """Labels are checked where features are put together: 1-D integers in ``0..C-1``
-        for the ``C`` class names, one per feature row."""
-        y = self.labels
-        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() \
-                or y.is_complex() or y.dtype == torch.bool:
-            what = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y)
-            raise DataError(f"FeatureSet {self.name!r}: labels must be a 1-D integer tensor, "
-                            f"got {what}; pass torch.tensor(labels, dtype=torch.long)")
-        n_classes = len(self.classnames)
-        bad = ((y < 0) | (y >= n_classes)).nonzero().flatten()
-        if len(bad):
-            row = int(bad[0])
-            raise DataError(
-                f"FeatureSet {self.name!r}: label {int(y[row])} (row {row}, {len(bad)} such "
-                f"rows) is outside 0..{n_classes - 1} for its {n_classes} class names; labels "
-                "index classnames: give every class a name, or relabel"
-            )
-        for kind, x in self.features.items():
-            if isinstance(x, torch.Tensor) and (x.ndim == 0 or x.shape[0] != y.shape[0]):
-                raise DataError(
-                    f"FeatureSet {self.name!r}: features {kind!r} have shape {tuple(x.shape)} "
-                    f"but there are {y.shape[0]} labels; pass one feature row per label"
-                )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
