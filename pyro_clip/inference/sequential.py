@@ -11,9 +11,19 @@ New classes enter with the prior they would have had at fit time, ``N([s t_c, b0
 (zero-shot text embedding ``t_c``), independent of the fitted classes: each structure's state
 is embedded in the leading (class-major) corner of the larger prior's state
 (:func:`grow_covariance`). For the cosine observation this equals having had the class from
-the start (no earlier observation involves its weights); for the categorical EKF the earlier
-softmax observations did not include the new logit, so their information about it is
-not there (the filter's own approximation, stated in docs/kalman.md).
+the start (no earlier observation involves its weights). For the categorical EKF the earlier
+softmax observations did not include the new logits; the likelihood they miss is exactly
+
+    Cat(y | softmax(z_old + new)) = Cat(y | softmax(z_old)) * q,
+    q = P(y in old | z) = sigmoid(eta),  eta = logsumexp(z_old) - logsumexp(z_new),
+
+so every example seen before (kept as ``seen_features``) is assimilated once more as the
+Bernoulli observation "y is one of the old classes" (:func:`assimilate_old_label_evidence`),
+an EKF step on ``eta`` linearised at the mean. It runs after the new examples: at the prior
+mean the new logits are low on the old images, ``q`` is near 1 and the step's information
+``q (1 - q)`` is near 0, whereas once the new classes' weights have moved it pulls them back
+where they would claim old images. Without it an update holding only new-class examples
+raises the new logits everywhere and the old classes collapse.
 """
 
 from __future__ import annotations
@@ -103,10 +113,36 @@ def sequential_update(method: KalmanAdapter, train: FeatureSet) -> dict[str, Any
     method.obs_var, gated = method._assimilate(
         state, x, y, text, method.obs_var, method.ctx.seed + method.n_updates,
         f"update {method.n_updates}")
+    if new and method.options["observation"] == "categorical":
+        assimilate_old_label_evidence(method, len(method.train_classnames) - len(new))
+    seen = method.seen_features  # None: a checkpoint written before updates existed
+    method.seen_features = x.float() if seen is None else torch.cat([seen, x.float().to(seen)])
     record = {"n_examples": len(train), "new_classes": new, "gated_examples": gated,
               "final_obs_noise": method.obs_var}
     method.selected.setdefault("updates", []).append(record)
     return record
+
+
+def assimilate_old_label_evidence(method: KalmanAdapter, n_old: int) -> None:
+    """Bernoulli observations ``y in {first n_old classes}`` of every seen example (module
+    docstring): with ``d eta / dz = [softmax(z_old), -softmax(z_new)]`` and ``h`` the chain
+    rule through the logit Jacobian, the EKF step is ``P+^-1 = P^-1 + q (1 - q) h^T h`` and
+    ``mu+ = mu + P+ h^T (1 - q)``: :meth:`KalmanState.update_gaussian` with noise
+    ``1 / (q (1 - q))`` and residual ``1 / q``."""
+    state, adapter = method._fitted()
+    seen = method.seen_features
+    if seen is None or len(seen) == 0:
+        return
+    text = method.ctx.text_classifier(method.train_classnames)
+    for xb in seen.split(method._batch_size()):
+        z = adapter.logits(state.mean, xb, text).to(state.mean)
+        old, new = z[:, :n_old], z[:, n_old:]
+        eta = old.logsumexp(1) - new.logsumexp(1)
+        coef = torch.cat([old.softmax(1), -new.softmax(1)], 1).unsqueeze(1)  # (B, 1, C)
+        h = adapter.jacobian(state.mean, xb, text).mix(coef)
+        q, info = torch.sigmoid(eta), torch.sigmoid(eta) * torch.sigmoid(-eta)
+        state.update_gaussian(h, 1.0 / info, 1.0 / q)
+    state.cov.repair()
 
 
 def _add_classes(method: KalmanAdapter, new: list[str]) -> None:
@@ -116,13 +152,12 @@ def _add_classes(method: KalmanAdapter, new: list[str]) -> None:
     """
     state, adapter = method._fitted()
     method.train_classnames = [*method.train_classnames, *new]
-    if getattr(adapter, "class_agnostic", False):
-        return
-    text = method.ctx.text_classifier(method.train_classnames)
-    method.adapter = method._make_adapter(text)
-    grown = method.adapter.prior_mean().to(state.mean)
-    grown[: state.mean.numel()] = state.mean
-    cov = grow_covariance(state.cov, method._make_cov(method.prior_var))
-    fresh = KalmanState(grown, cov)
-    fresh.n_updates = state.n_updates
-    method.state = fresh
+    if not getattr(adapter, "class_agnostic", False):
+        text = method.ctx.text_classifier(method.train_classnames)
+        method.adapter = method._make_adapter(text)
+        grown = method.adapter.prior_mean().to(state.mean)
+        grown[: state.mean.numel()] = state.mean
+        cov = grow_covariance(state.cov, method._make_cov(method.prior_var))
+        fresh = KalmanState(grown, cov)
+        fresh.n_updates = state.n_updates
+        method.state = fresh

@@ -126,6 +126,8 @@ class KalmanAdapter(Method):
         self.rotation: torch.Tensor | None = None
         #: sequential updates since the first fit (seeds the k-th update's minibatch order)
         self.n_updates = 0
+        #: every labelled feature assimilated so far (new classes' evidence, see sequential)
+        self.seen_features: torch.Tensor | None = None
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -225,6 +227,7 @@ class KalmanAdapter(Method):
         self._check(x, "fit")
         self.dim = int(x.shape[1])
         self.n_updates = 0
+        self.seen_features = x.detach().float().clone()
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
         self.center = (F.normalize(x.to(DTYPE), dim=-1).mean(0)
@@ -540,6 +543,7 @@ class KalmanAdapter(Method):
             "center": self.center,
             "rotation": self.rotation,
             "n_updates": self.n_updates,
+            "seen_features": self.seen_features,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -548,6 +552,7 @@ class KalmanAdapter(Method):
         self.center = state.get("center")
         self.rotation = state.get("rotation")
         self.n_updates = int(state.get("n_updates", 0))
+        self.seen_features = state.get("seen_features")
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])
