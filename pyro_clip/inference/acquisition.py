@@ -24,6 +24,7 @@ import torch
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance import DTYPE
 from pyro_clip.inference.kalman import categorical_sqrt
+from pyro_clip.inference.kalman_adapters import LinearHead
 
 if TYPE_CHECKING:
     from pyro_clip.methods.kalman import KalmanAdapter
@@ -48,6 +49,10 @@ def logit_covariances(method: KalmanAdapter, x: torch.Tensor) -> torch.Tensor:
     """``V_n = J_n P J_n^T`` (N, C, C) over the model's classes, linearised at the mean."""
     state, adapter = method._fitted()
     text = method.ctx.text_classifier(method.train_classnames)
+    if isinstance(adapter, LinearHead) and state.cov.kind in ("block", "diag"):
+        # class-block-diagonal P and one class per Jacobian block: V_n is diagonal
+        var = state.cov.var(adapter.jacobian(state.mean, x, text)).reshape(len(x), -1)
+        return torch.diag_embed(var)
     out = []
     for xb in x.split(_CHUNK):
         b = len(xb)

@@ -22,7 +22,7 @@ from pyro_clip.inference.covariance.gains import (
     categorical_block_gain,
     categorical_gain_terms,
 )
-from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian
+from pyro_clip.inference.kalman_jacobian import CategoricalKronJacobian, Jacobian, KronJacobian
 
 
 class BlockCovariance(Covariance):
@@ -45,6 +45,11 @@ class BlockCovariance(Covariance):
         return torch.einsum("kmb,kbn->mn", cols, g)
 
     def var(self, h: Jacobian) -> torch.Tensor:
+        """``diag(H P H^T)``; for a linear head's logit Jacobian (``I_C kron x_b^T``, one
+        block per class) that is ``x_b^T P_c x_b``, O(B C P^2) without the zero columns."""
+        if isinstance(h, KronJacobian) and h.identity and h.n_classes == self.k:
+            x = h.x.to(self.p)
+            return torch.einsum("bp,kpq,bq->bk", x, self.p, x).reshape(-1)
         cols, g = self._cross(h)
         return torch.einsum("kmb,kbm->m", cols, g)
 
