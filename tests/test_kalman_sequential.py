@@ -293,3 +293,20 @@ def test_variance_score_on_structures_matches_their_dense_covariance(ctx, cov):
         p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         post = np.linalg.inv(np.linalg.inv(p_dense) + jac.T @ (np.diag(p) - np.outer(p, p)) @ jac)
         np.testing.assert_allclose(score[i], np.trace(jac @ (p_dense - post) @ jac.T), rtol=1e-6)
+
+
+def test_residual_adapter_updates_and_adds_classes(ctx, tmp_path):
+    """The class-agnostic residual adapter: no per-class weights to add, the old examples'
+    'y in old classes' evidence still runs through its dense Jacobian; save/load identical."""
+    m = _method(ctx, adapter="residual", covariance="block", residual_rank=2)
+    a = _synthetic(NAMES[:3], 3, seed=0)
+    m.fit(a, a)
+    n_params = m.state.mean.numel()
+    again = _method(ctx, adapter="residual", covariance="block", residual_rank=2)
+    again.load_state_dict(m.state_dict())
+    for model in (m, again):
+        record = model.update(_synthetic(["tree"], 3, seed=1))
+    assert record["new_classes"] == ["tree"] and m.state.mean.numel() == n_params
+    test = _synthetic(NAMES, 3, seed=5).features["joint"]
+    torch.testing.assert_close(again.predict(test, NAMES).probs, m.predict(test, NAMES).probs,
+                               rtol=0, atol=0)
