@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     if "random" not in args.strategies:
         p.error("--strategies must include random (the baseline of the paired differences)")
     features = load_features()
+    if args.new_classes:
+        rows = new_class_study(features, args.seeds)
+        write_result("active_new_classes", {"options": OPTIONS, "seeds": args.seeds,
+                                            "shots": 4, "runs": rows}, args.out_dir)
+        return
     runs, started = [], time.perf_counter()
     for seed in args.seeds:
         for s in args.strategies:
