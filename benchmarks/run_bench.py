@@ -45,7 +45,22 @@ SPEED_SCRIPTS: dict[str, list[str]] = {
     "bench_features": [],
     "bench_kalman": ["--skip-accuracy", "--name", "kalman_costs"],
     "bench_ove_pg": [],
+    "bench_active": [],  # not a speed ratio: its labelling curves, section active.md
 }
+
+#: scripts that need longer than ``--script-timeout`` (seconds; bench_active: 3 seeds x 3
+#: strategies x 16 labelling rounds)
+SCRIPT_TIMEOUTS: dict[str, float] = {"bench_active": 3600.0}
+
+#: markdown sections benchmark scripts write next to their JSON; RESULTS.md includes them
+SECTION_FILES = ("active.md",)
+
+
+def result_sections(results_dir: Path = RESULTS_DIR) -> str:
+    """The :data:`SECTION_FILES` found in ``results_dir``, concatenated."""
+    parts = [(results_dir / name).read_text() for name in SECTION_FILES
+             if (results_dir / name).exists()]
+    return "\n".join(parts)
 
 
 def speed_scripts() -> list[tuple[Path, list[str]]]:
@@ -60,7 +75,8 @@ def run_speed_benchmarks(timeout: float) -> list[dict[str, Any]]:
         print(f"== {script.name} {' '.join(args)}", flush=True)
         try:
             proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}", *args],
-                                  cwd=ROOT, timeout=timeout, check=False)
+                                  cwd=ROOT, check=False,
+                                  timeout=max(timeout, SCRIPT_TIMEOUTS.get(script.stem, 0.0)))
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -182,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
            "re-measured in this run: " + ", ".join(SPEED_SCRIPTS)
            + "; the other studies as of their own last run)"), "",
         speed_table(speed_rows(args.out_dir)),
+        result_sections(args.out_dir),
     ])
     out = args.out_dir / "RESULTS.md"
     out.write_text(text)

@@ -1,4 +1,4 @@
-"""Command-line interface: ``pyro-clip demo | fit | evaluate | report | suite | list``.
+"""Command-line interface: ``pyro-clip demo | fit | evaluate | update | report | suite | list``.
 
 Every ``fit`` flag can also come from ``--config file.yaml`` (flags win over the file).
 """
@@ -83,6 +83,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            device=args.device, precision=args.precision)
     print(f"{args.dataset}: accuracy {100 * metrics['accuracy']:.1f}%, ECE {metrics['ece']:.3f}, "
           f"NLL {metrics['nll']:.3f}; outputs in {args.out}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from pyro_clip.pipeline.update import update_run
+
+    result = update_run(args.run, args.dataset, args.out, split=args.split, shots=args.shots,
+                        seed=args.seed, data_root=args.data_root)
+    rec = result.method.selected["updates"][-1]
+    summary = ", ".join(f"{name} accuracy {100 * m['accuracy']:.1f}%"
+                        for name, m in result.metrics.items()
+                        if isinstance(m, dict) and "accuracy" in m and name != "base_to_new")
+    new = f"; new classes {', '.join(rec['new_classes'])}" if rec["new_classes"] else ""
+    print(f"filtered {rec['n_examples']} labelled image(s) into {args.run}{new}; {summary}; "
+          f"outputs in {args.out}")
     return 0
 
 
@@ -188,6 +203,18 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="backbone forward precision now, whatever the run was fitted with")
     ev.set_defaults(func=cmd_evaluate)
+
+    up = sub.add_parser("update", help="add labelled images to a fitted kalman run (no refit; "
+                        "new run folder, the old one untouched)")
+    up.add_argument("run", help="run folder written by 'pyro-clip fit' or 'pyro-clip update'")
+    up.add_argument("--dataset", required=True, help="data set holding the new labelled images")
+    up.add_argument("--split", default="train", help="its split (default: train)")
+    up.add_argument("--shots", type=int,
+                    help="images per class to draw (default: every image not yet labelled)")
+    up.add_argument("--seed", type=int, help="seed of the --shots draw (default: run seed + 1)")
+    up.add_argument("--data-root", dest="data_root")
+    up.add_argument("--out", required=True, help="new run folder")
+    up.set_defaults(func=cmd_update)
 
     rep = sub.add_parser("report", help="compare run folders side by side")
     rep.add_argument("runs", nargs="+")

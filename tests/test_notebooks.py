@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 def test_notebooks_are_stored_without_outputs():
     assert [p.name for p in NOTEBOOKS] == [
-        "01_explore.ipynb", "02_posterior_predictive_checks.ipynb", "03_calibration_report.ipynb"
+        "01_explore.ipynb", "02_posterior_predictive_checks.ipynb", "03_calibration_report.ipynb",
+        "04_active_labelling.ipynb",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)

@@ -36,6 +36,7 @@ from scipy.stats import chi2
 
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
+from pyro_clip.inference.acquisition import acquisition_scores
 from pyro_clip.inference.covariance import (
     AUTO_STATE_GIB,
     COVARIANCES,
@@ -54,7 +55,8 @@ from pyro_clip.inference.kalman_adapters import (
     principal_axes,
 )
 from pyro_clip.inference.posteriors import RowLinearMap
-from pyro_clip.methods.base import Method, Prediction, register_method
+from pyro_clip.inference.sequential import batch_order, sequential_update
+from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
 from pyro_clip.methods.options import Option
 from pyro_clip.utils.progress import track
 
@@ -133,6 +135,10 @@ class KalmanAdapter(Method):
         self.center: torch.Tensor | None = None
         self.rotation: torch.Tensor | None = None
         self._auto_covariance = self.options["covariance"] == "auto"
+        #: sequential updates since the first fit (seeds the k-th update's minibatch order)
+        self.n_updates = 0
+        #: every labelled feature assimilated so far (new classes' evidence, see sequential)
+        self.seen_features: torch.Tensor | None = None
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -172,6 +178,8 @@ class KalmanAdapter(Method):
         self.dim = None
         self._check(x, "fit")
         self.dim = int(x.shape[1])
+        self.n_updates = 0
+        self.seen_features = x.detach().float().clone()
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
         self.center = self.rotation = None
@@ -261,20 +269,27 @@ class KalmanAdapter(Method):
     def _filter(
         self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, prior_var: float
     ) -> tuple[KalmanState, float, int]:
+        adapter = self.adapter
+        assert adapter is not None
+        state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
+        obs_var, gated = self._assimilate(state, x, y, text, float(self.options["obs_noise"]),
+                                          self.ctx.seed, f"pv={prior_var:g}")
+        return state, obs_var, gated
+
+    def _assimilate(
+        self, state: KalmanState, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor,
+        obs_var: float, seed: int, tag: str,
+    ) -> tuple[float, int]:
+        """Filter ``(x, y)`` into ``state`` in place, minibatches in
+        :func:`~pyro_clip.inference.sequential.batch_order` (seeded ``seed``); returns the
+        final observation noise and the number of gated examples."""
         o, adapter = self.options, self.adapter
         assert adapter is not None
-        cov = self._make_cov(prior_var)
-        state = KalmanState(adapter.prior_mean(), cov)
-        gen = torch.Generator().manual_seed(self.ctx.seed)
-        obs_var, gated = float(o["obs_noise"]), 0
+        gated = 0
         threshold = float(chi2.ppf(o["gate"], df=1)) if o["gate"] > 0 else math.inf
         passes = self._passes()
-        batches = [  # CPU generator: the same order on every device
-            idx for _ in range(o["epochs"] * passes)
-            for idx in torch.randperm(len(y), generator=gen, device=gen.device)
-            .split(self._batch_size())
-        ]
-        bar = track(batches, desc=f"kalman {o['covariance']} pv={prior_var:g}",
+        batches = batch_order(len(y), self._batch_size(), o["epochs"] * passes, seed)
+        bar = track(batches, desc=f"kalman {o['covariance']} {tag}",
                     unit="batch", enabled=self.ctx.progress)
         for idx in bar:
             if o["forgetting"] < 1 or o["process_noise"] > 0:
@@ -289,7 +304,7 @@ class KalmanAdapter(Method):
                                                  threshold)
             gated += n_gated
         state.cov.repair()
-        return state, obs_var, gated
+        return obs_var, gated
 
     def _cosine_step(self, state, jac, logits, xb, yb, text, obs_var, threshold):
         """Gaussian observation ``cos(x_b, w_yb) = 1`` (matched logit / s); gated; adaptive R."""
@@ -446,6 +461,21 @@ class KalmanAdapter(Method):
         return fitted if basis == "fitted" or m is None else RowLinearMap(
             fitted, m, state.mean.reshape(adapter.n_classes, adapter.n_in))
 
+    # ----- sequential and active learning (pyro_clip.inference.sequential / .acquisition) ---
+    @_on_device
+    def update(self, train: FeatureSet) -> dict[str, Any]:
+        """One more filtering pass over new labelled features, no refit; classes never seen
+        are added with their zero-shot prior (:func:`~pyro_clip.inference.sequential.
+        sequential_update`: which fit-time choices are kept). Returns the update's record."""
+        return sequential_update(self, train)
+
+    @_on_device
+    def acquisition(self, pool_features: torch.Tensor, score: str = "entropy") -> torch.Tensor:
+        """One score per unlabelled image (higher = label it first): ``entropy``, ``bald`` or
+        ``variance`` (:mod:`pyro_clip.inference.acquisition`), over the model's classes."""
+        self._check(pool_features, "acquisition")
+        return acquisition_scores(self, pool_features, score)
+
     # ----- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state, _ = self._fitted()
@@ -459,6 +489,8 @@ class KalmanAdapter(Method):
             "center": self.center,
             "rotation": self.rotation,
             "covariance": self.options["covariance"],
+            "n_updates": self.n_updates,
+            "seen_features": self.seen_features,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -470,6 +502,8 @@ class KalmanAdapter(Method):
         kind = state.get("covariance") or ("full" if self._auto_covariance
                                            else self.options["covariance"])
         self.options["covariance"] = kind
+        self.n_updates = int(state.get("n_updates", 0))
+        self.seen_features = state.get("seen_features")
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
         cov = self._make_cov(self.prior_var)
         cov.load_state_dict(state["cov"])

@@ -218,6 +218,21 @@ def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
     return ev
 
 
+def eval_feature_sets(cfg: RunConfig, backbone: DualEncoder,
+                      images: RunImages) -> dict[str, FeatureSet]:
+    """A run's evaluation sets: ``test`` (or ``base`` and ``new``) and the extra sets."""
+    test = encode_images(cfg, backbone, images.test)
+    eval_sets: dict[str, FeatureSet] = {}
+    if cfg.protocol == "base-to-new":
+        eval_sets["base"] = test.restrict_classes(images.base_ids)
+        eval_sets["new"] = test.restrict_classes(images.new_ids)
+    else:
+        eval_sets["test"] = test
+    for extra, extra_images in images.extra.items():
+        eval_sets[extra] = encode_images(cfg, backbone, extra_images)
+    return eval_sets
+
+
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
     cfg = cfg.validate().resolved()
@@ -235,15 +250,7 @@ def run(cfg: RunConfig) -> RunResult:
     backbone = get_backbone(cfg.backbone, runtime)
     train = encode_images(cfg, backbone, images.train)
     val = encode_images(cfg, backbone, images.val)
-    test = encode_images(cfg, backbone, images.test)
-    eval_sets: dict[str, FeatureSet] = {}
-    if cfg.protocol == "base-to-new":
-        eval_sets["base"] = test.restrict_classes(images.base_ids)
-        eval_sets["new"] = test.restrict_classes(images.new_ids)
-    else:
-        eval_sets["test"] = test
-    for extra, extra_images in images.extra.items():
-        eval_sets[extra] = encode_images(cfg, backbone, extra_images)
+    eval_sets = eval_feature_sets(cfg, backbone, images)
 
     method.setup(MethodContext(backbone, cfg.templates, cfg.seed, out, cfg.progress, runtime))
     views = method.train_views()
