@@ -1,11 +1,15 @@
-"""The notebooks execute top to bottom on the embedded data (nbclient, the venv's kernel)."""
+"""The notebooks execute top to bottom on the embedded data (nbclient, the venv's kernel), use
+only the public API, and every figure is read by text the notebook computes."""
 
+import ast
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+import pyro_clip as pc
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -20,6 +24,36 @@ def test_notebooks_are_stored_without_outputs():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, path.name
+
+
+#: what a notebook may import besides ``import pyro_clip as pc``
+ALLOWED_IMPORTS = {"os", "pathlib", "warnings", "numpy", "pandas", "matplotlib", "arviz", "IPython"}
+
+
+def _code(path):
+    return [ast.parse(c.source) for c in nbformat.read(path, as_version=4).cells
+            if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_use_only_the_public_api(path):
+    for tree in _code(path):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name == "pyro_clip":
+                        assert alias.asname == "pc", f"{path.name}: import pyro_clip as pc"
+                    else:
+                        assert alias.name.split(".")[0] in ALLOWED_IMPORTS, (path.name, alias.name)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] in ALLOWED_IMPORTS, (path.name, node.module)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id == "pc"):
+                assert node.attr in pc.__all__, f"{path.name}: pc.{node.attr} is not public"
+
+
+def _has(cell, mime):
+    return any(mime in o.get("data", {}) for o in cell.outputs)
 
 
 @pytest.mark.slow
@@ -38,3 +72,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images, "every notebook shows at least one figure"
+    # every figure is followed by text built from the notebook's numbers (a Markdown output)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code):
+        if _has(cell, "image/png"):
+            assert i + 1 < len(code) and _has(code[i + 1], "text/markdown"), (
+                f"{path.name}: the figure of code cell {i} is not followed by computed text")

@@ -12,6 +12,7 @@ import torch
 from pyro_clip.api.model import FittedModel
 from pyro_clip.diagnostics.hooks import DEFAULT_DRAWS, diagnose
 from pyro_clip.diagnostics.metrics import classification_metrics
+from pyro_clip.diagnostics.ppc import PPCResult, ppc_checks
 from pyro_clip.errors import DataError
 from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.pipeline.run import Evaluation, RunResult
@@ -23,18 +24,25 @@ class EvaluationResult:
     """``metrics[set]`` (accuracy, per-class accuracy, ECE variants, NLL, Brier, AURC, PPC
     summary; ``metrics["ood"]`` with shifted sets), ``idata`` (ArviZ ``InferenceData``:
     held-out ``predictions``, and with the training features a ``log_likelihood`` and
-    ``posterior`` summary for Bayesian methods) and ``probs[set]`` (N, C).
+    ``posterior`` summary for Bayesian methods), ``probs[set]`` (N, C) and ``ppc[set][check]``:
+    each posterior predictive check behind ``metrics[set]["ppc"]`` in full, the observed
+    discrepancy ``T(y)``, its replicates ``T(y*_s)`` (S,) and the Bayesian p-value
+    ``P(T(y*) >= T(y))`` (``pyro_clip.diagnostics.ppc``), for plotting the check.
 
     >>> import torch, pyro_clip as pc
     >>> feats = pc.Features(torch.eye(3), torch.arange(3), ["a", "b", "c"], text=torch.eye(3))
     >>> result = pc.evaluate(pc.fit("zero-shot", feats), feats)
     >>> result.metrics["test"]["accuracy"], result.probs["test"].shape
     (1.0, torch.Size([3, 3]))
+    >>> check = result.ppc["test"]["accuracy"]
+    >>> check.observed, check.replicated.shape, 0 <= check.p_value <= 1
+    (1.0, (100,), True)
     """
 
     metrics: dict[str, Any]
     idata: Any
     probs: dict[str, torch.Tensor] = field(default_factory=dict)
+    ppc: dict[str, dict[str, PPCResult]] = field(default_factory=dict)
 
 
 def _evaluation(model: FittedModel, name: str, data: FeatureSet) -> Evaluation:
@@ -80,6 +88,8 @@ def evaluate(model: FittedModel, data: FeatureSet, *, name: str = "test",
                        {n: ev.metrics for n, ev in evaluations.items()}, Path("."))
     if model.train is not None:
         result.train = _evaluation(model, "train", model.train)
-    diagnose(result, draws=draws)
+    replicates = diagnose(result, draws=draws).draws
     return EvaluationResult(result.metrics, result.idata,
-                            {n: ev.prediction.probs for n, ev in evaluations.items()})
+                            {n: ev.prediction.probs for n, ev in evaluations.items()},
+                            {n: ppc_checks(ev.prediction.probs, replicates[n])
+                             for n, ev in evaluations.items()})
