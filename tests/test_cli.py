@@ -48,6 +48,9 @@ def test_yaml_config_and_flags_override(tmp_path):
     b, n = m["base"]["accuracy"], m["new"]["accuracy"]
     assert m["base_to_new"]["h"] == pytest.approx(2 * b * n / (b + n))
     assert m["base"]["n"] == 500 and m["new"]["n"] == 500
+    # the new classes' images as semantic OOD for the model fitted on the base classes
+    assert m["semantic_ood"]["in_distribution"] == "base"
+    assert 0 <= m["semantic_ood"]["new"]["msp"]["aupr_out"] <= 1
 
 
 def test_same_seed_reproduces_predictions(tmp_path):

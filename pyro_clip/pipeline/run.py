@@ -71,6 +71,9 @@ class RunResult:
     train: Evaluation | None = None
     #: the run's ArviZ ``InferenceData`` (set by the diagnostics hook; also in ``idata.nc``)
     idata: Any = None
+    #: images of classes the method was not fitted to, predicted over its fitted classes
+    #: (base-to-new: ``new``), which the diagnostics hook scores as semantic OOD
+    semantic_ood: dict[str, Evaluation] = field(default_factory=dict)
 
 
 #: callables ``hook(result)`` run after the standard outputs are written; the diagnostics
@@ -193,6 +196,17 @@ def evaluate(method: Method, name: str, data: FeatureSet) -> Evaluation:
     return ev
 
 
+def predict_as_ood(method: Method, name: str, data: FeatureSet,
+                   classnames: list[str]) -> Evaluation:
+    """Predict ``data``'s images over ``classnames``, classes they do not belong to (semantic
+    OOD: no label is right, so the labels are -1 and no accuracy is computed)."""
+    features = data.features[method.feature_kind]
+    with torch.no_grad():
+        pred = method.predict(features, classnames)
+    return Evaluation(name, pred, torch.full((len(data),), -1, dtype=torch.long),
+                      list(classnames), features=features)
+
+
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
     cfg = cfg.validate().resolved()
@@ -233,8 +247,10 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["total_seconds"] = time.time() - started
 
     train_ev = evaluate(method, "train", train)
+    semantic = ({"new": predict_as_ood(method, "new", eval_sets["new"], train.classnames)}
+                if cfg.protocol == "base-to-new" else {})
     result = RunResult(cfg, method, evaluations, metrics, out, runtime, images.report,
-                       train=train_ev)
+                       train=train_ev, semantic_ood=semantic)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)
