@@ -7,6 +7,7 @@ the method has weights. Extra writers (e.g. ArviZ diagnostics) hook in via ``RUN
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from pyro_clip.methods.base import to_device
 from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.runtime import Runtime
 from pyro_clip.utils.io import read_json, save_npz, save_torch, write_json
+from pyro_clip.utils.run_dirs import fresh_run_dir, point_latest, run_dir_name
 from pyro_clip.utils.seeding import seed_everything
 
 
@@ -210,6 +212,10 @@ def predict_as_ood(method: Method, name: str, data: FeatureSet,
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
     cfg = cfg.validate().resolved()
+    if cfg.out is None:  # a fresh folder per run; runs/latest follows it
+        out = fresh_run_dir(run_dir_name(cfg.method, cfg.dataset, cfg.shots, cfg.seed))
+        point_latest(out)
+        cfg = dataclasses.replace(cfg, out=str(out))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
