@@ -1,6 +1,8 @@
 """``pyro-clip report``: self-contained HTML, rendered in headless Chromium."""
 
 import base64
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -8,9 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_clip.diagnostics.hooks import diagnose_run
+from pyro_clip.diagnostics.metrics import classification_metrics
 from pyro_clip.errors import DataError
+from pyro_clip.methods import Prediction
+from pyro_clip.pipeline.run import Evaluation
 from pyro_clip.reporting.html import write_report
 from pyro_clip.utils.io import save_npz
 from tests.test_diagnostics_hook import make_run
@@ -19,8 +25,30 @@ CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = Path("/usr/bin/chromedriver")
 
 
-def _run_folder(path, logit_samples, seed):
+SEVERITIES = ("fashion-mnist-c:severity=1", "fashion-mnist-c", "fashion-mnist-c:severity=5")
+
+
+def _run_folder(path, logit_samples, seed, options=None):
+    """A hand-built run: test, three fashion-mnist-c severities (accuracy falling with
+    severity), and the new classes as semantic OOD."""
     run = make_run(path, logit_samples=logit_samples, seed=seed)
+    shifted = run.evaluations["fashion-mnist-c"]
+    for k, name in enumerate(SEVERITIES):
+        ev = run.evaluations.pop(name, shifted)
+        probs = (ev.prediction.probs * (1 - 0.2 * k) + 0.2 * k / 3)
+        probs = probs / probs.sum(-1, keepdim=True)
+        pred = Prediction(probs, ev.prediction.logit_samples)
+        run.evaluations[name] = Evaluation(name, pred, ev.labels, ev.classnames,
+                                           classification_metrics(probs, ev.labels),
+                                           features=ev.features)
+        run.metrics[name] = run.evaluations[name].metrics
+    run.config = dataclasses.replace(run.config, eval_datasets=list(SEVERITIES),
+                                     options=options or {})
+    new = run.evaluations["fashion-mnist-c:severity=5"]
+    run.semantic_ood = {"new": Evaluation("new", new.prediction, torch.full_like(new.labels, -1),
+                                          new.classnames, features=new.features)}
+    cfg = {**run.config.to_dict(), "resolved_options": options or {}, "n_train": 30}
+    (path / "config.json").write_text(json.dumps(cfg))
     ev = run.evaluations["test"]
     save_npz(path / "predictions.npz", **{"test/probs": ev.prediction.probs.float().numpy(),
                                           "test/labels": ev.labels.numpy()})
@@ -31,8 +59,15 @@ def _run_folder(path, logit_samples, seed):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
-    runs = [_run_folder(base / "bayes", True, 0), _run_folder(base / "point", False, 1)]
+    runs = [_run_folder(base / "bayes", True, 0), _run_folder(base / "point", False, 1),
+            _run_folder(base / "bayes-b", True, 0, {"temperature": 2.0})]
     return write_report(runs, base / "out"), runs
+
+
+#: per run: reliability, risk-coverage, one OOD figure per shifted set, PPC
+PER_RUN = 3 + len(SEVERITIES)
+#: one group: risk-coverage comparison and robustness curve
+SHARED = 2
 
 
 def test_report_is_self_contained_with_pngs(report):
@@ -40,16 +75,52 @@ def test_report_is_self_contained_with_pngs(report):
     text = path.read_text()
     assert path.name == "report.html"
     assert "<table>" in text and "ECE (mass)" in text and "AUROC %" in text
-    assert text.count("<section") == len(runs) and "95% CI" in text
+    assert text.count('<section class="run"') == len(runs) and "95% CI" in text
     assert "shots per class" in text and "seed" in text and "protocol" in text
     assert "0.5" not in re.findall(r"<td>(0\.\d+)</td>", text)  # AUROC never as a fraction
     assert "src=\"http" not in text and "src='http" not in text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert len(images) == 1 + 4 * len(runs)  # comparison + 4 figures per run
+    assert len(images) == SHARED + PER_RUN * len(runs)
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     out = path.parent
-    assert (out / "compare_risk_coverage.png").exists() and (out / "report.md").exists()
-    assert len(list(out.glob("runs/*/*.png"))) == 4 * len(runs)
+    assert len(list(out.glob("compare_risk_coverage_*.png"))) == 1 and (out / "report.md").exists()
+    assert len(list(out.glob("robustness_*.png"))) == 1
+    assert len(list(out.glob("runs/*/*.png"))) == PER_RUN * len(runs)
+
+
+def test_report_rows_say_what_each_run_is(report):
+    path, _ = report
+    text = path.read_text()
+    # contents, one group title (data set, protocol, shots), option diffs, OOD kinds
+    assert 'id="contents"' in text and text.count('href="#run-') >= 3
+    assert "fashion-mnist · few-shot · 16 shots" in text
+    assert "zero-shot [temperature=2]" in text and "defaults" in text
+    assert "covariate shift" in text and "semantic (new classes)" in text
+    for title in ("AUPR-in %", "AUPR-out %", "FPR@95TPR %"):
+        assert title in text
+    assert "max prob. (MSP)" in text and "Robustness to corruption severity" in text
+    # az.compare over the two Bayesian runs fitted to the same data; the point estimate left out
+    assert "elpd LOO" in text and "point estimate" in text
+
+
+def test_folder_runs_of_different_roots_are_told_apart(tmp_path):
+    from pyro_clip.reporting.gather import group_runs, read_runs
+
+    paths = []
+    for root in ("/data/pets", "/data/cars"):
+        run = tmp_path / root.rsplit("/", 1)[1]
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"method": "zero-shot", "dataset": "folder",
+                                                     "data_root": root, "protocol": "few-shot",
+                                                     "shots": 4, "seed": 1}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
+        paths.append(run)
+    runs = read_runs(paths)
+    assert [r.dataset for r in runs] == ["folder (/data/pets)", "folder (/data/cars)"]
+    assert len(group_runs(runs)) == 2
+    text = write_report(paths, tmp_path / "out").read_text()
+    assert "folder (/data/pets) · few-shot · 4 shots" in text
+    assert "folder (/data/cars) · few-shot · 4 shots" in text
 
 
 def test_report_rejects_folders_without_metrics(tmp_path):

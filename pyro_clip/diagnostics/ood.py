@@ -19,6 +19,18 @@ from torchmetrics.functional.classification import (
 )
 
 EPS = 1e-12
+#: the prediction's own OOD scores, by their display name
+BUILTIN_SCORES = {"msp": "max prob. (MSP)", "entropy": "entropy",
+                  "mutual_information": "mutual information"}
+
+
+def score_name(name: str) -> str:
+    """One form for every OOD score: the prediction's own by name, a method's own as
+    ``<method>: <score>`` (``kalman: mahalanobis``)."""
+    if name in BUILTIN_SCORES:
+        return BUILTIN_SCORES[name]
+    method, sep, score = name.partition(":")
+    return f"{method}: {score.replace('_', ' ')}" if sep else name.replace("_", " ")
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
