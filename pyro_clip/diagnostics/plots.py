@@ -26,6 +26,10 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
 
 
+#: reliability panels per row (a laptop-width figure, never a long strip)
+RELIABILITY_COLUMNS = 3
+
+
 def reliability_figure(
     sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], bins: int = 15, title: str = ""
 ) -> Figure:
@@ -33,9 +37,17 @@ def reliability_figure(
     confidence histogram (Guo et al. 2017, fig. 1); the gap to the diagonal is the calibration
     error, the histogram shows how much mass each bin carries. Each panel states its
     equal-width ECE (Guo et al. 2017, eq. 3) over the same ``bins``."""
-    fig = Figure(figsize=(max(4.2 * len(sets), 5.6), 5.2))
-    axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
-    for col, (name, (probs, labels)) in enumerate(sets.items()):
+    cols = min(len(sets), RELIABILITY_COLUMNS)
+    rows = -(-len(sets) // cols)
+    fig = Figure(figsize=(max(4.2 * cols, 5.6), 5.2 * rows))
+    grid = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[3, 1.3] * rows)
+    for ax in grid.ravel()[2 * cols * (rows - 1):]:
+        ax.set_visible(len(sets) % cols == 0)
+    for k, (name, (probs, labels)) in enumerate(sets.items()):
+        row, col = divmod(k, cols)
+        axes = grid[2 * row:2 * row + 2]
+        axes[0, col].set_visible(True)
+        axes[1, col].set_visible(True)
         rb = reliability_bins(probs, labels, bins)
         left, width = rb.edges[:-2], np.diff(rb.edges[:-1])
         # the point bin {confidence = 1} (torchmetrics' extra bin) drawn as a sliver at 1
@@ -66,7 +78,7 @@ def reliability_figure(
         bottom.axvline(float(conf.mean()), color="C3", ls="--", label="mean confidence")
         bottom.axvline(float((pred == labels).double().mean()), color="C0", ls="-",
                        label="accuracy")
-        bottom.set(xlabel="confidence", ylabel="fraction")
+        bottom.set(xlabel="confidence", ylabel="fraction", xlim=(0, 1))
         bottom.legend(loc="upper left", fontsize=7)
     if title:
         fig.suptitle(title)

@@ -178,7 +178,12 @@ def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, 
         for r in ood_rows(run):
             ood.append({**r, "label": run.label,
                         "cells": [_fmt(r[k], True) for k, _ in OOD_METRICS]})
+    # columns no run of the group fills (base/new/H under few-shot) are left out
+    keep = [j for j in range(len(SUMMARY_COLUMNS)) if any(r["cells"][j] for r in rows)]
+    for r in rows:
+        r["cells"] = [r["cells"][j] for j in keep]
     return {"title": f"{dataset} · {protocol} · {shots} shots", "rows": rows,
+            "columns": [SUMMARY_COLUMNS[j][1] for j in keep],
             "diag_rows": diag, "ood_rows": ood, "key": key}
 
 
@@ -249,7 +254,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
         runs=run_ctx,
         groups=[_group_context(k, v) for k, v in groups.items()],
         caveats=caveats,
-        summary_columns=SUMMARY_COLUMNS, diag_columns=DIAG_COLUMNS, ood_columns=OOD_METRICS,
+        diag_columns=DIAG_COLUMNS, ood_columns=OOD_METRICS,
         robustness=_robustness_figures(groups, out),
         comparisons=comparisons(infos),
         comparison_figures=_risk_coverage_figures(groups, out),
