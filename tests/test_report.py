@@ -193,3 +193,30 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         driver.save_screenshot(str(out / "report_run0.png"))
     finally:
         driver.quit()
+
+
+def test_bootstrap_intervals_match_metrics_of_each_resample():
+    """The vectorised bootstrap equals the library metrics (torchmetrics' ECE, NLL, Brier)
+    evaluated on each resample one by one."""
+    import numpy as np
+
+    from pyro_clip.diagnostics.calibration import ece_equal_mass
+    from pyro_clip.diagnostics.metrics import (
+        brier_score,
+        expected_calibration_error,
+        negative_log_likelihood,
+    )
+    from pyro_clip.reporting.html import bootstrap_calibration
+
+    gen = torch.Generator().manual_seed(4)
+    probs = (torch.randn(150, 4, generator=gen, dtype=torch.float64) * 2).softmax(-1)
+    probs[:3] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # confidence exactly 1
+    labels = torch.randint(0, 4, (150,), generator=gen)
+    got = bootstrap_calibration(probs, labels, n=40, seed=2)
+    idx = torch.randint(0, 150, (40, 150), generator=torch.Generator().manual_seed(2))
+    fns = {"ECE (width)": expected_calibration_error, "ECE (mass)": ece_equal_mass,
+           "NLL": negative_log_likelihood, "Brier": brier_score}
+    for name, fn in fns.items():
+        reps = np.array([fn(probs[i], labels[i]) for i in idx])
+        lo, hi = np.percentile(reps, [2.5, 97.5])
+        assert got[name] == pytest.approx((fn(probs, labels), lo, hi), rel=1e-6, abs=1e-9)  # torchmetrics: float32

@@ -88,22 +88,56 @@ def _figure(png: Path, out: Path, dest: str, alt: str, caption: str) -> dict[str
 
 
 def bootstrap_calibration(
-    probs: torch.Tensor, labels: torch.Tensor, n: int = BOOTSTRAP, seed: int = 0
+    probs: torch.Tensor, labels: torch.Tensor, n: int = BOOTSTRAP, seed: int = 0, bins: int = 15
 ) -> dict[str, tuple[float, float, float]]:
     """``{metric: (estimate, lo, hi)}``: percentile bootstrap 95% intervals (Efron 1979) of the
-    equal-width/equal-mass ECE, NLL and Brier score over resampled test images."""
-    from pyro_clip.diagnostics.calibration import ece_equal_mass, ece_equal_width
-    from pyro_clip.diagnostics.metrics import brier_score, negative_log_likelihood
+    equal-width/equal-mass ECE, NLL and Brier score over resampled test images.
 
-    fns = {"ECE (width)": ece_equal_width, "ECE (mass)": ece_equal_mass,
-           "NLL": negative_log_likelihood, "Brier": brier_score}
+    A resample is a count vector ``w`` over the images, so every additive metric is one matrix
+    product for all resamples: ECE_width = sum_k |sum_i w_i 1[bin_i = k] (correct_i - conf_i)|
+    / N over torchmetrics' bins (Guo 2017 eq. 3), NLL = sum_i w_i (-log p_i,y_i) / N and
+    Brier = sum_i w_i ||p_i - e_y_i||^2 / N. Equal-mass bins depend on the resample's sort
+    order and are computed per resample."""
+    from pyro_clip.diagnostics.calibration import ece_equal_mass, equal_mass_gap
+    from pyro_clip.diagnostics.metrics import (
+        EPS,
+        brier_score,
+        expected_calibration_error,
+        negative_log_likelihood,
+    )
+
+    probs = probs.double()
+    p = probs.numpy()
+    y = labels.numpy()
+    size = len(y)
+    conf, pred = p.max(-1), p.argmax(-1)
+    correct = (pred == y).astype(float)
+    # torchmetrics' equal-width bins: [k/B, (k+1)/B), and confidence exactly 1 in bin B
+    bin_id = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), conf, side="right") - 1,
+                     0, bins)
+    per_bin = np.zeros((size, bins + 1))
+    per_bin[np.arange(size), bin_id] = correct - conf
+    nll_i = -np.log(np.clip(p[np.arange(size), y], EPS, None))
+    brier_i = ((p - np.eye(p.shape[1])[y]) ** 2).sum(-1)
+
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(labels), (n, len(labels)), generator=gen)
+    idx = torch.randint(0, size, (n, size), generator=gen).numpy()
+    counts = np.zeros((n, size))
+    np.add.at(counts, (np.repeat(np.arange(n), size), idx.ravel()), 1.0)
+    reps = {
+        "ECE (width)": np.abs(counts @ per_bin).sum(-1) / size,
+        "ECE (mass)": np.array([equal_mass_gap(conf[i], correct[i], bins) for i in idx]),
+        "NLL": counts @ nll_i / size,
+        "Brier": counts @ brier_i / size,
+    }
+    estimates = {"ECE (width)": expected_calibration_error(probs, labels, bins),
+                 "ECE (mass)": ece_equal_mass(probs, labels, bins),
+                 "NLL": negative_log_likelihood(probs, labels),
+                 "Brier": brier_score(probs, labels)}
     out = {}
-    for name, fn in fns.items():
-        reps = np.array([fn(probs[i], labels[i]) for i in idx])
-        lo, hi = np.percentile(reps, [2.5, 97.5])
-        out[name] = (fn(probs, labels), float(lo), float(hi))
+    for name, values in reps.items():
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out[name] = (estimates[name], float(lo), float(hi))
     return out
 
 
