@@ -139,7 +139,8 @@ def ood_rows(run: RunInfo) -> list[dict[str, Any]]:
         for ood_set, scores in block.items():
             if ood_set == "in_distribution" or not isinstance(scores, dict):
                 continue
-            for score, values in scores.items():
+            # the prediction's own scores first, then the method's own (``method:score``)
+            for score, values in sorted(scores.items(), key=lambda kv: ":" in kv[0]):
                 rows.append({"kind": kind, "id_set": block.get("in_distribution"),
                              "ood_set": ood_set, "score": score_name(score),
                              **{k: values.get(k) for k, _ in OOD_METRICS}})

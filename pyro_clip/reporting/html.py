@@ -209,8 +209,8 @@ def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, 
         block = run.metrics.get(run.main_set, {}) if run.main_set else {}
         diag.append({"label": run.label, "set": run.main_set or "",
                      "cells": [_fmt(block.get(k), k in PERCENT) for k, _ in DIAG_COLUMNS]})
-        for r in ood_rows(run):
-            ood.append({**r, "label": run.label,
+        for j, r in enumerate(ood_rows(run)):  # the run named once, on its first row
+            ood.append({**r, "label": run.label if j == 0 else "",
                         "cells": [_fmt(r[k], True) for k, _ in OOD_METRICS]})
     # columns no run of the group fills (base/new/H under few-shot) are left out
     keep = [j for j in range(len(SUMMARY_COLUMNS)) if any(r["cells"][j] for r in rows)]
