@@ -186,3 +186,9 @@ def test_third_party_warnings_hidden_unless_verbose_ours_shown():
             with third_party_quiet(enabled=quiet):
                 emit()
         assert [next(e for e in expected if e in str(w.message)) for w in rec] == expected
+    import logging
+
+    retries = logging.getLogger("huggingface_hub.utils._http")  # where HF logs its retries
+    with third_party_quiet():
+        assert not retries.isEnabledFor(logging.WARNING)
+    assert retries.isEnabledFor(logging.WARNING)
