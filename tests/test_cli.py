@@ -1,6 +1,7 @@
 """End-to-end runs through the CLI with the tiny random backbone (fast, offline)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,9 @@ def test_yaml_config_and_flags_override(tmp_path):
     b, n = m["base"]["accuracy"], m["new"]["accuracy"]
     assert m["base_to_new"]["h"] == pytest.approx(2 * b * n / (b + n))
     assert m["base"]["n"] == 500 and m["new"]["n"] == 500
+    # the new classes' images as semantic OOD for the model fitted on the base classes
+    assert m["semantic_ood"]["in_distribution"] == "base"
+    assert 0 <= m["semantic_ood"]["new"]["msp"]["aupr_out"] <= 1
 
 
 def test_same_seed_reproduces_predictions(tmp_path):
@@ -110,3 +114,95 @@ def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyro-clip: error:") and message in err and "\n" not in err
+
+
+def test_help_states_every_default():
+    import argparse
+
+    from pyro_clip.cli import make_parser
+
+    parser = make_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("pyro-clip", parser), *subs.choices.items()]:
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or action.required or action.help is None \
+                    or isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._get_help_string(action) % {"default": action.default}
+            assert "default" in text, f"{name} {action.option_strings[0]}: {text!r}"
+    fit_help = subs.choices["fit"].format_help()
+    assert "(default: 16)" in fit_help and "(default: 64)" in fit_help  # shots, batch size
+
+
+def test_out_refuses_a_finished_run_without_overwrite(tmp_path, capsys):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "metrics.json").write_text("{}")
+    argv = ["fit", "--backbone", TINY, "--shots", "2", "--no-progress", "--no-eval-datasets",
+            "--out", str(done)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "--overwrite" in err
+    assert (done / "metrics.json").read_text() == "{}"  # untouched
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((done / "metrics.json").read_text())["test"]["n"] == 1000
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main([*argv[:-1], str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_default_out_is_a_fresh_folder_and_latest_follows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "runs" / "zero-shot-fashion-mnist-2shot-s1"
+    taken.mkdir(parents=True)
+    (taken / "metrics.json").write_text("{}")  # an earlier run: never overwritten
+    assert main(["fit", "--backbone", TINY, "--shots", "2", "--no-progress",
+                 "--no-eval-datasets"]) == 0
+    fresh = tmp_path / "runs" / "zero-shot-fashion-mnist-2shot-s1-2"
+    assert json.loads((fresh / "config.json").read_text())["out"] == str(Path("runs") / fresh.name)
+    assert (taken / "metrics.json").read_text() == "{}"
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and latest.resolve() == fresh.resolve()
+
+
+def test_run_dirs_number_taken_names_and_replace_latest(tmp_path):
+    from pyro_clip.utils.run_dirs import fresh_run_dir, point_latest, run_dir_name
+
+    name = run_dir_name("kalman", "folder:x/y", 4, 2)
+    assert name == "kalman-folder_x_y-4shot-s2"
+    a, b, c = (fresh_run_dir(name, tmp_path) for _ in range(3))
+    assert [p.name for p in (a, b, c)] == [name, f"{name}-2", f"{name}-3"]
+    point_latest(a, tmp_path)
+    link = point_latest(b, tmp_path)
+    assert link.resolve() == b.resolve() and not Path(link.readlink()).is_absolute()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}-2",
+                                                                  f"{name}-3", "latest"])
+
+
+def test_third_party_warnings_hidden_unless_verbose_ours_shown():
+    import warnings
+
+    from pyro_clip.data.fewshot import sample_few_shot
+    from pyro_clip.utils.noise import third_party_quiet
+
+    third_party = compile("import warnings\nwarnings.warn('jit is deprecated', FutureWarning)",
+                          "/site-packages/torch/jit/_fake.py", "exec")
+
+    def emit():
+        exec(third_party, {})
+        sample_few_shot(np.array([0, 0, 1]), 2, seed=0)  # ours: class 1 is short
+
+    for quiet, expected in ((True, ["fewer than 2"]), (False, ["jit is", "fewer than 2"])):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            with third_party_quiet(enabled=quiet):
+                emit()
+        assert [next(e for e in expected if e in str(w.message)) for w in rec] == expected
+    import logging
+
+    retries = logging.getLogger("huggingface_hub.utils._http")  # where HF logs its retries
+    with third_party_quiet():
+        assert not retries.isEnabledFor(logging.WARNING)
+    assert retries.isEnabledFor(logging.WARNING)

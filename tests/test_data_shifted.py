@@ -103,3 +103,19 @@ def test_other_splits_and_bad_arguments() -> None:
         load_shifted(severity=6)
     with pytest.raises(DataError, match="unknown corruption"):
         load_shifted(corruption="snow")
+
+
+def test_severity_from_a_data_set_spec_string() -> None:
+    from pyro_clip.data.registry import parse_dataset_spec
+
+    assert parse_dataset_spec("fashion-mnist-c") == ("fashion-mnist-c", {})
+    assert parse_dataset_spec("fashion-mnist-c:severity=5, corruption=blur") == (
+        "fashion-mnist-c", {"severity": 5, "corruption": "blur"})
+    five = load_dataset("fashion-mnist-c:severity=5", "test")
+    direct = load_shifted("test", severity=5)
+    assert five.tag == direct.tag and five.name == "fashion-mnist-c/mixed-5"
+    np.testing.assert_array_equal(five.images, direct.images)
+    with pytest.raises(DataError, match="severity=5"):
+        load_dataset("fashion-mnist-c:5", "test")
+    with pytest.raises(DataError, match=r"integer in 1\.\.5"):
+        load_dataset("fashion-mnist-c:severity=9", "test")

@@ -13,7 +13,14 @@ from pyro_clip.diagnostics.calibration import (
     maximum_calibration_error,
     reliability_bins,
 )
-from pyro_clip.diagnostics.ood import auroc, fpr_at_tpr, ood_metrics, prediction_scores
+from pyro_clip.diagnostics.ood import (
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr_at_tpr,
+    ood_metrics,
+    prediction_scores,
+)
 from pyro_clip.diagnostics.predictive import predictive_draws
 from pyro_clip.diagnostics.selective import risk_coverage, risk_coverage_from_scores
 
@@ -85,6 +92,24 @@ def test_auroc_and_fpr95_by_hand():
     # huge scores must not saturate into ties
     assert auroc(id_s * 1e3, ood_s * 1e3) == pytest.approx(11 / 12)
     assert set(ood_metrics({"a": id_s}, {"a": ood_s, "b": ood_s})) == {"a"}
+
+
+def test_aupr_in_and_out_by_hand_and_against_scikit_learn():
+    from sklearn.metrics import average_precision_score
+
+    id_s = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    ood_s = torch.tensor([0.35, 0.5, 0.6])
+    # OOD positive, ranked by score: 0.6 (hit), 0.5 (hit), 0.4, 0.35 (hit) -> AP = (1 + 1 + 3/4)/3
+    assert aupr_out(id_s, ood_s) == pytest.approx((1 + 1 + 0.75) / 3)
+    # ID positive, ranked by -score: 0.1, 0.2, 0.3 (hits), 0.35, 0.4 (hit) -> (1+1+1+4/5)/4
+    assert aupr_in(id_s, ood_s) == pytest.approx((3 + 0.8) / 4)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, generator=gen), torch.randn(150, generator=gen) + 0.7
+    y = np.r_[np.ones(200), np.zeros(150)]
+    s = np.r_[a.numpy(), b.numpy()]
+    assert aupr_in(a, b) == pytest.approx(average_precision_score(y, -s))
+    assert aupr_out(a, b) == pytest.approx(average_precision_score(1 - y, s))
+    assert set(ood_metrics({"a": a}, {"a": b})["a"]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
 
 
 def test_prediction_scores_by_hand():

@@ -143,6 +143,30 @@ def test_method_ood_scores_are_added_to_the_built_in_ones(tmp_path):
     run.evaluations["fashion-mnist-c"].features += 10
     diagnose_run(run)
     ood = json.loads((tmp_path / "metrics.json").read_text())["ood"]["fashion-mnist-c"]
-    assert set(ood) == {"msp", "entropy", "mutual_information", "norm"}
-    assert ood["norm"]["auroc"] == pytest.approx(1.0) and ood["norm"]["fpr95"] == 0.0
+    assert set(ood) == {"msp", "entropy", "mutual_information", "scored:norm"}
+    assert ood["scored:norm"]["auroc"] == pytest.approx(1.0) and ood["scored:norm"]["fpr95"] == 0.0
     assert 0 <= ood["mutual_information"]["auroc"] <= 1 and not math.isnan(ood["msp"]["auroc"])
+
+
+def test_semantic_ood_is_scored_apart_from_covariate_shift(tmp_path):
+    class WithScores:
+        name = "scored"
+
+        def ood_scores(self, features, classnames):
+            return {"norm": features.norm(dim=1)}
+
+    run = make_run(tmp_path, logit_samples=False, method=WithScores())
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(40, 4, generator=gen) + 10  # far from every in-distribution feature
+    probs = torch.full((40, 3), 1 / 3, dtype=torch.float64)  # no fitted class fits them
+    run.semantic_ood = {"new": Evaluation("new", Prediction(probs, None),
+                                          torch.full((40,), -1), CLASSES, features=feats)}
+    diagnose_run(run, draws=20)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    sem = m["semantic_ood"]
+    assert sem["in_distribution"] == "test" and set(m["ood"]) == {"in_distribution",
+                                                                  "fashion-mnist-c"}
+    assert sem["new"]["scored:norm"]["auroc"] == pytest.approx(1.0)
+    # uniform predictions are the most uncertain possible: no ID image scores higher
+    assert sem["new"]["entropy"]["auroc"] == pytest.approx(1.0)
+    assert sem["new"]["msp"]["fpr95"] == 0.0 and sem["new"]["msp"]["aupr_out"] == 1.0

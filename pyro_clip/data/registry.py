@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pyro_clip.data.base import LabeledImages
 from pyro_clip.data.dassl import DasslSplitImages
 from pyro_clip.data.dassl_specs import PLAIN_TEMPLATE, dassl_names, resolve_dassl
@@ -54,8 +56,23 @@ _BUILTIN_SPECS = {
 }
 
 
+def parse_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"fashion-mnist-c:severity=5,corruption=blur"`` -> ``("fashion-mnist-c", {"severity": 5,
+    "corruption": "blur"})``: a data set name with keyword arguments for :func:`load_dataset`
+    after a colon (values parsed as YAML scalars); a plain name has none."""
+    name, _, rest = spec.partition(":")
+    kw: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DataError(f"data set {spec!r}: expected name:key=value[,key=value], got "
+                            f"{item!r} (e.g. fashion-mnist-c:severity=5)")
+        kw[key.strip()] = yaml.safe_load(value)
+    return name.strip(), kw
+
+
 def _spec(name: str) -> BuiltinSpec:
-    key = name.lower()
+    key = parse_dataset_spec(name)[0].lower()
     if key in _BUILTIN_SPECS:
         return _BUILTIN_SPECS[key]
     dassl = resolve_dassl(name)
@@ -141,7 +158,8 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
     """Load one split of a named data set (see the module docstring for the names).
 
     Args:
-        name: one of :func:`known_datasets` (Dassl aliases such as ``"Caltech101"`` work).
+        name: one of :func:`known_datasets` (Dassl aliases such as ``"Caltech101"`` work),
+            optionally with keywords after a colon (:func:`parse_dataset_spec`).
         split: ``"train"``, ``"val"`` or ``"test"``.
         root: folder with the images; required for ``"folder"`` and the Dassl benchmarks.
         **kw: passed on: ``invert`` (Fashion-MNIST), ``corruption`` / ``severity``
@@ -153,6 +171,8 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw: An
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    name, spec_kw = parse_dataset_spec(name)
+    kw = {**spec_kw, **kw}
     key = name.lower()
     skip = bool(kw.pop("skip_corrupt", False))
     if key == "fashion-mnist":

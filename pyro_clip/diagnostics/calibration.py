@@ -49,7 +49,11 @@ def ece_equal_mass(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) ->
     """
     probs = _prepare(probs, labels, bins)
     conf, pred = probs.max(-1)
-    conf_np, correct = conf.numpy(), (pred == labels).double().numpy()
+    return equal_mass_gap(conf.numpy(), (pred == labels).double().numpy(), bins)
+
+
+def equal_mass_gap(conf_np: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """:func:`ece_equal_mass` from each example's confidence and correctness (NumPy)."""
     order = np.argsort(conf_np, kind="stable")
     sorted_conf = conf_np[order]
     n = len(order)

@@ -62,10 +62,14 @@ class RunLike(Protocol):
     out: Path
     train: EvaluationLike | None
     idata: Any
+    #: optional: images of classes the model was not fitted to, predicted over the fitted
+    #: classes (base-to-new: the new classes' test images), scored as semantic OOD
+    semantic_ood: Mapping[str, EvaluationLike]
 
 
 def evaluation_scores(method: MethodLike, ev: EvaluationLike) -> dict[str, torch.Tensor]:
-    """Built-in scores from the prediction plus the method's own ``ood_scores``."""
+    """Built-in scores from the prediction (``msp``, ``entropy``, ``mutual_information``) plus
+    the method's own ``ood_scores``, if any, always named ``<method>:<score>``."""
     scores = prediction_scores(ev.prediction.probs, ev.prediction.logit_samples)
     if ev.features is not None:
         for name, value in method.ood_scores(ev.features, ev.classnames).items():
@@ -75,7 +79,7 @@ def evaluation_scores(method: MethodLike, ev: EvaluationLike) -> dict[str, torch
                     f"{type(method).__name__}.ood_scores returned {name!r} with shape "
                     f"{tuple(value.shape)}; expected one score per example ({len(ev.labels)},)"
                 )
-            scores[name if name not in scores else f"{method.name}:{name}"] = value
+            scores[f"{method.name}:{name}"] = value
     return scores
 
 
@@ -143,6 +147,13 @@ def diagnose(
         result.metrics["ood"] = {
             "in_distribution": id_name,
             **{n: ood_metrics(scores[id_name], scores[n]) for n in ood_names},
+        }
+    semantic = getattr(result, "semantic_ood", None) or {}
+    if id_name is not None and semantic:  # new classes' images vs the base-class model
+        result.metrics["semantic_ood"] = {
+            "in_distribution": id_name,
+            **{n: ood_metrics(scores[id_name], evaluation_scores(result.method, ev))
+               for n, ev in semantic.items()},
         }
     sets = {name: _draws(ev, draws, seed + i) for i, (name, ev) in enumerate(evs.items())}
     checks = {name: ppc_checks(evs[name].prediction.probs, d) for name, d in sets.items()}

@@ -1,8 +1,10 @@
-"""Out-of-distribution detection: scores from predictions, and AUROC / FPR@95%TPR.
+"""Out-of-distribution detection: scores from predictions, and AUROC, AUPR-in, AUPR-out and
+FPR@95%TPR as OpenOOD and torch-uncertainty report them.
 
-Convention (Hendrycks & Gimpel 2017; OpenOOD): every score is *higher = more OOD*; metrics
-treat in-distribution as the positive class scored by ``-score``. AUROC and the ROC come from
-torchmetrics.
+Convention (Hendrycks & Gimpel 2017; OpenOOD): every score is *higher = more OOD*. AUROC,
+FPR@95 and AUPR-in treat in-distribution as the positive class scored by ``-score``; AUPR-out
+treats OOD as the positive class scored by ``score``. AUROC, the ROC and the average precision
+(area under the precision-recall curve) come from torchmetrics.
 """
 
 from __future__ import annotations
@@ -10,9 +12,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_roc
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_roc,
+)
 
 EPS = 1e-12
+#: the prediction's own OOD scores, by their display name
+BUILTIN_SCORES = {"msp": "max prob. (MSP)", "entropy": "entropy",
+                  "mutual_information": "mutual information"}
+
+
+def score_name(name: str) -> str:
+    """One form for every OOD score: the prediction's own by name, a method's own as
+    ``<method>: <score>`` (``kalman: mahalanobis``)."""
+    if name in BUILTIN_SCORES:
+        return BUILTIN_SCORES[name]
+    method, sep, score = name.partition(":")
+    return f"{method}: {score.replace('_', ' ')}" if sep else name.replace("_", " ")
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -47,6 +65,18 @@ def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
     return float(binary_auroc(preds, target))
 
 
+def aupr_in(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """Average precision of finding the in-distribution examples by ``-score`` (ID positive)."""
+    preds, target = _stack(id_scores, ood_scores)
+    return float(binary_average_precision(preds, target))
+
+
+def aupr_out(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """Average precision of finding the OOD examples by ``score`` (OOD positive)."""
+    preds, target = _stack(id_scores, ood_scores)
+    return float(binary_average_precision(1 - preds, 1 - target))
+
+
 def _stack(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     id_scores, ood_scores = torch.as_tensor(id_scores), torch.as_tensor(ood_scores)
     if id_scores.ndim != 1 or ood_scores.ndim != 1 or not len(id_scores) or not len(ood_scores):
@@ -63,10 +93,12 @@ def _stack(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> tuple[torch.Ten
 def ood_metrics(
     id_scores: Mapping[str, torch.Tensor], ood_scores: Mapping[str, torch.Tensor]
 ) -> dict[str, dict[str, float]]:
-    """``{score: {"auroc", "fpr95"}}`` for every score present in both mappings."""
+    """``{score: {"auroc", "aupr_in", "aupr_out", "fpr95"}}`` for every score in both mappings."""
     return {
         name: {
             "auroc": auroc(id_scores[name], ood_scores[name]),
+            "aupr_in": aupr_in(id_scores[name], ood_scores[name]),
+            "aupr_out": aupr_out(id_scores[name], ood_scores[name]),
             "fpr95": fpr_at_tpr(id_scores[name], ood_scores[name]),
         }
         for name in id_scores

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pyro_clip.diagnostics.calibration import reliability_bins
+from pyro_clip.diagnostics.calibration import ece_equal_width, reliability_bins
+from pyro_clip.diagnostics.ood import score_name
 from pyro_clip.diagnostics.selective import RiskCoverage
 from pyro_clip.utils.io import atomic_write
 
@@ -25,15 +26,28 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
 
 
+#: reliability panels per row (a laptop-width figure, never a long strip)
+RELIABILITY_COLUMNS = 3
+
+
 def reliability_figure(
     sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], bins: int = 15, title: str = ""
 ) -> Figure:
     """Per set (``name -> (probs, labels)``): accuracy vs confidence per bin above the
     confidence histogram (Guo et al. 2017, fig. 1); the gap to the diagonal is the calibration
-    error, the histogram shows how much mass each bin carries."""
-    fig = Figure(figsize=(3.6 * len(sets), 5.2))
-    axes = fig.subplots(2, len(sets), squeeze=False, height_ratios=[3, 1.3], sharex=True)
-    for col, (name, (probs, labels)) in enumerate(sets.items()):
+    error, the histogram shows how much mass each bin carries. Each panel states its
+    equal-width ECE (Guo et al. 2017, eq. 3) over the same ``bins``."""
+    cols = min(len(sets), RELIABILITY_COLUMNS)
+    rows = -(-len(sets) // cols)
+    fig = Figure(figsize=(max(4.2 * cols, 5.6), 5.2 * rows))
+    grid = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[3, 1.3] * rows)
+    for ax in grid.ravel()[2 * cols * (rows - 1):]:
+        ax.set_visible(len(sets) % cols == 0)
+    for k, (name, (probs, labels)) in enumerate(sets.items()):
+        row, col = divmod(k, cols)
+        axes = grid[2 * row:2 * row + 2]
+        axes[0, col].set_visible(True)
+        axes[1, col].set_visible(True)
         rb = reliability_bins(probs, labels, bins)
         left, width = rb.edges[:-2], np.diff(rb.edges[:-1])
         # the point bin {confidence = 1} (torchmetrics' extra bin) drawn as a sliver at 1
@@ -55,13 +69,16 @@ def reliability_figure(
         top.plot([0, 1], [0, 1], "k--", lw=1)
         top.set(xlim=(0, 1), ylim=(0, 1.08), title=name, ylabel="accuracy (n per bin on bars)")
         top.legend(loc="upper left", fontsize=7)
+        top.text(0.97, 0.04, f"ECE {ece_equal_width(probs, labels, bins):.3f}\n({bins} bins)",
+                 transform=top.transAxes, ha="right", va="bottom", fontsize=9,
+                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9})
         bottom.bar(left, count / max(rb.count.sum(), 1), width, align="edge",
                    edgecolor="k", color="C7")
         conf, pred = probs.double().max(-1)
         bottom.axvline(float(conf.mean()), color="C3", ls="--", label="mean confidence")
         bottom.axvline(float((pred == labels).double().mean()), color="C0", ls="-",
                        label="accuracy")
-        bottom.set(xlabel="confidence", ylabel="fraction")
+        bottom.set(xlabel="confidence", ylabel="fraction", xlim=(0, 1))
         bottom.legend(loc="upper left", fontsize=7)
     if title:
         fig.suptitle(title)
@@ -101,6 +118,10 @@ def risk_coverage_figure(curves: Mapping[str, RiskCoverage], title: str = "") ->
     return fig
 
 
+#: OOD histogram panels per row (a laptop-width figure, never a long strip)
+OOD_COLUMNS = 3
+
+
 def ood_histogram_figure(
     id_scores: Mapping[str, torch.Tensor],
     ood_scores: Mapping[str, torch.Tensor],
@@ -108,10 +129,16 @@ def ood_histogram_figure(
     ood_name: str,
     metrics: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Figure:
-    """One panel per score: histograms of in-distribution vs OOD scores (higher = more OOD)."""
+    """One panel per score, at most ``OOD_COLUMNS`` per row: histograms of in-distribution vs
+    OOD scores (higher = more OOD), AUROC and FPR@95 in the panel title."""
     names = [n for n in id_scores if n in ood_scores]
-    fig = Figure(figsize=(3.4 * max(len(names), 1), 3))
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
+    cols = min(max(len(names), 1), OOD_COLUMNS)
+    rows = -(-max(len(names), 1) // cols)
+    fig = Figure(figsize=(max(3.8 * cols, 5.6), 3.2 * rows + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(f"OOD scores: {id_name} (in-distribution) vs {ood_name}", fontsize=10)
     for ax, name in zip(axes, names, strict=False):
         a, b = id_scores[name].double().numpy(), ood_scores[name].double().numpy()
         edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=30)
@@ -121,7 +148,7 @@ def ood_histogram_figure(
         if metrics and name in metrics:
             sub = (f"\nAUROC {100 * metrics[name]['auroc']:.1f}%, "
                    f"FPR@95 {100 * metrics[name]['fpr95']:.1f}%")
-        ax.set(title=f"{name}{sub}", xlabel="score (higher = more OOD)")
+        ax.set(title=f"{score_name(name)}{sub}", xlabel="score (higher = more OOD)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
     return fig
@@ -134,7 +161,7 @@ def ppc_figure(sets: Mapping[str, tuple[torch.Tensor, object]], title: str = "")
     observed value and its Bayesian p-value, and per-class recall observed vs replicated."""
     from pyro_clip.diagnostics.ppc import calibration_ppc, ppc_checks
 
-    fig = Figure(figsize=(13, 3.3 * len(sets) + 0.4))
+    fig = Figure(figsize=(13, 3.7 * len(sets) + 0.4))
     axes = fig.subplots(len(sets), 3, squeeze=False)
     for row, (name, (probs, draws)) in enumerate(sets.items()):
         ece, per_bin = calibration_ppc(probs, draws)
@@ -165,9 +192,10 @@ def ppc_figure(sets: Mapping[str, tuple[torch.Tensor, object]], title: str = "")
         lo, hi = np.nanpercentile(rep, [5, 95], axis=0)
         ax.vlines(xs, lo, hi, color="C0", lw=5, alpha=0.5, label="replicated 5-95%")
         ax.plot(xs, [r.observed for r in recalls], "ko", ms=4, label="observed")
-        ax.set(xticks=xs, xlabel="class", ylabel="recall", ylim=(0, 1.05),
-               title=f"{name}: per-class recall")
-        ax.set_xticklabels([str(x) for x in xs], fontsize=7)
+        ax.set(xticks=xs, ylabel="recall", ylim=(0, 1.05), title=f"{name}: per-class recall")
+        names = list(getattr(draws, "classnames", None) or [str(x) for x in xs])
+        ax.set_xticklabels(names[:len(xs)], fontsize=7, rotation=45, ha="right",
+                           rotation_mode="anchor")
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)

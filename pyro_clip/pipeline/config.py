@@ -37,7 +37,9 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
     cache_dir: str | None = None
-    out: str = "runs/latest"
+    #: run folder; ``None``: a fresh ``runs/<method>-<dataset>-<shots>shot-s<seed>`` (numbered
+    #: if taken), with ``runs/latest`` pointing at it (:mod:`pyro_clip.utils.run_dirs`)
+    out: str | None = None
     progress: bool = True
     #: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` (see pyro_clip.runtime)
     device: str = "auto"

@@ -7,6 +7,7 @@ the method has weights. Extra writers (e.g. ArviZ diagnostics) hook in via ``RUN
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import platform
 import sys
@@ -44,6 +45,7 @@ from pyro_clip.methods.base import to_device
 from pyro_clip.pipeline.config import RunConfig
 from pyro_clip.runtime import Runtime
 from pyro_clip.utils.io import read_json, save_npz, save_torch, write_json
+from pyro_clip.utils.run_dirs import fresh_run_dir, point_latest, run_dir_name
 from pyro_clip.utils.seeding import seed_everything
 
 
@@ -74,6 +76,9 @@ class RunResult:
     train: Evaluation | None = None
     #: the run's ArviZ ``InferenceData`` (set by the diagnostics hook; also in ``idata.nc``)
     idata: Any = None
+    #: images of classes the method was not fitted to, predicted over its fitted classes
+    #: (base-to-new: ``new``), which the diagnostics hook scores as semantic OOD
+    semantic_ood: dict[str, Evaluation] = field(default_factory=dict)
 
 
 #: callables ``hook(result)`` run after the standard outputs are written; the diagnostics
@@ -233,9 +238,24 @@ def eval_feature_sets(cfg: RunConfig, backbone: DualEncoder,
     return eval_sets
 
 
+def predict_as_ood(method: Method, name: str, data: FeatureSet,
+                   classnames: list[str]) -> Evaluation:
+    """Predict ``data``'s images over ``classnames``, classes they do not belong to (semantic
+    OOD: no label is right, so the labels are -1 and no accuracy is computed)."""
+    features = data.features[method.feature_kind]
+    with torch.no_grad():
+        pred = method.predict(features, classnames)
+    return Evaluation(name, pred, torch.full((len(data),), -1, dtype=torch.long),
+                      list(classnames), features=features)
+
+
 def run(cfg: RunConfig) -> RunResult:
     """Execute ``cfg`` and write the output contract; returns everything in memory too."""
     cfg = cfg.validate().resolved()
+    if cfg.out is None:  # a fresh folder per run; runs/latest follows it
+        out = fresh_run_dir(run_dir_name(cfg.method, cfg.dataset, cfg.shots, cfg.seed))
+        point_latest(out)
+        cfg = dataclasses.replace(cfg, out=str(out))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -269,8 +289,10 @@ def run(cfg: RunConfig) -> RunResult:
     metrics["total_seconds"] = time.time() - started
 
     train_ev = evaluate(method, "train", train)
+    semantic = ({"new": predict_as_ood(method, "new", eval_sets["new"], train.classnames)}
+                if cfg.protocol == "base-to-new" else {})
     result = RunResult(cfg, method, evaluations, metrics, out, runtime, images.report,
-                       train=train_ev)
+                       train=train_ev, semantic_ood=semantic)
     write_outputs(result, backbone, train)
     for hook in RUN_HOOKS:
         hook(result)

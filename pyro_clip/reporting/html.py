@@ -1,33 +1,45 @@
 """``pyro-clip report``: run folders compared side by side in one self-contained HTML file.
 
+The Python here gathers data; the layout is the Jinja2 template ``templates/report.html.j2``.
 ``out/report.html`` embeds every image as base64 (open it anywhere, mail it), and the same
 PNGs are written beside it; ``out/report.md`` keeps the Markdown table of
-:mod:`pyro_clip.reporting.tables`.
-Only run-folder files are read (``config.json``, ``metrics.json``, ``predictions.npz``,
-``plots/*.png`` written by :mod:`pyro_clip.diagnostics.hooks`), so any method plugs in.
+:mod:`pyro_clip.reporting.tables`. Only run-folder files are read (``config.json``,
+``metrics.json``, ``predictions.npz``, ``idata.nc``, ``plots/*.png`` written by
+:mod:`pyro_clip.diagnostics.hooks`), so any method plugs in.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import torch
 
 from pyro_clip.errors import DataError
+from pyro_clip.reporting.compare import comparisons
+from pyro_clip.reporting.figures import save_risk_coverage, save_robustness
+from pyro_clip.reporting.gather import (
+    OOD_METRICS,
+    RunInfo,
+    group_runs,
+    ood_rows,
+    read_runs,
+    severity_points,
+)
 from pyro_clip.reporting.tables import markdown_table, run_summary
-from pyro_clip.utils.io import atomic_write, check_out_dir, read_json
+from pyro_clip.utils.io import atomic_write, check_out_dir
 
 #: per-run figures (from the run hook), in display order: file name -> caption
 RUN_FIGURES = {
-    "reliability.png": "Reliability diagram and confidence histogram",
+    "reliability.png": "Reliability diagram (ECE in each panel) and confidence histogram",
     "risk_coverage.png": "Risk-coverage (selective prediction)",
-    "ood_*.png": "OOD score histograms (in-distribution vs shifted)",
+    "ood_*.png": "OOD score histograms: in-distribution vs each OOD set",
     "ppc.png": "Posterior predictive checks of p(y|x): per-bin accuracy, ECE discrepancy, "
                "per-class recall (observed vs replicated)",
 }
@@ -36,7 +48,7 @@ BOOTSTRAP = 200
 
 #: (metrics key, column title) of the diagnostics table, per in-distribution set
 DIAG_COLUMNS = (
-    ("accuracy", "acc"),
+    ("accuracy", "acc %"),
     ("ece_equal_width", "ECE (width)"),
     ("ece_equal_mass", "ECE (mass)"),
     ("mce", "MCE"),
@@ -46,28 +58,14 @@ DIAG_COLUMNS = (
     ("aurc", "AURC"),
     ("e_aurc", "E-AURC"),
 )
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-th,td{border:1px solid #bbb;padding:0.25em 0.55em;text-align:right}
-th{background:#eee} td.l{text-align:left}
-.grid{display:grid;gap:0.8em;align-items:start}
-.grid img,section img{max-width:100%;height:auto;border:1px solid #ddd}
-section{border-top:2px solid #888;margin-top:2em;padding-top:0.5em}
-figure{margin:0.8em 0} figcaption{font-size:0.85em;color:#555}
-.caveat{background:#fff4d6;border-left:4px solid #e0a800;padding:0.3em 0.6em}
-pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}
-"""
-
-
-def _label(run: Path, cfg: dict[str, Any], seen: set[str]) -> str:
-    base = f"{cfg.get('method', run.name)} ({cfg.get('protocol', '?')})"
-    label, i = base, 2
-    while label in seen:
-        label, i = f"{base} #{i}", i + 1
-    seen.add(label)
-    return label
+#: (run_summary key, column title) of the summary table; in % where PERCENT says so
+SUMMARY_COLUMNS = (
+    ("acc", "acc %"), ("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier"),
+    ("shift_acc", "shifted acc %"), ("ood_auroc", "OOD AUROC %"),
+    ("base", "base %"), ("new", "new %"), ("h", "H %"), ("fit_s", "fit s"),
+)
+PERCENT = {"acc", "shift_acc", "ood_auroc", "base", "new", "h", "accuracy"}
+TEMPLATE = "report.html.j2"
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -75,225 +73,225 @@ def _fmt(value: Any, percent: bool = False) -> str:
         return ""
     if isinstance(value, float):
         return f"{100 * value:.1f}" if percent else f"{value:.3f}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="l">{c}</td>' if j == 0 else f"<td>{c}</td>" for j, c in enumerate(r)
-        ) + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(png: Path, alt: str) -> str:
+def _figure(png: Path, out: Path, dest: str, alt: str, caption: str) -> dict[str, str]:
+    """A figure for the template: the PNG copied to ``out/dest`` and embedded as base64."""
+    target = out / dest
+    if png.resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, target)
     data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _main_set(metrics: dict[str, Any]) -> str | None:
-    return next((k for k in ("test", "base") if k in metrics), None)
-
-
-def _diagnostics_rows(labels: list[str], metrics: list[dict[str, Any]]) -> tuple[list, list]:
-    """In-distribution calibration/selective metrics, one row per run (accuracy in %)."""
-    head = ["run", "set", *[t for _, t in DIAG_COLUMNS]]
-    rows = []
-    for label, m in zip(labels, metrics, strict=True):
-        main = _main_set(m)
-        block = m.get(main, {}) if main else {}
-        row = [html.escape(label), html.escape(main or "")]
-        row += [_fmt(block.get(k), percent=(k == "accuracy")) for k, _ in DIAG_COLUMNS]
-        rows.append(row)
-    return head, rows
-
-
-def _ood_rows(labels: list[str], metrics: list[dict[str, Any]]) -> tuple[list, list]:
-    """Long format (one row per run, OOD set and score): AUROC and FPR@95 in %."""
-    head = ["run", "in-distribution", "OOD set", "score", "AUROC %", "FPR@95 %"]
-    rows = []
-    for label, m in zip(labels, metrics, strict=True):
-        ood = m.get("ood", {})
-        for name, scores in ood.items():
-            if name == "in_distribution":
-                continue
-            for score, v in scores.items():
-                rows.append([html.escape(label), html.escape(str(ood.get("in_distribution"))),
-                             html.escape(name), html.escape(score),
-                             _fmt(v.get("auroc"), percent=True),
-                             _fmt(v.get("fpr95"), percent=True)])
-    return head, rows
+    return {"src": f"data:image/png;base64,{data}", "href": dest, "alt": alt,
+            "caption": caption}
 
 
 def bootstrap_calibration(
-    probs: torch.Tensor, labels: torch.Tensor, n: int = BOOTSTRAP, seed: int = 0
+    probs: torch.Tensor, labels: torch.Tensor, n: int = BOOTSTRAP, seed: int = 0, bins: int = 15
 ) -> dict[str, tuple[float, float, float]]:
     """``{metric: (estimate, lo, hi)}``: percentile bootstrap 95% intervals (Efron 1979) of the
-    equal-width/equal-mass ECE, NLL and Brier score over resampled test images."""
-    from pyro_clip.diagnostics.calibration import ece_equal_mass, ece_equal_width
-    from pyro_clip.diagnostics.metrics import brier_score, negative_log_likelihood
+    equal-width/equal-mass ECE, NLL and Brier score over resampled test images.
 
-    fns = {"ECE (width)": ece_equal_width, "ECE (mass)": ece_equal_mass,
-           "NLL": negative_log_likelihood, "Brier": brier_score}
+    A resample is a count vector ``w`` over the images, so every additive metric is one matrix
+    product for all resamples: ECE_width = sum_k |sum_i w_i 1[bin_i = k] (correct_i - conf_i)|
+    / N over torchmetrics' bins (Guo 2017 eq. 3), NLL = sum_i w_i (-log p_i,y_i) / N and
+    Brier = sum_i w_i ||p_i - e_y_i||^2 / N. Equal-mass bins depend on the resample's sort
+    order and are computed per resample."""
+    from pyro_clip.diagnostics.calibration import ece_equal_mass, equal_mass_gap
+    from pyro_clip.diagnostics.metrics import (
+        EPS,
+        brier_score,
+        expected_calibration_error,
+        negative_log_likelihood,
+    )
+
+    probs = probs.double()
+    p = probs.numpy()
+    y = labels.numpy()
+    size = len(y)
+    conf, pred = p.max(-1), p.argmax(-1)
+    correct = (pred == y).astype(float)
+    # torchmetrics' equal-width bins: [k/B, (k+1)/B), and confidence exactly 1 in bin B
+    bin_id = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), conf, side="right") - 1,
+                     0, bins)
+    per_bin = np.zeros((size, bins + 1))
+    per_bin[np.arange(size), bin_id] = correct - conf
+    nll_i = -np.log(np.clip(p[np.arange(size), y], EPS, None))
+    brier_i = ((p - np.eye(p.shape[1])[y]) ** 2).sum(-1)
+
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(labels), (n, len(labels)), generator=gen)
+    idx = torch.randint(0, size, (n, size), generator=gen).numpy()
+    counts = np.zeros((n, size))
+    np.add.at(counts, (np.repeat(np.arange(n), size), idx.ravel()), 1.0)
+    reps = {
+        "ECE (width)": np.abs(counts @ per_bin).sum(-1) / size,
+        "ECE (mass)": np.array([equal_mass_gap(conf[i], correct[i], bins) for i in idx]),
+        "NLL": counts @ nll_i / size,
+        "Brier": counts @ brier_i / size,
+    }
+    estimates = {"ECE (width)": expected_calibration_error(probs, labels, bins),
+                 "ECE (mass)": ece_equal_mass(probs, labels, bins),
+                 "NLL": negative_log_likelihood(probs, labels),
+                 "Brier": brier_score(probs, labels)}
     out = {}
-    for name, fn in fns.items():
-        reps = np.array([fn(probs[i], labels[i]) for i in idx])
-        lo, hi = np.percentile(reps, [2.5, 97.5])
-        out[name] = (fn(probs, labels), float(lo), float(hi))
+    for name, values in reps.items():
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out[name] = (estimates[name], float(lo), float(hi))
     return out
 
 
-def _run_meta(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """The run's settings and caveats as a small two-column table."""
-    backbone = str(cfg.get("backbone", "?"))
-    rows = [[k, html.escape(str(v))] for k, v in (
-        ("method", cfg.get("method", "?")), ("backbone", backbone),
-        ("data set", cfg.get("dataset", "?")), ("shots per class", cfg.get("shots", "?")),
-        ("seed", cfg.get("seed", "?")), ("protocol", cfg.get("protocol", "?")),
-        ("evaluation sets", ", ".join(k for k in metrics if isinstance(metrics[k], dict)
-                                      and "accuracy" in metrics[k])),
-        ("training images", cfg.get("n_train", "?")),
-    )]
-    caveats = []
-    if backbone.startswith("conse"):
-        caveats.append("ConSE backbone: not CLIP (offline MiniLM text tower); numbers are not "
-                       "comparable with published CLIP results.")
-    if "tiny" in backbone:
-        caveats.append("Randomly initialised test backbone: numbers are meaningless.")
-    note = "".join(f'<p class="caveat">{html.escape(c)}</p>' for c in caveats)
-    return _html_table(["setting", "value"], rows) + note
-
-
-def _ci_table(run: Path) -> str:
-    """Bootstrap 95% intervals of the calibration metrics on the in-distribution set."""
+def _main_predictions(run: Path) -> tuple[str, torch.Tensor, torch.Tensor] | None:
     path = run / "predictions.npz"
     if not path.exists():
-        return ""
+        return None
     with np.load(path) as npz:
         main = next((k for k in ("test", "base") if f"{k}/probs" in npz), None)
         if main is None:
-            return ""
-        probs = torch.from_numpy(npz[f"{main}/probs"]).double()
-        labels = torch.from_numpy(npz[f"{main}/labels"]).long()
-    rows = [[html.escape(name), f"{est:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
-            for name, (est, lo, hi) in bootstrap_calibration(probs, labels).items()]
-    return (f"<p>Calibration on <code>{main}</code> ({len(labels)} images), percentile "
-            f"bootstrap 95% intervals over {BOOTSTRAP} resamples:</p>"
-            + _html_table(["metric", "value", "95% CI"], rows))
+            return None
+        return (main, torch.from_numpy(npz[f"{main}/probs"]).double(),
+                torch.from_numpy(npz[f"{main}/labels"]).long())
 
 
-def _comparison_figures(runs: list[Path], labels: list[str], out: Path) -> list[Path]:
-    """Risk-coverage of every run's in-distribution set, one figure per number of classes
-    (a 10-class and a 5-class set are not on one axis), from ``predictions.npz``."""
-    from pyro_clip.diagnostics.plots import risk_coverage_figure, save_png
+def _ci(run: Path) -> dict[str, Any] | None:
+    """Bootstrap 95% intervals of the calibration metrics on the in-distribution set."""
+    found = _main_predictions(run)
+    if found is None:
+        return None
+    main, probs, labels = found
+    rows = [(name, *v) for name, v in bootstrap_calibration(probs, labels).items()]
+    return {"set": main, "n": len(labels), "resamples": BOOTSTRAP, "rows": rows}
+
+
+def _caveats(backbone: str) -> list[str]:
+    notes = []
+    if backbone.startswith("conse"):
+        notes.append("ConSE backbone: not CLIP (offline MiniLM text tower); numbers are not "
+                     "comparable with published CLIP results.")
+    if "tiny" in backbone:
+        notes.append("Randomly initialised test backbone: numbers are meaningless.")
+    return notes
+
+
+def _meta(run: RunInfo) -> list[tuple[str, Any]]:
+    m = run.metrics
+    return [
+        ("method", run.method), ("options (vs defaults)", run.options_diff or "defaults"),
+        ("backbone", run.backbone), ("data set", run.dataset), ("protocol", run.protocol),
+        ("shots per class", run.shots), ("seed", run.seed),
+        ("evaluation sets", ", ".join(k for k, v in m.items()
+                                      if isinstance(v, dict) and "accuracy" in v)),
+        ("training images", run.cfg.get("n_train", "?")),
+    ]
+
+
+def _run_figures(run: RunInfo, index: int, out: Path) -> list[dict[str, str]]:
+    figures = []
+    for pattern, caption in RUN_FIGURES.items():
+        for png in sorted((run.path / "plots").glob(pattern)):
+            figures.append(_figure(png, out, f"runs/{index:02d}_{run.path.name}/{png.name}",
+                                   f"{run.label}: {png.stem}", caption))
+    return figures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w]+", "_", text).strip("_")[:80]
+
+
+def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, Any]:
+    dataset, protocol, shots = key
+    rows, diag, ood = [], [], []
+    for run in runs:
+        s = run_summary(run.path)
+        rows.append({"label": run.label, "anchor": run.anchor, "backbone": run.backbone,
+                     "seed": run.seed, "options": run.options_diff,
+                     "cells": [_fmt(s.get(k), k in PERCENT) for k, _ in SUMMARY_COLUMNS]})
+        block = run.metrics.get(run.main_set, {}) if run.main_set else {}
+        diag.append({"label": run.label, "set": run.main_set or "",
+                     "cells": [_fmt(block.get(k), k in PERCENT) for k, _ in DIAG_COLUMNS]})
+        for j, r in enumerate(ood_rows(run)):  # the run named once, on its first row
+            ood.append({**r, "label": run.label if j == 0 else "",
+                        "cells": [_fmt(r[k], True) for k, _ in OOD_METRICS]})
+    # columns no run of the group fills (base/new/H under few-shot) are left out
+    keep = [j for j in range(len(SUMMARY_COLUMNS)) if any(r["cells"][j] for r in rows)]
+    for r in rows:
+        r["cells"] = [r["cells"][j] for j in keep]
+    return {"title": f"{dataset} · {protocol} · {shots} shots", "rows": rows,
+            "columns": [SUMMARY_COLUMNS[j][1] for j in keep],
+            "diag_rows": diag, "ood_rows": ood, "key": key}
+
+
+def _risk_coverage_figures(groups: dict, out: Path) -> list[dict[str, str]]:
+    """Risk-coverage of every run's in-distribution set, one figure per group."""
     from pyro_clip.diagnostics.selective import risk_coverage
 
-    groups: dict[int, dict] = {}
-    for run, label in zip(runs, labels, strict=True):
-        path = run / "predictions.npz"
-        if not path.exists():
+    figures = []
+    for (dataset, protocol, shots), runs in groups.items():
+        curves = {}
+        for run in runs:
+            found = _main_predictions(run.path)
+            if found is not None:
+                curves[run.label] = risk_coverage(found[1], found[2])
+        if not curves:
             continue
-        with np.load(path) as npz:
-            main = next((k for k in ("test", "base") if f"{k}/probs" in npz), None)
-            if main is None:
-                continue
-            probs = torch.from_numpy(npz[f"{main}/probs"]).double()
-            labels_ = torch.from_numpy(npz[f"{main}/labels"]).long()
-        groups.setdefault(probs.shape[1], {})[label] = risk_coverage(probs, labels_)
-    paths = []
-    for n_classes, curves in sorted(groups.items()):
-        fig = risk_coverage_figure(curves, f"risk-coverage, in-distribution set, "
-                                           f"{n_classes}-class runs")
-        name = "compare_risk_coverage.png" if len(groups) == 1 else \
-            f"compare_risk_coverage_{n_classes}class.png"
-        paths.append(save_png(fig, out / name))
-    return paths
+        title = f"{dataset} · {protocol} · {shots} shots"
+        name = f"compare_risk_coverage_{_slug(title)}.png"
+        png = save_risk_coverage(curves, f"risk-coverage: {title}", out / name)
+        figures.append(_figure(png, out, name, f"risk-coverage, {title}",
+                               f"{title}: selective risk on the in-distribution set"))
+    return figures
 
 
-def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders (with ``metrics.json``) among ``paths``; a folder without one stands for
-    the run folders directly inside it (``runs/demo``), sorted. Unknown paths are kept, so
-    :func:`write_report` names them."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        inner = sorted(c for c in p.iterdir() if (c / "metrics.json").exists()) if (
-            p.is_dir() and not (p / "metrics.json").exists()) else []
-        found.extend(inner or [p])
-    return found
+def _robustness_figures(groups: dict, out: Path) -> list[dict[str, str]]:
+    figures = []
+    for (dataset, protocol, shots), runs in groups.items():
+        curves = {run.label: pts for run in runs if len(pts := severity_points(run)) >= 2}
+        if not curves:
+            continue
+        title = f"{dataset} · {protocol} · {shots} shots"
+        name = f"robustness_{_slug(title)}.png"
+        png = save_robustness(curves, f"fashion-mnist-c severity: {title}", out / name)
+        figures.append(_figure(png, out, name, f"robustness, {title}",
+                               f"{title}: accuracy, ECE and OOD AUROC vs severity"))
+    return figures
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pyro_clip.reporting", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
-    """Write ``out/report.html`` (self-contained) + PNGs + ``out/report.md``; returns the HTML.
-
-    ``runs``: run folders, or folders holding run folders (:func:`find_runs`)."""
-    runs = find_runs(runs)
+    """Write ``out/report.html`` (self-contained) + PNGs + ``out/report.md``; returns the HTML."""
     missing = [str(r) for r in runs if not (Path(r) / "metrics.json").exists()]
     if missing:
         raise DataError(
             f"not run folders (no metrics.json): {', '.join(missing)}; pass folders written "
             "by 'pyro-clip fit' or 'pyro-clip demo'"
         )
-    run_paths = [Path(r) for r in runs]
     out = check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = [run_summary(r) for r in run_paths]
-    table = markdown_table(summaries)
+    infos = read_runs([Path(r) for r in runs])
+    table = markdown_table([run_summary(r.path) for r in infos])
     atomic_write(out / "report.md", lambda p: p.write_text("# pyro-clip report\n\n" + table + "\n"))
-
-    seen: set[str] = set()
-    cfgs = [read_json(r / "config.json") if (r / "config.json").exists() else {} for r in run_paths]
-    labels = [_label(r, c, seen) for r, c in zip(run_paths, cfgs, strict=True)]
-    metrics = [read_json(r / "metrics.json") for r in run_paths]
-
-    from pyro_clip.reporting.tables import COLUMNS
-
-    percent = {"acc", "shift_acc", "ood_auroc", "base", "new", "h"}
-    summary_rows = [[_fmt(s.get(k), k in percent) for k, _ in COLUMNS] for s in summaries]
-    parts = [
-        "<h1>pyro-clip report</h1>",
-        f"<p>{len(run_paths)} run(s): " + ", ".join(
-            f"<code>{html.escape(str(r))}</code>" for r in run_paths) + "</p>",
-        "<h2>Summary</h2>",
-        _html_table([t for _, t in COLUMNS], summary_rows),
-        "<h2>Calibration and selective prediction</h2>",
-        "<p>Metrics on the in-distribution set (<code>test</code>, or <code>base</code> for "
-        "base-to-new). Accuracy in %; ECE, MCE, NLL, Brier, AURC as fractions.</p>",
-        _html_table(*_diagnostics_rows(labels, metrics)),
-        "<h2>OOD detection</h2>",
-        "<p>In-distribution vs each shifted evaluation set; scores are higher = more OOD. "
-        "AUROC and FPR@95 in %.</p>",
-        _html_table(*_ood_rows(labels, metrics)),
-    ]
-    for compare in _comparison_figures(run_paths, labels, out):
-        parts += ["<h2>Risk-coverage, all runs</h2>",
-                  f'<figure><a href="{compare.name}" target="_blank">'
-                  f"{_img(compare, 'risk-coverage, all runs')}</a>"
-                  "<figcaption>click to open full size</figcaption></figure>"]
-
-    for i, (run, label, cfg, m) in enumerate(zip(run_paths, labels, cfgs, metrics,
-                                                  strict=True)):
-        sec = [f'<section id="run-{i}"><h2>{html.escape(label)}</h2>',
-               f"<p><code>{html.escape(str(run))}</code></p>", _run_meta(cfg, m), _ci_table(run)]
-        for pattern, caption in RUN_FIGURES.items():
-            for png in sorted((run / "plots").glob(pattern)):
-                dest = out / "runs" / f"{i:02d}_{run.name}" / png.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(png, dest)
-                rel = dest.relative_to(out).as_posix()
-                sec.append(f'<figure><a href="{html.escape(rel)}" target="_blank">'
-                           f"{_img(png, f'{label}: {png.stem}')}</a><figcaption>"
-                           f"{html.escape(caption)} (click to open full size)</figcaption>"
-                           "</figure>")
-        parts.append("".join(sec) + "</section>")
-    parts += ["<h2>Markdown table</h2>", f"<pre>{html.escape(table)}</pre>"]
-    doc = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>pyro-clip report</title><style>{CSS}</style></head><body>\n"
-        + "\n".join(parts) + "\n</body></html>\n"
+    groups = group_runs(infos)
+    run_ctx = [{"label": r.label, "anchor": r.anchor, "path": str(r.path),
+                "dataset": r.dataset, "protocol": r.protocol, "shots": r.shots,
+                "seed": r.seed, "meta": _meta(r), "caveats": _caveats(r.backbone),
+                "ci": _ci(r.path), "figures": _run_figures(r, i, out)}
+               for i, r in enumerate(infos)]
+    caveats = sorted({c for r in run_ctx for c in r["caveats"]})
+    doc = _environment().get_template(TEMPLATE).render(
+        runs=run_ctx,
+        groups=[_group_context(k, v) for k, v in groups.items()],
+        caveats=caveats,
+        diag_columns=DIAG_COLUMNS, ood_columns=OOD_METRICS,
+        robustness=_robustness_figures(groups, out),
+        comparisons=comparisons(infos),
+        comparison_figures=_risk_coverage_figures(groups, out),
+        markdown=table,
     )
     return atomic_write(out / "report.html", lambda p: p.write_text(doc))
