@@ -260,8 +260,10 @@ def make_parser() -> argparse.ArgumentParser:
                     help="backbone forward precision now, whatever the run was fitted with")
     ev.set_defaults(func=cmd_evaluate)
 
-    up = sub.add_parser("update", formatter_class=_DefaultsFormatter, help="add labelled images to a fitted kalman run (no refit; "
-                        "new run folder, the old one untouched)")
+    up = sub.add_parser(
+        "update", formatter_class=_DefaultsFormatter,
+        help="add labelled images to a fitted kalman run (no refit; new run folder, the old "
+        "one untouched)")
     up.add_argument("run", help="run folder written by 'pyro-clip fit' or 'pyro-clip update'")
     up.add_argument("--dataset", required=True, help="data set holding the new labelled images")
     up.add_argument("--split", default="train", help="its split (default: train)")
@@ -306,8 +308,9 @@ def make_parser() -> argparse.ArgumentParser:
     su.set_defaults(func=cmd_suite)
 
     ls = sub.add_parser(
-        "list", formatter_class=_DefaultsFormatter, help="list known methods, data sets, backbones, or a "
-                        "method's options (pyro-clip list options kalman)")
+        "list", formatter_class=_DefaultsFormatter,
+        help="list known methods, data sets, backbones, or a method's options "
+        "(pyro-clip list options kalman)")
     ls.add_argument("what", choices=["methods", "datasets", "backbones", "options"])
     ls.add_argument("name", nargs="?", help="the method whose options to list")
     ls.set_defaults(func=cmd_list)

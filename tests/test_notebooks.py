@@ -27,7 +27,8 @@ def test_notebooks_are_stored_without_outputs():
 
 
 #: what a notebook may import besides ``import pyro_clip as pc``
-ALLOWED_IMPORTS = {"os", "json", "pathlib", "warnings", "numpy", "pandas", "matplotlib", "arviz", "IPython"}
+ALLOWED_IMPORTS = {"os", "json", "pathlib", "warnings", "numpy", "pandas", "matplotlib", "arviz",
+                   "IPython"}
 
 
 def _code(path):
