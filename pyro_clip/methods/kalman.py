@@ -16,10 +16,18 @@ posterior is handed back as a Pyro distribution by :meth:`KalmanAdapter.posterio
 The linear head may run on centred (``center_inputs``) and principal-axis rotated
 (``rotate_inputs``) features, an exact reparametrisation for ``full``/``block``/``kron`` that
 lets ``diag`` and ``lowrank`` approximate the information in a better basis; ``posterior()``
-maps back to the original weights. The prior variance is chosen on validation NLL.
-Predictive: linearised probit ``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over
-weights; ``logit_samples`` is always filled. Unseen classes (base-to-new) keep their prior
-(zero-shot) weights.
+maps back to the original weights.
+
+One posterior predictive (:mod:`pyro_clip.inference.predictive`): ``S = mc_samples`` weight
+draws ``theta_s ~ N(mu, P)``, fixed per fitted state, give logits ``f_s(x) / T`` and
+``p(y | x, D) = 1/S sum_s softmax(f_s(x) / T)``; ``predict``'s probabilities, its
+``logit_samples`` (the PPC replicates, ArviZ log-likelihood and LOO) and the entropy /
+mutual-information OOD scores all come from these draws. The prior variance (in units of the
+squared logit scale, so the grid follows the backbone's scale) and the temperature ``T`` are
+chosen jointly by the validation NLL of that predictive (train + validation only).
+``predictive=probit`` (``softmax(mu / T / sqrt(1 + pi/8 var / T^2))``) is the fast
+approximation, kept as an option: docs/kalman.md gives its measured disagreement with MC.
+Unseen classes (base-to-new) keep their prior (zero-shot) weights.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pyro_clip.inference.kalman_adapters import (
     principal_axes,
 )
 from pyro_clip.inference.posteriors import RowLinearMap
+from pyro_clip.inference.predictive import TEMPERATURE_GRID, choose_temperature, mc_probs
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.utils.progress import track
 
@@ -71,10 +80,7 @@ class KalmanAdapter(Method):
     """Kalman-filtered adapter over frozen image features (see module docstring)."""
 
     name = "kalman"
-    demo_options: ClassVar[dict[str, Any] | None] = {
-        "covariance": "block",
-        "prior_var_grid": [10.0, 100.0],
-    }
+    demo_options: ClassVar[dict[str, Any] | None] = {}  # the demo runs the defaults
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
@@ -84,8 +90,13 @@ class KalmanAdapter(Method):
             "rank": 10,  # low-rank covariance rank R
             "top_classes": 0,  # lowrank: keep each example's K likeliest classes' rows (0 = all)
             "observation": "categorical",  # categorical | cosine
-            "prior_var": "auto",  # float, or "auto" = chosen on validation from the grid
-            "prior_var_grid": [1.0, 10.0, 100.0],
+            # float (absolute), or "auto" = chosen on validation NLL from the grid, whose
+            # values are in units of logit_scale^2 (scale-aware: 0.044 is 10 at scale 15)
+            "prior_var": "auto",
+            "prior_var_grid": [0.013, 0.044, 0.13, 0.44],
+            # likelihood temperature of the predictive: float, or auto = chosen on validation
+            "temperature": "auto",
+            "temperature_grid": list(TEMPERATURE_GRID),
             "batch_size": "auto",  # int, or auto (see auto_batch_size)
             "epochs": 1,
             # passes over the data, each with the likelihood tempered to p(y|w)^(1/passes)
@@ -97,8 +108,9 @@ class KalmanAdapter(Method):
             "adaptive_noise": True,
             "noise_memory": 0.9,
             "gate": 0.999,  # chi^2 probability of the Mahalanobis gate (0 = off)
-            "predictive": "probit",  # probit | mc
-            "mc_samples": 64,
+            "predictive": "mc",  # mc (the posterior predictive) | probit (fast approximation)
+            "mc_samples": 1000,  # weight draws: probabilities, PPC replicates, LOO, OOD scores
+            "chains": 4,  # ArviZ: the mc_samples independent draws split into this many chains
             "bias": True,
             # linear head on x - mean(train x) (bias prior absorbs it); auto: block and diag
             "center_inputs": "auto",
@@ -122,6 +134,8 @@ class KalmanAdapter(Method):
         self.prior_var = 1.0
         self.center: torch.Tensor | None = None
         self.rotation: torch.Tensor | None = None
+        self.temperature = 1.0
+        self._draws: torch.Tensor | None = None  # (S, n) weight draws of the fitted state
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -170,7 +184,7 @@ class KalmanAdapter(Method):
                 f"kalman: tempered_passes must be 'auto' or a positive integer, got {tp!r}")
         if tp not in ("auto", 1) and o["observation"] != "categorical":
             raise ConfigError("kalman: tempered_passes > 1 needs observation=categorical")
-        for key in ("rank", "epochs", "mc_samples", "residual_rank"):
+        for key in ("rank", "epochs", "mc_samples", "residual_rank", "chains"):
             if not isinstance(o[key], int) or o[key] < 1:
                 raise ConfigError(f"kalman: {key} must be a positive integer, got {o[key]!r}")
         if not isinstance(o["top_classes"], int) or o["top_classes"] < 0:
@@ -183,6 +197,14 @@ class KalmanAdapter(Method):
                 f"non-empty list of positive numbers; got {o['prior_var']!r}, "
                 f"{o['prior_var_grid']!r}"
             )
+        temps = ([o["temperature"]] if o["temperature"] != "auto"
+                 else list(o["temperature_grid"]))
+        if not temps or any(not isinstance(t, int | float) or isinstance(t, bool) or t <= 0
+                            for t in temps):
+            raise ConfigError(
+                f"kalman: temperature must be 'auto' or a positive number and temperature_grid "
+                f"a non-empty list of positive numbers; got {o['temperature']!r}, "
+                f"{o['temperature_grid']!r}")
         if not 0 < o["forgetting"] <= 1 or o["process_noise"] < 0 or o["obs_noise"] <= 0:
             raise ConfigError(
                 "kalman: need 0 < forgetting <= 1, process_noise >= 0 and obs_noise > 0"
@@ -226,27 +248,35 @@ class KalmanAdapter(Method):
                        if self._centred() else None)
         self.rotation = principal_axes(x, self.center) if self._rotated() else None
         self.adapter = self._make_adapter(text)
-        o = self.options
-        grid = [float(o["prior_var"])] if o["prior_var"] != "auto" else o["prior_var_grid"]
-        nlls: dict[str, float] = {}
+        grid = self._prior_var_grid()
+        temps = self._temperature_grid()
+        search = len(grid) > 1 or len(temps) > 1
+        if search and len(val) == 0:
+            raise DataError("kalman: the validation split is empty, so prior_var and temperature "
+                            "cannot be chosen; use a data set with a 'val' split or fix both "
+                            "(--opt prior_var=10 --opt temperature=1)")
+        nlls: dict[str, dict[str, float]] = {}
         best: tuple | None = None  # only the best state is kept alive (full can be GiBs)
         for pv in grid:
-            self.prior_var = float(pv)
-            self.state, self.obs_var, gated = self._filter(x, y, text, float(pv))
-            nll = self._val_nll(val) if len(grid) > 1 else math.nan
-            nlls[str(float(pv))] = nll
+            self.prior_var = pv
+            self.state, self.obs_var, gated = self._filter(x, y, text, pv)
+            self._draws = None
+            t, by_t = self._val_temperature(val, temps) if search else (temps[0], {})
+            nlls[str(pv)] = by_t
+            nll = by_t.get(str(t), math.nan)
             if best is None or nll < best[0]:
-                best = (nll, float(pv), self.state, self.obs_var, gated)
-            self.state = None
+                best = (nll, pv, t, self.state, self.obs_var, gated, self._draws)
+            self.state = self._draws = None
         assert best is not None
-        _, pv, self.state, self.obs_var, gated = best
+        _, pv, self.temperature, self.state, self.obs_var, gated, self._draws = best
         del best
         self.prior_var = pv
         self.selected = {
             "prior_var": pv,
+            "temperature": self.temperature,
+            "val_nll_by_prior_var_and_temperature": nlls,
             "batch_size": self._batch_size(),
             "tempered_passes": self._passes(),
-            "val_nll_by_prior_var": nlls,
             "final_obs_noise": self.obs_var,
             "gated_examples": gated,
             "n_params": self.adapter.n_params,
@@ -356,14 +386,32 @@ class KalmanAdapter(Method):
             obs_var = max(float(a * obs_var + (1 - a) * sample), 1e-8)
         return obs_var, int((~keep).sum())
 
-    def _val_nll(self, val: FeatureSet) -> float:
-        if len(val) == 0:
-            return math.nan
+    def _prior_var_grid(self) -> list[float]:
+        """Absolute prior variances: ``prior_var`` as given, or the grid times ``s^2``."""
+        o = self.options
+        if o["prior_var"] != "auto":
+            return [float(o["prior_var"])]
+        s2 = float(self.ctx.backbone.logit_scale) ** 2
+        return [float(v) * s2 for v in o["prior_var_grid"]]
+
+    def _temperature_grid(self) -> list[float]:
+        o = self.options
+        return ([float(o["temperature"])] if o["temperature"] != "auto"
+                else [float(t) for t in o["temperature_grid"]])
+
+    def _val_temperature(self, val: FeatureSet, temps: list[float]) -> tuple[float, dict]:
+        """The temperature with the smallest validation NLL of the configured predictive for
+        the current state, and the NLL of every candidate."""
         x = val.features[self.feature_kind]
         self._check(x, "validation")
+        if self.options["predictive"] == "mc":
+            return choose_temperature(self._raw_logit_samples(x, val.classnames), val.labels,
+                                      temps)
         mean, var = self._logit_moments(x, val.classnames)
-        probs = probit_probs(mean, var)
-        return float(-probs[torch.arange(len(val)), val.labels].clamp_min(1e-12).log().mean())
+        idx = torch.arange(len(val))
+        nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
+                              .clamp_min(1e-12).log().mean()) for t in temps}
+        return float(min(nlls, key=nlls.__getitem__)), nlls
 
     # ----- prediction --------------------------------------------------------------------
     def _fitted(self) -> tuple[KalmanState, Adapter]:
@@ -404,12 +452,24 @@ class KalmanAdapter(Method):
             var[:, seen >= 0] = v_seen[:, seen[seen >= 0]]
         return mean, var
 
+    def _weight_draws(self) -> tuple[torch.Tensor, torch.Generator]:
+        """The fitted state's ``mc_samples`` weight draws (S, n), drawn once per state (every
+        evaluation set sees the same posterior draws), and a generator for the prior rows."""
+        state, _ = self._fitted()
+        if self._draws is None:
+            gen = torch.Generator().manual_seed(self.ctx.seed + 1)
+            self._draws = state.mean + state.cov.sample(self.options["mc_samples"], gen)
+        return self._draws, torch.Generator().manual_seed(self.ctx.seed + 2)
+
     def _logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        """Posterior predictive logit draws ``f_s(x) / T`` (S, N, C) (module docstring)."""
+        return self._raw_logit_samples(x, classnames) / self.temperature
+
+    def _raw_logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """Monte Carlo logits (S, N, C) from weights drawn from the posterior (prior if unseen)."""
-        state, adapter = self._fitted()
-        s = self.options["mc_samples"]
-        gen = torch.Generator().manual_seed(self.ctx.seed + 1)
-        thetas = state.mean + state.cov.sample(s, gen)
+        _, adapter = self._fitted()
+        thetas, gen = self._weight_draws()
+        s = len(thetas)
         text = self.ctx.text_classifier(list(classnames))
         if isinstance(adapter, ResidualAdapter):
             return torch.stack([adapter.logits(t, x, text) for t in thetas])
@@ -425,17 +485,20 @@ class KalmanAdapter(Method):
 
     @torch.no_grad()
     def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
-        """Linearised posterior predictive of the logits, ``f_c(x) ~ N(m_c, v_c)`` with
-        ``m = J mu``, ``v = diag(J P J^T)`` (per-logit marginals; :meth:`posterior` has the
+        """Linearised posterior predictive of the logits over the temperature,
+        ``f_c(x) / T ~ N(m_c / T, v_c / T^2)`` with ``m = J mu``, ``v = diag(J P J^T)``
+        (per-logit marginals; :meth:`posterior` has the
         full weight posterior of every structure). Batch (N,), event (C,)."""
         mean, var = self._logit_moments(features.to(DTYPE), classnames)
-        return dist.Normal(mean, var.clamp_min(1e-12).sqrt()).to_event(1)
+        t = self.temperature
+        return dist.Normal(mean / t, var.clamp_min(1e-12).sqrt() / t).to_event(1)
 
     @torch.no_grad()
     def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
         """Prior logits before any shot. Linear head: weights ``N(w0, s0 I)`` around the
         zero-shot classifier, so ``f_c(x) ~ N(w0_c . x~, s0 ||x~||^2)`` (x~ = input with bias
-        1). The residual adapter's prior is not written in closed form here: ``None``."""
+        1), divided by the temperature as in :meth:`predict`. The residual adapter's prior is
+        not written in closed form here: ``None``."""
         _, adapter = self._fitted()
         if not isinstance(adapter, LinearHead):
             return None
@@ -443,15 +506,18 @@ class KalmanAdapter(Method):
         inputs = adapter.inputs(features.to(DTYPE))
         mean = inputs @ adapter.class_prior_mean(text).T
         var = self.prior_var * (inputs**2).sum(1, keepdim=True).expand_as(mean)
-        return dist.Normal(mean, var.sqrt()).to_event(1)
+        t = self.temperature  # the logits the likelihood sees, f / T, as in predict()
+        return dist.Normal(mean / t, var.sqrt() / t).to_event(1)
 
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         self._check(features, "predict")
         samples = self._logit_samples(features, classnames)
         if self.options["predictive"] == "mc":
-            probs = samples.softmax(-1).mean(0)
+            probs = mc_probs(samples)
         else:
-            probs = probit_probs(*self._logit_moments(features, classnames))
+            mean, var = self._logit_moments(features, classnames)
+            t = self.temperature
+            probs = probit_probs(mean / t, var / t**2)
         return Prediction(probs.float(), samples.float())
 
     def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]) -> dict[str, Any]:
@@ -461,7 +527,7 @@ class KalmanAdapter(Method):
         self._check(features, "ood_scores")
         samples = self._logit_samples(features, classnames).double()
         mean, var = self._logit_moments(features, classnames)
-        probs = samples.softmax(-1).mean(0)
+        probs = mc_probs(samples)
 
         def entropy(p: torch.Tensor) -> torch.Tensor:
             return -(p * p.clamp_min(1e-12).log()).sum(-1)
@@ -508,6 +574,7 @@ class KalmanAdapter(Method):
             "cov": state.cov.state_dict(),
             "train_classnames": self.train_classnames,
             "prior_var": self.prior_var,
+            "temperature": self.temperature,
             "obs_var": self.obs_var,
             "dim": self.dim,
             "center": self.center,
@@ -517,6 +584,8 @@ class KalmanAdapter(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.train_classnames = list(state["train_classnames"])
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
+        self.temperature = float(state.get("temperature", 1.0))
+        self._draws = None
         self.center = state.get("center")
         self.rotation = state.get("rotation")
         self.adapter = self._make_adapter(self.ctx.text_classifier(self.train_classnames))
