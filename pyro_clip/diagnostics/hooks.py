@@ -128,8 +128,8 @@ def diagnose_run(
         }
     sets = {name: _draws(ev, draws, seed + i) for i, (name, ev) in enumerate(evs.items())}
     checks = {name: ppc_checks(evs[name].prediction.probs, d) for name, d in sets.items()}
-    for name, c in checks.items():
-        result.metrics[name]["ppc"] = ppc_summary(c)
+    for name, c in checks.items():  # every evaluation set is held out from the fit
+        result.metrics[name]["ppc"] = {"data": "held-out", **ppc_summary(c)}
     train = getattr(result, "train", None)
     if not artifacts:
         write_json(out / "metrics.json", result.metrics)
@@ -139,7 +139,9 @@ def diagnose_run(
 
     fit = _draws(train, draws, seed + 1000) if train is not None else None
     prior = prior_draws(result.method, train, draws, seed + 2000) if train is not None else None
-    idata = arviz_io.to_inference_data(fit, sets, prior, method=str(result.config.method))
+    chains = int(getattr(result.method, "options", {}).get("chains", arviz_io.DEFAULT_CHAINS))
+    idata = arviz_io.to_inference_data(fit, sets, prior, method=str(result.config.method),
+                                       chains=chains)
     result.idata = idata
     arviz_io.save(idata, out / "idata.nc")
     write_json(out / "metrics.json", result.metrics)
@@ -158,8 +160,9 @@ def diagnose_run(
     # `pyro-clip evaluate`, which has no training set); plug-in draws from probs otherwise
     bayes = any(d.logits is not None for d in sets.values())
     plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
-                                    f"{title}: posterior predictive checks of p(y|x)" if bayes
-                                    else f"{title}: plug-in predictive checks (point estimate)"),
+                                    f"{title}: held-out posterior predictive checks of p(y|x)"
+                                    if bayes else
+                                    f"{title}: held-out plug-in checks (point estimate)"),
                    pdir / "ppc.png")
 
 
