@@ -77,8 +77,10 @@ def test_probit_and_mc_predictives_are_close(ctx):
 @pytest.mark.parametrize("cov", ["full", "block", "diag", "lowrank", "kron"])
 def test_one_predictive_agrees_with_a_large_monte_carlo_reference(ctx, cov):
     """predict()'s probabilities are the mean softmax of its own logit samples (the draws
-    the PPC, LOO and OOD scores use), and the default draw count agrees with a 20,000-draw
-    Monte Carlo reference of the same posterior: |ECE diff| <= 0.01, |acc diff| <= 0.5 pt."""
+    the PPC, LOO and OOD scores use); against a 20,000-draw Monte Carlo reference of the same
+    posterior each probability is within 5 standard errors of a 1,000-draw mean
+    (``sqrt(p (1 - p) / 1000)``) and the ECE within 0.01. (Accuracy can move by ~1 point on
+    this deliberately noisy problem, whose near-tied examples flip: docs/kalman.md.)"""
     from pyro_clip.diagnostics.metrics import accuracy, expected_calibration_error
     from pyro_clip.inference.predictive import mc_probs
 
@@ -90,7 +92,9 @@ def test_one_predictive_agrees_with_a_large_monte_carlo_reference(ctx, cov):
     ref = create_method("kalman", **{**m.options, "mc_samples": 20_000}).setup(ctx)
     ref.load_state_dict(m.state_dict())
     big = ref.predict(x, NAMES).probs
-    assert abs(accuracy(pred.probs, y) - accuracy(big, y)) <= 0.005
+    se = (big.double() * (1 - big.double()) / m.options["mc_samples"]).sqrt()
+    assert bool(((pred.probs.double() - big.double()).abs() <= 5 * se + 1e-4).all())
+    assert abs(accuracy(pred.probs, y) - accuracy(big, y)) <= 0.015
     assert abs(expected_calibration_error(pred.probs, y)
                - expected_calibration_error(big, y)) <= 0.01
 
