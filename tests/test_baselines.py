@@ -181,7 +181,7 @@ def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):
     summed cross-entropy at the MAP (the GGN equals the Hessian for a linear softmax head)."""
     train = problem["train"]
     m = _fit("laplace", tiny_backbone, problem, hessian_structure="full", prior_precision=3.0,
-             lam=0.05, n_samples=4000)
+             lam=0.05, n_samples=4000, temperature=1.0)
     x = F.normalize(train.features["joint"].double(), dim=-1)
     w_map = m.weight.clone()
     c, d = w_map.shape
@@ -213,7 +213,8 @@ def test_laplace_full_matches_brute_force_posterior(tiny_backbone, problem):
 
 
 def test_laplace_probit_equals_laplace_torch(tiny_backbone, problem):
-    m = _fit("laplace", tiny_backbone, problem, lam=0.05)
+    m = _fit("laplace", tiny_backbone, problem, lam=0.05, prior_precision="marglik",
+             predictive="probit", temperature=1.0)
     xt = problem["test"].features["joint"][:20]
     ours = m.predict(xt, NAMES).probs.double()
     ref = m.la(F.normalize(xt.double(), dim=-1), pred_type="glm", link_approx="probit")

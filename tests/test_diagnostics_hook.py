@@ -53,7 +53,7 @@ def test_hook_is_registered_and_hooks_do_not_import_the_runner():
 
 
 def test_idata_groups_have_their_arviz_meaning(tmp_path):
-    run = make_run(tmp_path, logit_samples=True)
+    run = make_run(tmp_path, logit_samples=True, s=16)
     diagnose_run(run)
     idata = arviz_io.load(tmp_path / "idata.nc")
     assert run.idata is not None and set(run.idata.groups()) == set(idata.groups())
@@ -63,13 +63,14 @@ def test_idata_groups_have_their_arviz_meaning(tmp_path):
     s = train.prediction.logit_samples.numpy()
     y = train.labels.numpy()
     # log_likelihood: the TRAINING data's log softmax at the observed label, per draw (by hand)
-    ll = idata.log_likelihood["y"].values[0]
+    # the 16 independent draws are stored as 4 chains x 4 draws (R-hat and ESS defined)
+    assert idata.log_likelihood["y"].shape == (4, 4, 30)
+    ll = idata.log_likelihood["y"].values.reshape(16, 30)
     by_hand = s[:, np.arange(30), y] - np.log(np.exp(s).sum(-1))
     np.testing.assert_allclose(ll, by_hand, rtol=1e-12)
     np.testing.assert_array_equal(idata.observed_data["y"].values, y)
     # posterior summary: per class, mean margin f_y - max_{j != y} f_j of its training images
-    margin = idata.posterior["train_margin"].values[0]  # (draw, class)
-    assert margin.shape == (8, 3)
+    margin = idata.posterior["train_margin"].values.reshape(16, 3)  # (chain x draw, class)
     s32 = s.astype(np.float32)  # idata keeps the logit draws in float32
     for c in range(3):
         rows = np.flatnonzero(y == c)
@@ -79,7 +80,7 @@ def test_idata_groups_have_their_arviz_meaning(tmp_path):
     # held-out sets: predictions + their labels as constant data, not in log_likelihood
     assert set(idata.log_likelihood.data_vars) == {"y"}
     pp = idata.predictions["y_fashion_mnist_c"].values
-    assert pp.shape == (1, 8, 60) and set(np.unique(pp)) <= {0, 1, 2}
+    assert pp.shape == (4, 4, 60) and set(np.unique(pp)) <= {0, 1, 2}
     np.testing.assert_array_equal(idata.predictions_constant_data["labels_test"].values,
                                   run.evaluations["test"].labels.numpy())
     sets = arviz_io.evaluation_sets(idata)
@@ -88,9 +89,11 @@ def test_idata_groups_have_their_arviz_meaning(tmp_path):
     loo = arviz_io.loo(idata)
     assert np.isfinite(loo.elpd_loo) and loo.n_data_points == 30
     summary = arviz_io.summary(idata)
-    assert len(summary) == 3 and "r_hat" not in summary.columns
+    assert len(summary) == 3 and np.isfinite(summary["r_hat"]).all()
+    assert np.isfinite(summary["ess_bulk"]).all()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert set(m["test"]["ppc"]) >= {"p_calibration", "p_accuracy", "p_log_score"}
+    assert m["test"]["ppc"]["data"] == "held-out"
 
 
 def test_point_estimate_has_no_posterior_and_loo_says_so(tmp_path):

@@ -74,3 +74,27 @@ def test_calibration_ppc_observed_is_the_torchmetrics_binning_ece():
 def test_bayesian_p_value_counts_ties_half():
     assert bayesian_p_value(1.0, np.array([0.0, 1.0, 2.0, 3.0])) == pytest.approx(0.625)
     assert np.isnan(bayesian_p_value(1.0, np.array([np.nan])))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_class_frequency_passes_for_the_true_model_and_fails_for_a_biased_one(seed):
+    logits, labels = simulate(seed)
+    assert 0.01 < checks_for(logits, labels, seed)["class_frequency"].p_value < 0.99
+    biased = logits.clone()
+    biased[:, 0] += 1.5  # the model over-predicts class 0
+    assert checks_for(biased, labels, seed)["class_frequency"].p_value < 0.01
+
+
+def test_side_by_side_ppc_of_a_calibrated_and_a_misspecified_model():
+    from pyro_clip.diagnostics.ppc import ppc_side_by_side
+
+    logits, labels = simulate(5)
+    names = [str(c) for c in range(C)]
+    models = {}
+    for label, f in (("calibrated", logits), ("prior variance too small", 0.2 * logits)):
+        probs = f.softmax(-1)
+        models[label] = (probs, predictive_draws(probs, labels, names, draws=S, seed=5))
+    fig, pvals = ppc_side_by_side(models)
+    assert len(fig.axes) == 6  # one row of three panels per model
+    assert 0.01 < pvals["calibrated"]["p_accuracy"] < 0.99
+    assert pvals["prior variance too small"]["p_accuracy"] < 0.01  # under-confident

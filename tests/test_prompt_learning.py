@@ -104,10 +104,14 @@ def test_fit_learns_base_classes_and_predicts_unseen_ones(tiny_backbone):
     xb, yb = _synthetic(tiny_backbone, 8, list(range(5)), 0.3, 1)
     xn, _ = _synthetic(tiny_backbone, 4, list(range(5, 10)), 0.3, 2)
     m = _fit(tiny_backbone, "cocoop-ove-pg", xb, yb, NAMES[:5], epochs=2, batch_size=8)
-    probs = m.predict(xn, NAMES[5:]).probs
+    pred = m.predict(xn, NAMES[5:])
+    probs = pred.probs
     assert probs.shape == (20, 5)
     torch.testing.assert_close(probs.sum(1), torch.ones(20))
     assert len(m.history) == 2
+    # one predictive: the probabilities are the mean softmax of the replicates' logit draws
+    torch.testing.assert_close(probs.double(), pred.logit_samples.double().softmax(-1).mean(0),
+                               atol=1e-6, rtol=0)
 
 
 def test_state_dict_round_trip_reproduces_predictions(tiny_backbone):

@@ -19,7 +19,11 @@ Methods without a posterior (point estimates) get no ``posterior`` / ``log_likel
 (their replicated labels are plug-in draws from ``probs``) and ``attrs["posterior"] = "none"``;
 :func:`loo` and :func:`compare` then raise :class:`NoPosteriorError` instead of returning a
 number that would treat a point estimate as a posterior. Posterior draws are independent
-(exact or approximate posteriors sampled directly, not MCMC), stored as one chain.
+(exact or approximate posteriors sampled directly, not MCMC); the S draws are stored as
+``chains`` chains of S / chains draws (default 4 x 250), so R-hat and ESS are defined and
+should read ~1 and ~S (a check that the draws are independent and the groups consistent).
+:func:`loo` warns when Pareto k exceeds 0.7 (Vehtari et al. 2017: the PSIS estimate of those
+points is unreliable).
 """
 
 from __future__ import annotations
@@ -69,16 +73,29 @@ def train_margin(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> np.n
     return out
 
 
+#: chains the independent posterior draws are split into (when they divide evenly)
+DEFAULT_CHAINS = 4
+#: Pareto k above which a PSIS-LOO point is unreliable (Vehtari et al. 2017)
+PARETO_K_WARN = 0.7
+
+
+def _chains(a: np.ndarray, chains: int) -> np.ndarray:
+    """(S, ...) draws -> (chains, S / chains, ...); one chain when ``chains`` does not divide S."""
+    c = chains if chains >= 1 and a.shape[0] % chains == 0 else 1
+    return a.reshape(c, a.shape[0] // c, *a.shape[1:])
+
+
 def to_inference_data(
     fit: PredictiveDraws | None,
     heldout: Mapping[str, PredictiveDraws],
     prior: PredictiveDraws | None = None,
     method: str = "",
+    chains: int = DEFAULT_CHAINS,
 ) -> az.InferenceData:
     """Pack the training-set draws ``fit``, the held-out sets and the prior (see module doc).
 
     ``fit=None`` (a run without its training set, e.g. ``pyro-clip evaluate``) stores the
-    held-out groups only, with ``attrs["posterior"] = "none"``.
+    held-out groups only, with ``attrs["posterior"] = "none"``. ``chains``: see module doc.
     """
     n_draws = {name: d.predictive.shape[0] for name, d in heldout.items()}
     if len(set(n_draws.values())) > 1:
@@ -97,7 +114,7 @@ def to_inference_data(
         names[k] = {"name": name, "classnames": list(d.classnames)}
         coords[f"{k}_obs"] = np.arange(len(d.labels))
         dims[f"y_{k}"] = dims[f"labels_{k}"] = [f"{k}_obs"]
-        predictions[f"y_{k}"] = d.predictive[None]
+        predictions[f"y_{k}"] = _chains(d.predictive, chains)
         constant[f"labels_{k}"] = d.labels
     groups: dict[str, Any] = {
         "predictions": predictions or None,
@@ -106,23 +123,23 @@ def to_inference_data(
     if fit is not None:
         n_classes = len(fit.classnames)
         groups["observed_data"] = {"y": fit.labels}
-        groups["posterior_predictive"] = {"y": fit.predictive[None]}
+        groups["posterior_predictive"] = {"y": _chains(fit.predictive, chains)}
     if bayesian:
-        groups["posterior"] = {"train_margin": train_margin(fit.logits, fit.labels,
-                                                            n_classes)[None]}
-        groups["log_likelihood"] = {"y": fit.log_likelihood[None]}
+        groups["posterior"] = {"train_margin": _chains(
+            train_margin(fit.logits, fit.labels, n_classes), chains)}
+        groups["log_likelihood"] = {"y": _chains(fit.log_likelihood, chains)}
     if fit is not None and prior is not None and prior.logits is not None:
-        groups["prior"] = {"train_margin": train_margin(prior.logits, prior.labels,
-                                                        n_classes)[None]}
-        groups["prior_predictive"] = {"y": prior.predictive[None]}
+        groups["prior"] = {"train_margin": _chains(
+            train_margin(prior.logits, prior.labels, n_classes), chains)}
+        groups["prior_predictive"] = {"y": _chains(prior.predictive, chains)}
     attrs = {
         "evaluation_sets": json.dumps(names),
         "creator": "pyro_clip.diagnostics",
         "method": method,
         "posterior": "samples" if bayesian else NO_POSTERIOR,
         "posterior_note": (
-            "independent posterior draws of the logits (chain = 1); log_likelihood is the "
-            "training data's" if bayesian else
+            "independent posterior draws of the logits split into chains; log_likelihood "
+            "is the training data's; predictions hold held-out sets" if bayesian else
             "point estimate: no posterior, so no log_likelihood group; LOO/WAIC are undefined "
             "and posterior_predictive holds plug-in draws from the predicted probabilities"
         ),
@@ -145,10 +162,21 @@ def _require_posterior(idata: az.InferenceData, what: str, label: str = "") -> N
         )
 
 
-def loo(idata: az.InferenceData, pointwise: bool = False):
-    """PSIS-LOO of the fit (Vehtari et al. 2017) from ``log_likelihood.y``."""
+def loo(idata: az.InferenceData, pointwise: bool = True):
+    """PSIS-LOO of the fit (Vehtari et al. 2017) from ``log_likelihood.y``, pointwise values
+    included; warns (with the count) when any Pareto k exceeds 0.7."""
     _require_posterior(idata, "LOO")
-    return az.loo(idata, pointwise=pointwise)
+    with warnings.catch_warnings():  # ArviZ's own message is replaced by the one below
+        warnings.simplefilter("ignore", UserWarning)
+        result = az.loo(idata, pointwise=True)
+    k = np.asarray(result.pareto_k)
+    bad = int((k > PARETO_K_WARN).sum())
+    if bad:
+        warnings.warn(f"PSIS-LOO: {bad} of {k.size} training points have Pareto k > "
+                      f"{PARETO_K_WARN} (max {k.max():.2f}); their LOO terms are unreliable. "
+                      "Compare runs on held-out NLL instead, or fit with more shots",
+                      UserWarning, stacklevel=2)
+    return result
 
 
 def compare(runs: Mapping[str, az.InferenceData]):
@@ -163,11 +191,12 @@ def compare(runs: Mapping[str, az.InferenceData]):
 
 
 def summary(idata: az.InferenceData, group: str = "posterior"):
-    """``az.summary`` of the low-dimensional posterior summary (statistics only: draws are
-    independent, one chain, so R-hat is not defined)."""
+    """``az.summary`` of the low-dimensional posterior summary with R-hat and ESS (defined
+    with two or more chains; independent draws read R-hat ~ 1)."""
     if group == "posterior":
         _require_posterior(idata, "az.summary of the posterior")
-    return az.summary(idata, group=group, kind="stats")
+    kind = "all" if idata[group].sizes.get("chain", 1) > 1 else "stats"
+    return az.summary(idata, group=group, kind=kind)
 
 
 def save(idata: az.InferenceData, path: str | Path) -> Path:

@@ -157,8 +157,8 @@ def diagnose(
         }
     sets = {name: _draws(ev, draws, seed + i) for i, (name, ev) in enumerate(evs.items())}
     checks = {name: ppc_checks(evs[name].prediction.probs, d) for name, d in sets.items()}
-    for name, c in checks.items():
-        result.metrics[name]["ppc"] = ppc_summary(c)
+    for name, c in checks.items():  # every evaluation set is held out from the fit
+        result.metrics[name]["ppc"] = {"data": "held-out", **ppc_summary(c)}
     if idata:
         from pyro_clip.diagnostics import arviz_io
 
@@ -166,8 +166,11 @@ def diagnose(
         fit = _draws(train, draws, seed + 1000) if train is not None else None
         prior = (prior_draws(result.method, train, draws, seed + 2000) if train is not None
                  else None)
+        chains = int(getattr(result.method, "options", {}).get("chains",
+                                                               arviz_io.DEFAULT_CHAINS))
         result.idata = arviz_io.to_inference_data(fit, sets, prior,
-                                                  method=str(result.config.method))
+                                                  method=str(result.config.method),
+                                                  chains=chains)
     return Diagnosis(scores, sets, id_name, ood_names)
 
 
@@ -205,8 +208,9 @@ def diagnose_run(
     # `pyro-clip evaluate`, which has no training set); plug-in draws from probs otherwise
     bayes = any(d.logits is not None for d in sets.values())
     plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
-                                    f"{title}: posterior predictive checks of p(y|x)" if bayes
-                                    else f"{title}: plug-in predictive checks (point estimate)"),
+                                    f"{title}: held-out posterior predictive checks of p(y|x)"
+                                    if bayes else
+                                    f"{title}: held-out plug-in checks (point estimate)"),
                    pdir / "ppc.png")
 
 

@@ -11,6 +11,9 @@ depend on the inputs, not the label marginal:
   ~ sqrt(conf (1 - conf) / |B_b|), so a calibrated model's observed ECE sits inside them.
 * ``accuracy``: ``T = mean_i 1[y_i = yhat_i]`` (the predictive expects ``mean_i q_i``).
 * ``log_score``: ``T = sum_i log p(y_i | x_i, D)`` under the predictive mean.
+* ``class_frequency``: ``T = sum_c (n_c(y) - m_c)^2 / m_c``, ``n_c`` the count of label c and
+  ``m_c = sum_i p(c | x_i, D)`` its predictive expectation (a chi-square discrepancy of the
+  label marginal: fails when the predictive favours some classes over what the data hold).
 * ``recall_<c>``: per-class recall ``#{y_i = c, yhat_i = c} / #{y_i = c}`` (a confusion-matrix
   row), one check per class.
 
@@ -122,6 +125,12 @@ def ppc_checks(probs: torch.Tensor, draws: PredictiveDraws, bins: int = 10) -> d
     ls_obs = float(logp[np.arange(len(y)), y].sum())
     ls_rep = np.take_along_axis(logp[None], rep[..., None], -1)[..., 0].sum(-1)
     out["log_score"] = PPCResult(ls_obs, ls_rep, bayesian_p_value(ls_obs, ls_rep))
+    expected = np.clip(p.sum(0), EPS, None)
+    n_obs = np.bincount(y, minlength=n_classes)
+    n_rep = np.stack([np.bincount(r, minlength=n_classes) for r in rep])
+    cf_obs = float(((n_obs - expected) ** 2 / expected).sum())
+    cf_rep = ((n_rep - expected) ** 2 / expected).sum(-1)
+    out["class_frequency"] = PPCResult(cf_obs, cf_rep, bayesian_p_value(cf_obs, cf_rep))
     rec_obs, rec_rep = class_recall(y, pred, n_classes), class_recall(rep, pred, n_classes)
     for c in range(n_classes):
         out[f"recall_{c}"] = PPCResult(float(rec_obs[c]), rec_rep[:, c],
@@ -138,3 +147,16 @@ def ppc_summary(checks: dict[str, PPCResult]) -> dict[str, float]:
     if recalls:
         out["p_recall_min_two_sided"] = float(min(2 * min(p, 1 - p) for p in recalls))
     return out
+
+
+def ppc_side_by_side(
+    models: dict[str, tuple[torch.Tensor, PredictiveDraws]], title: str = "held-out PPC"
+):
+    """The PPC figure of several models on the same held-out labels, one row per model
+    (e.g. the calibrated default next to a mis-specified prior), and each model's p-values:
+    ``models`` maps a label to ``(probs, draws)`` (draws from
+    :func:`~pyro_clip.diagnostics.predictive.predictive_draws` of that model's prediction)."""
+    from pyro_clip.diagnostics.plots import ppc_figure
+
+    return ppc_figure(models, title), {k: ppc_summary(ppc_checks(p, d)) for k, (p, d)
+                                       in models.items()}

@@ -16,10 +16,18 @@ posterior is handed back as a Pyro distribution by :meth:`KalmanAdapter.posterio
 The linear head may run on centred (``center_inputs``) and principal-axis rotated
 (``rotate_inputs``) features, an exact reparametrisation for ``full``/``block``/``kron`` that
 lets ``diag`` and ``lowrank`` approximate the information in a better basis; ``posterior()``
-maps back to the original weights. The prior variance is chosen on validation NLL.
-Predictive: linearised probit ``softmax(mu / sqrt(1 + pi/8 var))`` or Monte Carlo over
-weights; ``logit_samples`` is always filled. Unseen classes (base-to-new) keep their prior
-(zero-shot) weights.
+maps back to the original weights.
+
+One posterior predictive (:mod:`pyro_clip.inference.predictive`): ``S = mc_samples`` weight
+draws ``theta_s ~ N(mu, P)``, fixed per fitted state, give logits ``f_s(x) / T`` and
+``p(y | x, D) = 1/S sum_s softmax(f_s(x) / T)``; ``predict``'s probabilities, its
+``logit_samples`` (the PPC replicates, ArviZ log-likelihood and LOO) and the entropy /
+mutual-information OOD scores all come from these draws. The prior variance (in units of the
+squared logit scale, so the grid follows the backbone's scale) and the temperature ``T`` are
+chosen jointly by the validation NLL of that predictive (train + validation only).
+``predictive=probit`` (``softmax(mu / T / sqrt(1 + pi/8 var / T^2))``) is the fast
+approximation, kept as an option: docs/kalman.md gives its measured disagreement with MC.
+Unseen classes (base-to-new) keep their prior (zero-shot) weights.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from pyro_clip.inference.kalman_adapters import (
     principal_axes,
 )
 from pyro_clip.inference.posteriors import RowLinearMap
+from pyro_clip.inference.predictive import TEMPERATURE_GRID, choose_temperature, mc_probs
 from pyro_clip.inference.sequential import batch_order, sequential_update
 from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
 from pyro_clip.methods.options import Option
@@ -68,10 +77,7 @@ class KalmanAdapter(Method):
     """Kalman-filtered adapter over frozen image features (see module docstring)."""
 
     name = "kalman"
-    demo_options: ClassVar[dict[str, Any] | None] = {
-        "covariance": "block",
-        "prior_var_grid": [10.0, 100.0],
-    }
+    demo_options: ClassVar[dict[str, Any] | None] = {}  # the demo runs the defaults
 
     OPTIONS: ClassVar[dict[str, Option]] = {
         "adapter": Option("linear", "linear head on the features, or a residual low-rank "
@@ -84,11 +90,17 @@ class KalmanAdapter(Method):
                               "(0 keeps all)", int, low=0),
         "observation": Option("categorical", "labels through the EKF (categorical) or the "
                               "paper's matched cosine", choices=("categorical", "cosine")),
-        "prior_var": Option("auto", "prior variance of the weights (auto: chosen on "
+        "prior_var": Option("auto", "prior variance of the weights, absolute (auto: chosen on "
                             "validation NLL from prior_var_grid)", float, ("auto",), low=0,
                             low_open=True),
-        "prior_var_grid": Option([1.0, 10.0, 100.0], "candidates for prior_var=auto", list,
+        "prior_var_grid": Option([0.013, 0.044, 0.13, 0.44], "candidates for prior_var=auto, "
+                                 "in units of logit_scale^2 (scale-aware)", list,
                                  low=0, low_open=True, item=float),
+        "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
+                              "on validation NLL from temperature_grid)", float, ("auto",),
+                              low=0, low_open=True),
+        "temperature_grid": Option(list(TEMPERATURE_GRID), "candidates for temperature=auto",
+                                   list, low=0, low_open=True, item=float),
         "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
                              "classes)", int, ("auto",), low=1),
         "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),
@@ -105,10 +117,13 @@ class KalmanAdapter(Method):
                                low=0, high=1, high_open=True),
         "gate": Option(0.999, "chi^2 probability of the Mahalanobis gate (0 = off)", float,
                        low=0, high=1, high_open=True),
-        "predictive": Option("probit", "predictive: linearised probit or Monte Carlo over "
-                             "weights", choices=("probit", "mc")),
-        "mc_samples": Option(64, "weight draws for predictive=mc and logit samples", int,
-                             low=1),
+        "predictive": Option("mc", "predictive: Monte Carlo over weights (the posterior "
+                             "predictive) or the linearised probit approximation",
+                             choices=("mc", "probit")),
+        "mc_samples": Option(1000, "weight draws: probabilities, PPC replicates, LOO, OOD "
+                             "scores", int, low=1),
+        "chains": Option(4, "ArviZ: the mc_samples independent draws split into this many "
+                         "chains", int, low=1),
         "bias": Option(True, "learn a per-class bias", bool),
         "center_inputs": Option("auto", "linear head on x - mean(train x) (auto: per "
                                 "structure)", choices=("auto", True, False)),
@@ -139,6 +154,8 @@ class KalmanAdapter(Method):
         self.n_updates = 0
         #: every labelled feature assimilated so far (new classes' evidence, see sequential)
         self.seen_features: torch.Tensor | None = None
+        self.temperature = 1.0
+        self._draws: torch.Tensor | None = None  # (S, n) weight draws of the fitted state
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -189,27 +206,35 @@ class KalmanAdapter(Method):
                        if self._centred() else None)
         self.rotation = principal_axes(x, self.center) if self._rotated() else None
         self.adapter = self._make_adapter(text)
-        o = self.options
-        grid = [float(o["prior_var"])] if o["prior_var"] != "auto" else o["prior_var_grid"]
-        nlls: dict[str, float] = {}
+        grid = self._prior_var_grid()
+        temps = self._temperature_grid()
+        search = len(grid) > 1 or len(temps) > 1
+        if search and len(val) == 0:
+            raise DataError("kalman: the validation split is empty, so prior_var and temperature "
+                            "cannot be chosen; use a data set with a 'val' split or fix both "
+                            "(--opt prior_var=10 --opt temperature=1)")
+        nlls: dict[str, dict[str, float]] = {}
         best: tuple | None = None  # only the best state is kept alive (full can be GiBs)
         for pv in grid:
-            self.prior_var = float(pv)
-            self.state, self.obs_var, gated = self._filter(x, y, text, float(pv))
-            nll = self._val_nll(val) if len(grid) > 1 else math.nan
-            nlls[str(float(pv))] = nll
+            self.prior_var = pv
+            self.state, self.obs_var, gated = self._filter(x, y, text, pv)
+            self._draws = None
+            t, by_t = self._val_temperature(val, temps) if search else (temps[0], {})
+            nlls[str(pv)] = by_t
+            nll = by_t.get(str(t), math.nan)
             if best is None or nll < best[0]:
-                best = (nll, float(pv), self.state, self.obs_var, gated)
-            self.state = None
+                best = (nll, pv, t, self.state, self.obs_var, gated, self._draws)
+            self.state = self._draws = None
         assert best is not None
-        _, pv, self.state, self.obs_var, gated = best
+        _, pv, self.temperature, self.state, self.obs_var, gated, self._draws = best
         del best
         self.prior_var = pv
         self.selected = {
             "prior_var": pv,
+            "temperature": self.temperature,
+            "val_nll_by_prior_var_and_temperature": nlls,
             "batch_size": self._batch_size(),
             "tempered_passes": self._passes(),
-            "val_nll_by_prior_var": nlls,
             "final_obs_noise": self.obs_var,
             "gated_examples": gated,
             "n_params": self.adapter.n_params,
@@ -325,14 +350,32 @@ class KalmanAdapter(Method):
             obs_var = max(float(a * obs_var + (1 - a) * sample), 1e-8)
         return obs_var, int((~keep).sum())
 
-    def _val_nll(self, val: FeatureSet) -> float:
-        if len(val) == 0:
-            return math.nan
+    def _prior_var_grid(self) -> list[float]:
+        """Absolute prior variances: ``prior_var`` as given, or the grid times ``s^2``."""
+        o = self.options
+        if o["prior_var"] != "auto":
+            return [float(o["prior_var"])]
+        s2 = float(self.ctx.backbone.logit_scale) ** 2
+        return [float(v) * s2 for v in o["prior_var_grid"]]
+
+    def _temperature_grid(self) -> list[float]:
+        o = self.options
+        return ([float(o["temperature"])] if o["temperature"] != "auto"
+                else [float(t) for t in o["temperature_grid"]])
+
+    def _val_temperature(self, val: FeatureSet, temps: list[float]) -> tuple[float, dict]:
+        """The temperature with the smallest validation NLL of the configured predictive for
+        the current state, and the NLL of every candidate."""
         x = val.features[self.feature_kind]
         self._check(x, "validation")
+        if self.options["predictive"] == "mc":
+            return choose_temperature(self._raw_logit_samples(x, val.classnames), val.labels,
+                                      temps)
         mean, var = self._logit_moments(x, val.classnames)
-        probs = probit_probs(mean, var)
-        return float(-probs[torch.arange(len(val)), val.labels].clamp_min(1e-12).log().mean())
+        idx = torch.arange(len(val))
+        nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
+                              .clamp_min(1e-12).log().mean()) for t in temps}
+        return float(min(nlls, key=nlls.__getitem__)), nlls
 
     # ----- prediction --------------------------------------------------------------------
     def _fitted(self) -> tuple[KalmanState, FilteredHead]:
@@ -373,12 +416,24 @@ class KalmanAdapter(Method):
             var[:, seen >= 0] = v_seen[:, seen[seen >= 0]]
         return mean, var
 
+    def _weight_draws(self) -> tuple[torch.Tensor, torch.Generator]:
+        """The fitted state's ``mc_samples`` weight draws (S, n), drawn once per state (every
+        evaluation set sees the same posterior draws), and a generator for the prior rows."""
+        state, _ = self._fitted()
+        if self._draws is None:
+            gen = torch.Generator().manual_seed(self.ctx.seed + 1)
+            self._draws = state.mean + state.cov.sample(self.options["mc_samples"], gen)
+        return self._draws, torch.Generator().manual_seed(self.ctx.seed + 2)
+
     def _logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        """Posterior predictive logit draws ``f_s(x) / T`` (S, N, C) (module docstring)."""
+        return self._raw_logit_samples(x, classnames) / self.temperature
+
+    def _raw_logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """Monte Carlo logits (S, N, C) from weights drawn from the posterior (prior if unseen)."""
-        state, adapter = self._fitted()
-        s = self.options["mc_samples"]
-        gen = torch.Generator().manual_seed(self.ctx.seed + 1)
-        thetas = state.mean + state.cov.sample(s, gen)
+        _, adapter = self._fitted()
+        thetas, gen = self._weight_draws()
+        s = len(thetas)
         text = self.ctx.text_classifier(list(classnames))
         if isinstance(adapter, ResidualAdapter):
             return torch.stack([adapter.logits(t, x, text) for t in thetas])
@@ -393,10 +448,21 @@ class KalmanAdapter(Method):
         return torch.einsum("np,scp->snc", adapter.inputs(x), w)
 
     @torch.no_grad()
+    def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
+        """Linearised posterior predictive of the logits over the temperature,
+        ``f_c(x) / T ~ N(m_c / T, v_c / T^2)`` with ``m = J mu``, ``v = diag(J P J^T)``
+        (per-logit marginals; :meth:`posterior` has the
+        full weight posterior of every structure). Batch (N,), event (C,)."""
+        mean, var = self._logit_moments(features.to(DTYPE), classnames)
+        t = self.temperature
+        return dist.Normal(mean / t, var.clamp_min(1e-12).sqrt() / t).to_event(1)
+
+    @torch.no_grad()
     def logit_prior(self, features: torch.Tensor, classnames: Sequence[str]):
         """Prior logits before any shot. Linear head: weights ``N(w0, s0 I)`` around the
         zero-shot classifier, so ``f_c(x) ~ N(w0_c . x~, s0 ||x~||^2)`` (x~ = input with bias
-        1). The residual adapter's prior is not written in closed form here: ``None``."""
+        1), divided by the temperature as in :meth:`predict`. The residual adapter's prior is
+        not written in closed form here: ``None``."""
         _, adapter = self._fitted()
         if not isinstance(adapter, LinearHead):
             return None
@@ -404,15 +470,18 @@ class KalmanAdapter(Method):
         inputs = adapter.inputs(features.to(DTYPE))
         mean = inputs @ adapter.class_prior_mean(text).T
         var = self.prior_var * (inputs**2).sum(1, keepdim=True).expand_as(mean)
-        return dist.Normal(mean, var.sqrt()).to_event(1)
+        t = self.temperature  # the logits the likelihood sees, f / T, as in predict()
+        return dist.Normal(mean / t, var.sqrt() / t).to_event(1)
 
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         self._check(features, "predict")
         samples = self._logit_samples(features, classnames)
         if self.options["predictive"] == "mc":
-            probs = samples.softmax(-1).mean(0)
+            probs = mc_probs(samples)
         else:
-            probs = probit_probs(*self._logit_moments(features, classnames))
+            mean, var = self._logit_moments(features, classnames)
+            t = self.temperature
+            probs = probit_probs(mean / t, var / t**2)
         return Prediction(probs.float(), samples.float())
 
     def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]) -> dict[str, Any]:
@@ -422,7 +491,7 @@ class KalmanAdapter(Method):
         self._check(features, "ood_scores")
         samples = self._logit_samples(features, classnames).double()
         mean, var = self._logit_moments(features, classnames)
-        probs = samples.softmax(-1).mean(0)
+        probs = mc_probs(samples)
 
         def entropy(p: torch.Tensor) -> torch.Tensor:
             return -(p * p.clamp_min(1e-12).log()).sum(-1)
@@ -484,6 +553,7 @@ class KalmanAdapter(Method):
             "cov": state.cov.state_dict(),
             "train_classnames": self.train_classnames,
             "prior_var": self.prior_var,
+            "temperature": self.temperature,
             "obs_var": self.obs_var,
             "dim": self.dim,
             "center": self.center,
@@ -496,6 +566,8 @@ class KalmanAdapter(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.train_classnames = list(state["train_classnames"])
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
+        self.temperature = float(state.get("temperature", 1.0))
+        self._draws = None
         self.center = state.get("center")
         self.rotation = state.get("rotation")
         # checkpoints written before covariance=auto existed were fitted with the old default

@@ -3,10 +3,14 @@
 Prior ``vec(W) ~ N(vec(s T), P^-1 I)`` over the rows of a linear head on normalised features;
 the MAP is the ``linear-probe`` solution (penalty chosen on validation), and the posterior is
 ``N(W_MAP, (GGN + P I)^-1)`` (Daxberger et al., "Laplace Redux", NeurIPS 2021, eq. 2-4) with a
-Kronecker-factored GGN by default. ``P`` is tuned post hoc by the marginal likelihood (eq. 5) or
-on validation. Prediction is the GLM predictive ``f ~ N(W_MAP x, J Sigma J^T)`` with the probit
-approximation ``softmax(mu / sqrt(1 + pi/8 diag var))`` (eq. 9); ``logit_samples`` are draws of
-``f``. A class never trained on has no likelihood term, so its row's posterior *is* its prior:
+Kronecker-factored GGN by default. ``P`` and a likelihood temperature ``T`` are chosen by
+the validation NLL of the predictive (laplace-torch's recommended grid search on validation
+data; ``prior_precision=marglik`` keeps the marginal likelihood, eq. 5). Prediction is the GLM
+predictive ``f ~ N(W_MAP x, J Sigma J^T)`` by Monte Carlo: ``n_samples`` draws ``f_s / T``
+are ``logit_samples`` and ``p = 1/S sum_s softmax(f_s / T)`` (one predictive for
+probabilities, PPCs, LOO and OOD scores; :mod:`pyro_clip.inference.predictive`);
+``predictive=probit`` is the approximation ``softmax(mu / sqrt(1 + pi/8 diag var))`` (eq. 9).
+A class never trained on has no likelihood term, so its row's posterior *is* its prior:
 ``f_c ~ N(s cos(x, t_c), 1/P)``, independent of the trained rows (exact, not a fallback).
 """
 
@@ -24,11 +28,12 @@ from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import safe_cholesky
 from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
+from pyro_clip.inference.predictive import TEMPERATURE_GRID, choose_temperature, mc_probs
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
 from pyro_clip.methods.options import Option
-from pyro_clip.training.selection import check_validation, grid_search, log_grid, validation_score
+from pyro_clip.training.selection import check_validation, log_grid
 
 STRUCTURES = ("kron", "diag", "full")
 PRIOR_TUNING = ("marglik", "val", "none")
@@ -80,7 +85,7 @@ class LaplaceHead(LinearProbe):
     """Last-layer Laplace on the zero-shot-centred linear probe (see module docstring)."""
 
     name = "laplace"
-    demo_options: ClassVar[dict] = {"n_samples": 32}
+    demo_options: ClassVar[dict] = {}  # the demo runs the defaults
 
     OPTIONS: ClassVar[dict[str, Option]] = {
         **LinearProbe.OPTIONS,
@@ -88,12 +93,22 @@ class LaplaceHead(LinearProbe):
                          choices=("zero-shot",)),
         "hessian_structure": Option("kron", "laplace-torch Hessian (GGN) structure",
                                     choices=STRUCTURES),
-        "prior_precision": Option("marglik", "prior precision P: tuned by marginal "
-                                  "likelihood, on validation, kept at the MAP's, or fixed",
+        "prior_precision": Option("val", "prior precision P: tuned on validation NLL, by "
+                                  "marginal likelihood, kept at the MAP's, or fixed",
                                   float, PRIOR_TUNING, low=0, low_open=True),
-        "precision_grid": Option(log_grid(1e-2, 1e4, 25), "candidates for "
+        "precision_grid": Option(log_grid(1e-2, 1e4, 13), "candidates for "
                                  "prior_precision=val", list, low=0, low_open=True, item=float),
-        "n_samples": Option(64, "logit draws of the GLM predictive", int, low=1),
+        "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
+                              "on validation NLL from temperature_grid)", float, ("auto",),
+                              low=0, low_open=True),
+        "temperature_grid": Option(list(TEMPERATURE_GRID), "candidates for temperature=auto",
+                                   list, low=0, low_open=True, item=float),
+        "predictive": Option("mc", "predictive: Monte Carlo over the GLM logits (the "
+                             "posterior predictive) or the probit approximation",
+                             choices=("mc", "probit")),
+        "n_samples": Option(1000, "logit draws of the GLM predictive", int, low=1),
+        "chains": Option(4, "ArviZ: the n_samples independent draws split into this many "
+                         "chains", int, low=1),
     }
 
     def fit(self, train: FeatureSet, val: FeatureSet) -> None:
@@ -108,25 +123,49 @@ class LaplaceHead(LinearProbe):
                                 prior_precision=init_precision, prior_mean=prior_mean.flatten())
         self.la.fit(DataLoader(TensorDataset(x, y), batch_size=CHUNK))
         map_selected = dict(self.selected)
+        self.temperature = 1.0
+        temps = self._temperatures()
+        table: dict[str, dict[str, float]] = {}
         if tuning == "marglik":
             self.la.optimize_prior_precision(pred_type="glm", method="marglik",
                                              init_prior_prec=init_precision)
-        elif tuning == "val":
+        precisions = (self.options["precision_grid"] if tuning == "val" else [self.precision])
+        if tuning == "val" or len(temps) > 1:
             check_validation(val, self.name)
             xv = val.features[self.feature_kind]
-
-            def score(c: dict[str, Any]) -> tuple[float, float]:
-                self.la.prior_precision = c["prior_precision"]
-                mean, cov = self.predictive(xv, val.classnames)
-                probs = probit_probs(mean, cov.diagonal(dim1=1, dim2=2))
-                return validation_score(probs, val.labels)
-
-            result = grid_search([{"prior_precision": p}
-                                  for p in self.options["precision_grid"]], score)
-            self.la.prior_precision = result.best["prior_precision"]
+            best = None
+            for prec in precisions:
+                self.la.prior_precision = float(prec)
+                t, table[str(float(prec))] = self._val_temperature(xv, val, temps)
+                nll = table[str(float(prec))][str(t)]
+                if best is None or nll < best[0]:
+                    best = (nll, float(prec), t)
+            assert best is not None
+            _, prec, self.temperature = best
+            self.la.prior_precision = prec
+        else:
+            self.temperature = temps[0]
         self.selected = {"map": map_selected, "prior_precision": self.precision,
-                         "prior_precision_tuning": tuning, "log_marglik": float(
-                             self.la.log_marginal_likelihood().detach())}
+                         "prior_precision_tuning": tuning, "temperature": self.temperature,
+                         "val_nll_by_precision_and_temperature": table,
+                         "log_marglik": float(self.la.log_marginal_likelihood().detach())}
+
+    def _temperatures(self) -> list[float]:
+        o = self.options
+        return ([float(t) for t in o["temperature_grid"]] if o["temperature"] == "auto"
+                else [float(o["temperature"])])
+
+    def _val_temperature(self, xv: torch.Tensor, val: FeatureSet,
+                         temps: list[float]) -> tuple[float, dict[str, float]]:
+        """Temperature with the smallest validation NLL of the configured predictive."""
+        mean, cov = self.predictive(xv, val.classnames)
+        if self.options["predictive"] == "mc":
+            samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
+            return choose_temperature(samples, val.labels, temps)
+        idx = torch.arange(len(val))
+        nlls = {str(t): float(-probit_probs(mean / t, cov / t**2)[idx, val.labels]
+                              .clamp_min(1e-12).log().mean()) for t in temps}
+        return float(min(nlls, key=nlls.__getitem__)), nlls
 
     @property
     def precision(self) -> float:
@@ -154,19 +193,33 @@ class LaplaceHead(LinearProbe):
 
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         mean, cov = self.predictive(features, classnames)
-        samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
-        probs = probit_probs(mean, cov.diagonal(dim1=1, dim2=2))
+        t = self.temperature
+        samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed) / t
+        probs = (mc_probs(samples) if self.options["predictive"] == "mc"
+                 else probit_probs(mean / t, cov / t**2))
         return Prediction(probs.float(), samples.float())
+
+    def logit_posterior(
+        self, features: torch.Tensor, classnames: Sequence[str]
+    ) -> pyro.distributions.MultivariateNormal:
+        """The GLM predictive ``f(x_i) / T ~ N(W_MAP x_i / T, J_i Sigma J_i^T / T^2)``
+        (Laplace Redux eq. 8; ``T`` the temperature, as in :meth:`predict`)."""
+        mean, cov = self.predictive(features, classnames)
+        t = self.temperature
+        chol = safe_cholesky(cov, "laplace logit covariance")
+        return pyro.distributions.MultivariateNormal(mean / t, scale_tril=chol / t)
 
     @torch.no_grad()
     def logit_prior(
         self, features: torch.Tensor, classnames: Sequence[str]
     ) -> pyro.distributions.Distribution:
         """``vec(W) ~ N(vec(s T), P^-1 I)`` pushed through ``f = W x``, ``|x| = 1``: independent
-        ``f_c ~ N(s cos(x, t_c), 1/P)`` (the zero-shot logits with prior variance 1/P)."""
+        ``f_c ~ N(s cos(x, t_c), 1/P)`` (the zero-shot logits with prior variance 1/P), over the
+        temperature as in :meth:`predict`."""
         x = normalize(features)
         zs = x @ (self.ctx.backbone.logit_scale * self.ctx.text_classifier(classnames).double()).T
-        return pyro.distributions.Normal(zs, self.precision ** -0.5).to_event(1)
+        t = self.temperature
+        return pyro.distributions.Normal(zs / t, self.precision ** -0.5 / t).to_event(1)
 
     @torch.no_grad()
     def posterior(self) -> torch.distributions.Distribution:
@@ -199,7 +252,8 @@ class LaplaceHead(LinearProbe):
             mean, precision_matrix=0.5 * (prec + prec.T)), shape)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "laplace": self.la.state_dict()}
+        return {**super().state_dict(), "laplace": self.la.state_dict(),
+                "temperature": self.temperature}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -207,4 +261,5 @@ class LaplaceHead(LinearProbe):
         self.la = _make_laplace(self.weight, self.options["hessian_structure"],
                                 prior_mean=lap["prior_mean"])
         self.la.load_state_dict(lap)
+        self.temperature = float(state.get("temperature", 1.0))
 

@@ -4,10 +4,12 @@
 ``cocoop-ove-pg`` with the OVE-PG objective of Kim et al. (arXiv 2504.14123, eq. 10, see
 :mod:`pyro_clip.models.ove_pg`). The switch is the ``likelihood`` option, so
 ``coop --opt likelihood=ove-pg`` equals ``coop-ove-pg``. Prediction is ``softmax(f)`` of the
-learned logits (paper: argmax of f) for any class names, seen or not. OVE-PG learners also
-return ``logit_samples``: draws of the paper's Gaussian posterior over logits
-``q(f | x) = N(f, alpha^-1 I)`` from ``pyro.infer.Predictive`` (the conditional Gaussian over
-psi needs the label, so it stays a training device).
+learned logits (paper: argmax of f) for any class names, seen or not. OVE-PG learners
+predict with the posterior predictive of the paper's Gaussian posterior over logits
+``q(f | x) = N(f, alpha^-1 I)``: draws ``f_s`` from ``pyro.infer.Predictive`` are the
+``logit_samples`` and ``p = 1/S sum_s softmax(f_s)`` (so probabilities and PPC replicates come
+from one distribution; the conditional Gaussian over psi needs the label, so it stays a
+training device).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pyro_clip.diagnostics.metrics import accuracy, negative_log_likelihood
 from pyro_clip.errors import ConfigError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.features.views import ViewSampler, training_views
+from pyro_clip.inference.predictive import mc_probs
 from pyro_clip.methods.base import Method, Prediction, register_method
 from pyro_clip.methods.options import Option, augment_options, train_options, with_defaults
 from pyro_clip.models.ove_pg import (
@@ -237,10 +240,11 @@ class PromptLearningMethod(Method):
         logits = self._logits(self.learner, features, classnames)
         if self.options["likelihood"] != "ove-pg":
             return Prediction(logits.softmax(-1))
-        # OVE-PG: posterior draws f ~ N(f, alpha^-1 I) via pyro.infer.Predictive (models.ove_pg)
+        # OVE-PG: posterior draws f ~ N(f, alpha^-1 I) via pyro.infer.Predictive (models.ove_pg);
+        # the probabilities are their posterior predictive, 1/S sum_s softmax(f_s)
         f0 = self._prior_logits(features, classnames).to(logits.dtype)
         draws = ove_pg_posterior_predictive(logits, f0, self.ove, PREDICTIVE_DRAWS, self.ctx.seed)
-        return Prediction(logits.softmax(-1), draws["f"])
+        return Prediction(mc_probs(draws["f"]).to(logits.dtype), draws["f"])
 
     def _prior_logits(self, features, classnames: Sequence[str]) -> torch.Tensor:
         """Frozen zero-shot logits f0 of ``features`` (MaPLe overrides: it holds pixels)."""

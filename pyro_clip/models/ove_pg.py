@@ -57,8 +57,9 @@ from pyro_clip.errors import ConfigError
 from pyro_clip.models.polya_gamma import pg_mean, sample_pg
 
 KAPPA = 0.5
-#: posterior draws of the logits returned by OVE-PG prompt learners' predict()
-PREDICTIVE_DRAWS = 64
+#: posterior draws of the logits behind OVE-PG prompt learners' predict() (probabilities,
+#: PPC replicates and LOO all come from them)
+PREDICTIVE_DRAWS = 1000
 
 
 @dataclass
