@@ -219,5 +219,5 @@ def test_bootstrap_intervals_match_metrics_of_each_resample():
     for name, fn in fns.items():
         reps = np.array([fn(probs[i], labels[i]) for i in idx])
         lo, hi = np.percentile(reps, [2.5, 97.5])
-        # torchmetrics computes in float32
+        # torchmetrics computes the equal-width ECE in float32
         assert got[name] == pytest.approx((fn(probs, labels), lo, hi), rel=1e-6, abs=1e-9)
