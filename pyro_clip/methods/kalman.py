@@ -535,8 +535,11 @@ class KalmanAdapter(Method):
     def update(self, train: FeatureSet) -> dict[str, Any]:
         """One more filtering pass over new labelled features, no refit; classes never seen
         are added with their zero-shot prior (:func:`~pyro_clip.inference.sequential.
-        sequential_update`: which fit-time choices are kept). Returns the update's record."""
-        return sequential_update(self, train)
+        sequential_update`: which fit-time choices are kept, the temperature among them).
+        Returns the update's record. The cached weight draws of the old posterior are dropped."""
+        record = sequential_update(self, train)
+        self._draws = None  # the predictive is redrawn from the updated posterior
+        return record
 
     @_on_device
     def acquisition(self, pool_features: torch.Tensor, score: str = "entropy") -> torch.Tensor:

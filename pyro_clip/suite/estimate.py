@@ -132,14 +132,16 @@ def _layer_activation_bytes(tokens: int, batch: int, width: int, heads: int,
 
 def _kalman_bytes(options: dict[str, Any], classes: int, dim: int) -> tuple[float, str, str]:
     """``(peak bytes, detail, refusal)`` of the Kalman adapter's covariance state."""
-    from pyro_clip.inference.covariance.registry import estimate_bytes
+    from pyro_clip.inference.covariance.registry import choose_structure, estimate_bytes
 
-    kind = str(options.get("covariance", "full"))
     if options.get("adapter", "linear") == "residual":
         rank = int(options.get("residual_rank", 4))
         n, blocks = 2 * dim * rank, rank
     else:
         n, blocks = classes * (dim + int(bool(options.get("bias", True)))), classes
+    kind = str(options.get("covariance", "auto"))
+    if kind == "auto":  # the structure the method itself picks at fit time
+        kind = choose_structure(n, blocks, options)
     state = estimate_bytes(kind, n, blocks, int(options.get("rank", 10)))
     limit = float(options.get("max_state_gib", 8.0)) * GIB
     refusal = (f"kalman refuses covariance={kind}: its state is {_size(state)} > max_state_gib="
