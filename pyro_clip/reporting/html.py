@@ -264,8 +264,23 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run folders (with ``metrics.json``) among ``paths``; a folder without one stands for
+    the run folders directly inside it (``runs/demo``), sorted. Unknown paths are kept, so
+    :func:`write_report` names them."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        inner = sorted(c for c in p.iterdir() if (c / "metrics.json").exists()) if (
+            p.is_dir() and not (p / "metrics.json").exists()) else []
+        found.extend(inner or [p])
+    return found
+
+
 def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
-    """Write ``out/report.html`` (self-contained) + PNGs + ``out/report.md``; returns the HTML."""
+    """Write ``out/report.html`` (self-contained) + PNGs + ``out/report.md``; returns the HTML.
+
+    ``runs``: run folders, or folders holding run folders (:func:`find_runs`)."""
+    runs = find_runs(runs)
     missing = [str(r) for r in runs if not (Path(r) / "metrics.json").exists()]
     if missing:
         raise DataError(
