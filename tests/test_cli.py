@@ -150,7 +150,7 @@ def test_out_refuses_a_finished_run_without_overwrite(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main([*argv[:-1], str(afile)]) == 2
-    assert "is a file" in capsys.readouterr().err
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_default_out_is_a_fresh_folder_and_latest_follows(tmp_path, monkeypatch):

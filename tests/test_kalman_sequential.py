@@ -230,7 +230,8 @@ def test_update_rejects_bad_input(ctx):
 # ----- acquisition -----------------------------------------------------------------------
 def test_entropy_and_bald_read_the_posterior_predictive(ctx):
     """Entropy of ``predict``'s probabilities (scipy); BALD against an independent Monte
-    Carlo estimate from 4,000 weight draws of ``posterior()`` (a few MC standard errors)."""
+    Carlo estimate from 4,000 weight draws of ``posterior()`` (a few MC standard errors),
+    pushed through the predictive's likelihood temperature as ``predict`` does."""
     m = _method(ctx, covariance="full", mc_samples=4000, prior_var=1.0)
     m.fit(_synthetic(NAMES, 2), _synthetic(NAMES, 2))
     pool = _synthetic(NAMES, 3, seed=4).features["joint"]
@@ -240,7 +241,8 @@ def test_entropy_and_bald_read_the_posterior_predictive(ctx):
     torch.manual_seed(0)
     w = m.posterior().sample((4000,))  # (S, C, D + 1) over the normalised features
     x = F.normalize(pool.double(), dim=-1)
-    p = torch.softmax(torch.einsum("nd,scd->snc", x, w[..., :-1]) + w[:, None, :, -1], -1)
+    logits = torch.einsum("nd,scd->snc", x, w[..., :-1]) + w[:, None, :, -1]
+    p = torch.softmax(logits / m.temperature, -1)
     ref = scipy_entropy(p.mean(0).numpy(), axis=1) - scipy_entropy(p.numpy(), axis=2).mean(0)
     bald = m.acquisition(pool, "bald").numpy()
     assert bald.min() >= 0

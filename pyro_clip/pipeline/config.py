@@ -56,7 +56,8 @@ class RunConfig:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.shots < 1:
             raise ConfigError(f"shots must be >= 1 (Dassl uses 1, 2, 4, 8, 16), got {self.shots}")
-        check_out_dir(self.out)
+        if self.out is not None:  # None: a fresh folder is chosen at run time
+            check_out_dir(self.out)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:

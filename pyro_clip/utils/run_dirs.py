@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from pyro_clip.errors import ConfigError
+from pyro_clip.utils.io import check_out_dir
 
 #: where ``pyro-clip fit`` puts runs without ``--out``
 RUNS_ROOT = Path("runs")
@@ -64,10 +65,9 @@ def point_latest(target: str | Path, root: str | Path = RUNS_ROOT) -> Path:
 
 
 def check_overwrite(out: str | Path, overwrite: bool) -> None:
-    """Refuse a finished run folder (or a file) as an output folder unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder path")
+    """Refuse a finished run folder as an output folder unless ``overwrite`` (a file there, or
+    as a parent, is refused by :func:`~pyro_clip.utils.io.check_out_dir`)."""
+    out = check_out_dir(out)
     if is_finished(out) and not overwrite:
         raise ConfigError(
             f"--out {out} holds a finished run (metrics.json); pass --overwrite to replace it, "
