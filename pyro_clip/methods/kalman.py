@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -69,6 +70,9 @@ from pyro_clip.methods.base import Method, Prediction, _on_device, register_meth
 from pyro_clip.methods.options import Option
 from pyro_clip.utils.progress import track
 
+#: prior variance (x logit_scale^2) used when there is no validation data to choose it: the
+#: value validation NLL picks most often on the embedded data (docs/kalman.md)
+NO_VALIDATION_PRIOR_VAR = 0.044
 _CHUNK = 128  # examples per chunk when computing predictive moments
 
 
@@ -210,9 +214,14 @@ class KalmanAdapter(Method):
         temps = self._temperature_grid()
         search = len(grid) > 1 or len(temps) > 1
         if search and len(val) == 0:
-            raise DataError("kalman: the validation split is empty, so prior_var and temperature "
-                            "cannot be chosen; use a data set with a 'val' split or fix both "
-                            "(--opt prior_var=10 --opt temperature=1)")
+            grid = [NO_VALIDATION_PRIOR_VAR * float(self.ctx.backbone.logit_scale) ** 2]
+            temps, search = [1.0], False
+            warnings.warn(
+                f"kalman: no validation data, so prior_var={grid[0]:.3g} (the grid's "
+                f"{NO_VALIDATION_PRIOR_VAR} x logit_scale^2) and temperature=1 are used "
+                "unchosen; pass validation features (pc.fit(..., val=...)) or a data set with a "
+                "'val' split to choose them, or fix both with prior_var=... temperature=...",
+                UserWarning, stacklevel=2)
         nlls: dict[str, dict[str, float]] = {}
         best: tuple | None = None  # only the best state is kept alive (full can be GiBs)
         for pv in grid:
