@@ -102,8 +102,9 @@ def test_point_estimate_has_no_posterior_and_loo_says_so(tmp_path):
     idata = arviz_io.load(tmp_path / "idata.nc")
     assert "posterior" not in idata.groups() and "log_likelihood" not in idata.groups()
     assert idata.attrs["posterior"] == "none" and "point estimate" in idata.attrs["posterior_note"]
-    assert idata.posterior_predictive["y"].shape == (1, 40, 30)
-    assert idata.predictions["y_test"].shape == (1, 40, 60)
+    # 40 independent draws stored as 4 chains x 10 draws (ArviZ's default chain count here)
+    assert idata.posterior_predictive["y"].shape == (4, 10, 30)
+    assert idata.predictions["y_test"].shape == (4, 10, 60)
     with pytest.raises(arviz_io.NoPosteriorError, match="point estimate"):
         arviz_io.loo(idata)
     with pytest.raises(arviz_io.NoPosteriorError, match="point estimate"):
@@ -127,8 +128,8 @@ def test_prior_group_from_the_methods_logit_prior(tmp_path):
     run = make_run(tmp_path, logit_samples=True, method=WithPrior())
     diagnose_run(run, draws=500)
     idata = arviz_io.load(tmp_path / "idata.nc")
-    assert idata.prior["train_margin"].shape == (1, 500, 3)
-    assert idata.prior_predictive["y"].shape == (1, 500, 30)
+    assert idata.prior["train_margin"].shape == (4, 125, 3)
+    assert idata.prior_predictive["y"].shape == (4, 125, 30)
     # symmetric prior: each class's label frequency is 1/3 (binomial sd 0.0037 at 15000 draws)
     freq = np.bincount(idata.prior_predictive["y"].values.ravel(), minlength=3) / 15000
     np.testing.assert_allclose(freq, 1 / 3, atol=0.02)
@@ -152,11 +153,14 @@ def test_method_ood_scores_are_added_to_the_built_in_ones(tmp_path):
 
 
 def test_semantic_ood_is_scored_apart_from_covariate_shift(tmp_path):
-    class WithScores:
+    class WithScores:  # the two hooks the diagnostics call (diagnostics.hooks.MethodLike)
         name = "scored"
 
         def ood_scores(self, features, classnames):
             return {"norm": features.norm(dim=1)}
+
+        def logit_prior(self, features, classnames):
+            return None
 
     run = make_run(tmp_path, logit_samples=False, method=WithScores())
     gen = torch.Generator().manual_seed(3)
