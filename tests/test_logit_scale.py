@@ -66,11 +66,13 @@ def results(conse_backbone, conse_data):
     return out
 
 
+@pytest.mark.slow
 def test_the_copy_leaves_the_shared_backbone_alone(conse_backbone):
     assert _with_scale(conse_backbone, 100.0).logit_scale == 100.0
     assert conse_backbone.logit_scale == 15.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kalman", "laplace"])
 @pytest.mark.parametrize("scale", SCALES)
 def test_no_nan_and_at_least_zero_shot_accuracy(results, conse_data, method, scale):
@@ -83,6 +85,7 @@ def test_no_nan_and_at_least_zero_shot_accuracy(results, conse_data, method, sca
     assert acc >= (zero_shot.argmax(1) == y).double().mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kalman", "laplace"])
 def test_ece_at_scale_100_no_worse_than_at_15(results, conse_data, method):
     y = conse_data[2].y
