@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import pyro_clip as pc
@@ -107,3 +108,21 @@ def test_tiny_open_clip_at_scale_100(tiny_backbone, method):
     assert probs.isfinite().all()
     torch.testing.assert_close(probs.sum(1).double(), torch.ones(len(val), dtype=torch.float64),
                                atol=1e-5, rtol=0)
+
+
+def test_prior_scale_auto_is_the_brute_force_nll_minimiser(tiny_backbone):
+    """``prior_scale=auto`` is ``s / T`` for the cooling factor ``T`` with the smallest
+    zero-shot validation NLL, checked against cross-entropy over the grid by brute force."""
+    backbone = _with_scale(tiny_backbone, 100.0)
+    ctx = MethodContext(backbone, seed=1, progress=False)
+    val = pc.encode(backbone, pc.load_dataset("fashion-mnist", "val", shots=2, seed=1))
+    grid = [1.0, 2.0, 4.0, 8.0, 16.0]
+    m = create_method("kalman", prior_cooling_grid=grid).setup(ctx)
+    scale, nlls = m._choose_prior_scale(val)
+    zs = ctx.zero_shot_logits(val.x, val.classnames).double()
+    ref = {t: float(F.cross_entropy(zs / t, val.y)) for t in grid}
+    assert scale == pytest.approx(100.0 / min(ref, key=ref.__getitem__))
+    for t in grid:
+        assert nlls[str(t)] == pytest.approx(ref[t], rel=1e-6)
+    fixed = create_method("kalman", prior_scale=42.0).setup(ctx)
+    assert fixed._choose_prior_scale(val) == (42.0, {})
