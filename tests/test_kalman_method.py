@@ -34,7 +34,8 @@ def ctx(tiny_backbone):
 
 
 def _fit(ctx, names=NAMES, **opts):
-    opts = {"prior_var": 10.0, "temperature": 1.0, **opts}
+    opts = {"prior_var": 10.0, "temperature": 1.0, "prior_scale": ctx.backbone.logit_scale,
+            **opts}
     m = create_method("kalman", **opts).setup(ctx)
     m.fit(_synthetic(ctx, names), _synthetic(ctx, names, 2, seed=1))
     return m
@@ -63,6 +64,12 @@ def test_unseen_classes_keep_zero_shot_weights(ctx):
     assert not torch.allclose(mean[:, :2], zs[:, :2])
     # unseen classes: prior variance prior_var * |[x, 1]|^2 = 10 * 2 for unit-norm x
     torch.testing.assert_close(var[:, 2:], torch.full_like(var[:, 2:], 20.0))
+    # prior_scale=auto: the prior's logits are the zero-shot ones times head_scale / s
+    cooled = _fit(ctx, names=NAMES[:2], prior_scale="auto")
+    mean, _ = cooled._logit_moments(x.double(), NAMES)
+    ratio = cooled.head_scale / ctx.backbone.logit_scale
+    assert cooled.selected["prior_scale"] == cooled.head_scale and 0 < ratio <= 1
+    torch.testing.assert_close(mean[:, 2:], zs[:, 2:] * ratio, atol=1e-5, rtol=1e-5)
 
 
 def test_probit_and_mc_predictives_are_close(ctx):

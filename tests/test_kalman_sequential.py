@@ -18,7 +18,8 @@ NAMES = ["cat", "dog", "car", "tree"]
 STRUCTURES = ["full", "block", "diag", "lowrank", "kron"]
 #: the cosine (linear-Gaussian) observation with everything data-dependent switched off
 EXACT = {"observation": "cosine", "adaptive_noise": False, "gate": 0.0, "prior_var": 1.0,
-         "obs_noise": 0.05, "center_inputs": False, "rotate_inputs": False}
+         "obs_noise": 0.05, "center_inputs": False, "rotate_inputs": False,
+         "prior_scale": 10.0}
 
 
 def _synthetic(names, n_per_class=6, seed=0, noise=0.3):
@@ -86,7 +87,8 @@ def test_categorical_update_is_the_next_ekf_steps(ctx):
     m.fit(a, a)
     m.update(b)
     text = F.normalize(ctx.text_classifier(NAMES).double(), dim=-1)
-    prior = torch.cat([ctx.backbone.logit_scale * text, torch.zeros(4, 1, dtype=torch.float64)],
+    # prior mean: zero-shot rows at the prior's scale (prior_scale=auto, chosen at fit, kept)
+    prior = torch.cat([m.head_scale * text, torch.zeros(4, 1, dtype=torch.float64)],
                       1).reshape(-1).numpy()
 
     def rows(fs):
@@ -166,7 +168,7 @@ def test_new_class_categorical_update_matches_dense_reference(ctx):
     m = _method(ctx, covariance="full", batch_size=1, prior_var=2.0)
     m.fit(a, a)
     m.update(b)
-    s = ctx.backbone.logit_scale
+    s = m.head_scale  # the prior's scale (prior_scale=auto, kept by update)
     text = F.normalize(ctx.text_classifier(NAMES).double(), dim=-1)
     prior = torch.cat([s * text, torch.zeros(4, 1, dtype=torch.float64)], 1).numpy()
 
@@ -230,8 +232,7 @@ def test_update_rejects_bad_input(ctx):
 # ----- acquisition -----------------------------------------------------------------------
 def test_entropy_and_bald_read_the_posterior_predictive(ctx):
     """Entropy of ``predict``'s probabilities (scipy); BALD against an independent Monte
-    Carlo estimate from 4,000 weight draws of ``posterior()`` (a few MC standard errors),
-    pushed through the predictive's likelihood temperature as ``predict`` does."""
+    Carlo estimate from 4,000 weight draws of ``posterior()`` (a few MC standard errors)."""
     m = _method(ctx, covariance="full", mc_samples=4000, prior_var=1.0)
     m.fit(_synthetic(NAMES, 2), _synthetic(NAMES, 2))
     pool = _synthetic(NAMES, 3, seed=4).features["joint"]
@@ -241,8 +242,8 @@ def test_entropy_and_bald_read_the_posterior_predictive(ctx):
     torch.manual_seed(0)
     w = m.posterior().sample((4000,))  # (S, C, D + 1) over the normalised features
     x = F.normalize(pool.double(), dim=-1)
-    logits = torch.einsum("nd,scd->snc", x, w[..., :-1]) + w[:, None, :, -1]
-    p = torch.softmax(logits / m.temperature, -1)
+    f = torch.einsum("nd,scd->snc", x, w[..., :-1]) + w[:, None, :, -1]
+    p = torch.softmax(f / m.temperature, -1)  # the predictive's tempered draws, f_s / T
     ref = scipy_entropy(p.mean(0).numpy(), axis=1) - scipy_entropy(p.numpy(), axis=2).mean(0)
     bald = m.acquisition(pool, "bald").numpy()
     assert bald.min() >= 0
@@ -262,7 +263,7 @@ def test_variance_score_is_the_dense_posterior_variance_drop(ctx, observation):
     x = F.normalize(pool.double(), dim=-1)
     rows = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1).numpy()
     probs = m.predict(pool, NAMES).probs.double().numpy()
-    s = ctx.backbone.logit_scale
+    s = m.logit_scale  # the cosine observation's scale: the prior's (prior_scale)
     for i, xi in enumerate(rows):
         jac = np.kron(np.eye(4), xi[None, :])
         before = np.trace(jac @ cov @ jac.T)

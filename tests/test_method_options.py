@@ -55,6 +55,8 @@ def test_unknown_option_lists_the_valid_ones():
         ("kalman", "center_inputs", ["auto", True, False], [1, 0, "yes"]),
         ("kalman", "covariance", list(COVARIANCES), ["dense", None]),
         ("kalman", "prior_var_grid", [[1.0], (2, 3.5)], [[], [1.0, 0.0], "1,2"]),
+        ("kalman", "prior_scale", ["auto", 100.0, 15], [0, -1.0, "big"]),
+        ("kalman", "prior_cooling_grid", [[1.0], (1, 6.0)], [[], [0.5], "1,2"]),
         ("tip-adapter", "alpha", [None, 0, 2.5], [-1, "auto"]),
         ("laplace", "prior_precision", ["marglik", "val", "none", 3.0], ["cv", 0, -2.0]),
         ("coop", "select_folds", [1, 2], [0, 3]),

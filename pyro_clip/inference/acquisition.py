@@ -75,7 +75,7 @@ def variance_reduction(method: KalmanAdapter, x: torch.Tensor,
         eye = torch.eye(v.shape[-1], dtype=DTYPE, device=v.device)
         s = eye + k @ categorical_sqrt(probs).transpose(-1, -2)
         return (k * torch.linalg.solve(s, k)).sum((-1, -2))
-    scale2 = method.ctx.backbone.logit_scale ** 2
+    scale2 = method.logit_scale ** 2
     per_label = (v * v).sum(-2) / (v.diagonal(dim1=-2, dim2=-1) + scale2 * method.obs_var)
     return (predictive.to(DTYPE) * per_label).sum(-1)
 

@@ -97,8 +97,16 @@ class KalmanAdapter(Method):
         "prior_var": Option("auto", "prior variance of the weights, absolute (auto: chosen on "
                             "validation NLL from prior_var_grid)", float, ("auto",), low=0,
                             low_open=True),
+        "prior_scale": Option("auto", "logit scale s of the zero-shot prior mean s*cos(x, t_c) "
+                              "(auto: the backbone's scale divided by the prior_cooling_grid "
+                              "factor with the smallest zero-shot validation NLL)", float,
+                              ("auto",), low=0, low_open=True),
+        "prior_cooling_grid": Option([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0], "candidates for "
+                                     "prior_scale=auto (>= 1: an over-confident zero-shot "
+                                     "prior is cooled, never sharpened)", list, low=1,
+                                     item=float),
         "prior_var_grid": Option([0.013, 0.044, 0.13, 0.44], "candidates for prior_var=auto, "
-                                 "in units of logit_scale^2 (scale-aware)", list,
+                                 "in units of prior_scale^2 (scale-aware)", list,
                                  low=0, low_open=True, item=float),
         "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
                               "on validation NLL from temperature_grid)", float, ("auto",),
@@ -159,6 +167,8 @@ class KalmanAdapter(Method):
         #: every labelled feature assimilated so far (new classes' evidence, see sequential)
         self.seen_features: torch.Tensor | None = None
         self.temperature = 1.0
+        #: logit scale of the head's zero-shot prior mean (option ``prior_scale``)
+        self.head_scale: float | None = None
         self._draws: torch.Tensor | None = None  # (S, n) weight draws of the fitted state
 
     # ----- options and inputs ------------------------------------------------------------
@@ -183,8 +193,29 @@ class KalmanAdapter(Method):
                 f"on width {self.dim}; use features of the same backbone and feature kind"
             )
 
+    @property
+    def logit_scale(self) -> float:
+        """The head's prior logit scale (``prior_scale``; the backbone's before a fit)."""
+        return float(self.ctx.backbone.logit_scale if self.head_scale is None
+                     else self.head_scale)
+
+    def _choose_prior_scale(self, val: FeatureSet) -> tuple[float, dict[str, float]]:
+        """``prior_scale``: fixed, or ``auto``: ``s / T`` with ``T`` in ``prior_cooling_grid``
+        minimising the zero-shot validation NLL ``-mean log softmax(s cos(x, t)/T)_y``
+        (temperature scaling of the prior, Guo et al. 2017, eq. 9); no validation: ``s``."""
+        o, s = self.options, float(self.ctx.backbone.logit_scale)
+        if o["prior_scale"] != "auto":
+            return float(o["prior_scale"]), {}
+        if len(val) == 0:
+            return s, {}
+        x = val.features[self.feature_kind]
+        self._check(x, "validation")
+        zs = self.ctx.zero_shot_logits(x, val.classnames).to(DTYPE).cpu()
+        t, nlls = choose_temperature(zs[None], val.labels.cpu(), o["prior_cooling_grid"])
+        return s / t, nlls
+
     def _make_adapter(self, text: torch.Tensor) -> FilteredHead:
-        scale = self.ctx.backbone.logit_scale
+        scale = self.logit_scale
         if self.options["adapter"] == "linear":
             return LinearHead(text, scale, bias=self.options["bias"], center=self.center,
                               rotation=self.rotation)
@@ -203,6 +234,7 @@ class KalmanAdapter(Method):
         self.seen_features = x.detach().float().clone()
         self.train_classnames = list(train.classnames)
         text = self.ctx.text_classifier(self.train_classnames)
+        self.head_scale, scale_nlls = self._choose_prior_scale(val)
         self.center = self.rotation = None
         if self._auto_covariance:
             self._choose_covariance(self._make_adapter(text))
@@ -240,6 +272,8 @@ class KalmanAdapter(Method):
         self.prior_var = pv
         self.selected = {
             "prior_var": pv,
+            "prior_scale": self.head_scale,
+            "zero_shot_val_nll_by_cooling": scale_nlls,
             "temperature": self.temperature,
             "val_nll_by_prior_var_and_temperature": nlls,
             "batch_size": self._batch_size(),
@@ -342,7 +376,7 @@ class KalmanAdapter(Method):
 
     def _cosine_step(self, state, jac, logits, xb, yb, text, obs_var, threshold):
         """Gaussian observation ``cos(x_b, w_yb) = 1`` (matched logit / s); gated; adaptive R."""
-        scale = self.ctx.backbone.logit_scale
+        scale = self.logit_scale
         select = F.one_hot(yb, logits.shape[1]).to(DTYPE).unsqueeze(1) / scale  # (B, 1, C)
         h = jac.mix(select)
         resid = 1.0 - logits.gather(1, yb[:, None])[:, 0] / scale
@@ -360,11 +394,12 @@ class KalmanAdapter(Method):
         return obs_var, int((~keep).sum())
 
     def _prior_var_grid(self) -> list[float]:
-        """Absolute prior variances: ``prior_var`` as given, or the grid times ``s^2``."""
+        """Absolute prior variances: ``prior_var`` as given, or the grid times ``s^2`` (``s``
+        the prior's logit scale, :attr:`logit_scale`)."""
         o = self.options
         if o["prior_var"] != "auto":
             return [float(o["prior_var"])]
-        s2 = float(self.ctx.backbone.logit_scale) ** 2
+        s2 = self.logit_scale ** 2
         return [float(v) * s2 for v in o["prior_var_grid"]]
 
     def _temperature_grid(self) -> list[float]:
@@ -507,7 +542,7 @@ class KalmanAdapter(Method):
 
         total = entropy(probs)
         aleatoric = entropy(samples.softmax(-1)).mean(0)
-        scale = self.ctx.backbone.logit_scale
+        scale = self.logit_scale
         d2 = (1.0 - mean / scale) ** 2 / (var / scale**2 + self.obs_var)
         return {
             "entropy": total.float(),
@@ -565,6 +600,7 @@ class KalmanAdapter(Method):
             "cov": state.cov.state_dict(),
             "train_classnames": self.train_classnames,
             "prior_var": self.prior_var,
+            "prior_scale": self.head_scale,
             "temperature": self.temperature,
             "obs_var": self.obs_var,
             "dim": self.dim,
@@ -579,6 +615,8 @@ class KalmanAdapter(Method):
         self.train_classnames = list(state["train_classnames"])
         self.prior_var, self.obs_var, self.dim = state["prior_var"], state["obs_var"], state["dim"]
         self.temperature = float(state.get("temperature", 1.0))
+        # checkpoints written before prior_scale existed used the backbone's scale
+        self.head_scale = state.get("prior_scale")
         self._draws = None
         self.center = state.get("center")
         self.rotation = state.get("rotation")
