@@ -61,7 +61,8 @@ def test_kalman_posterior_every_structure(feats, cov, extra):
 
 @pytest.mark.parametrize("structure", ["kron", "diag", "full"])
 def test_laplace_posterior_every_structure(feats, structure):
-    model = pc.fit("laplace", feats, hessian_structure=structure, lam=0.5, prior_precision=3.0)
+    model = pc.fit("laplace", feats, hessian_structure=structure, lam=0.5, prior_precision=3.0,
+                   temperature=1.0)
     la = model.method.la
     if structure == "kron":
         cov = la.posterior_precision.to_matrix(exponent=-1)

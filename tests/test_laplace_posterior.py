@@ -21,8 +21,9 @@ def test_laplace_predictive_and_prior(tiny_backbone, problem):  # noqa: F811
     prior = m.logit_prior(x, names)
     zs = F.normalize(x.double(), dim=-1) @ (
         tiny_backbone.logit_scale * m.ctx.text_classifier(names).double()).T
-    torch.testing.assert_close(prior.mean, zs, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(prior.variance, torch.full_like(zs, 1 / m.precision),
+    t = m.temperature  # the prior is pushed through the predictive's temperature too
+    torch.testing.assert_close(prior.mean, zs / t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prior.variance, torch.full_like(zs, 1 / (m.precision * t**2)),
                                rtol=1e-12, atol=0)
     draws = posterior_predictive(q, 3000, seed=0)
     sd = cov.diagonal(dim1=1, dim2=2).sqrt()

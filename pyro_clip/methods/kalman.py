@@ -245,15 +245,16 @@ class KalmanAdapter(Method):
         grid = self._prior_var_grid()
         temps = self._temperature_grid()
         search = len(grid) > 1 or len(temps) > 1
-        if search and len(val) == 0:
-            grid = [NO_VALIDATION_PRIOR_VAR * float(self.ctx.backbone.logit_scale) ** 2]
-            temps, search = [1.0], False
+        if search and len(val) == 0:  # nothing to choose on: fixed choices, said once
+            if len(grid) > 1:
+                grid = [NO_VALIDATION_PRIOR_VAR * self.logit_scale**2]
+            temps, search = temps[:1] if len(temps) == 1 else [1.0], False
             warnings.warn(
-                f"kalman: no validation data, so prior_var={grid[0]:.3g} (the grid's "
-                f"{NO_VALIDATION_PRIOR_VAR} x logit_scale^2) and temperature=1 are used "
-                "unchosen; pass validation features (pc.fit(..., val=...)) or a data set with a "
-                "'val' split to choose them, or fix both with prior_var=... temperature=...",
-                UserWarning, stacklevel=2)
+                f"kalman: no validation data, so prior_var={grid[0]:.3g} and temperature="
+                f"{temps[0]:g} are used unchosen (defaults: {NO_VALIDATION_PRIOR_VAR} x the "
+                "prior's logit scale^2, and 1); pass validation features (pc.fit(..., val=...)) "
+                "or a data set with a 'val' split to choose them, or fix prior_var= and "
+                "temperature=", UserWarning, stacklevel=2)
         nlls: dict[str, dict[str, float]] = {}
         best: tuple | None = None  # only the best state is kept alive (full can be GiBs)
         for pv in grid:

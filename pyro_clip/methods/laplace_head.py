@@ -162,8 +162,8 @@ class LaplaceHead(LinearProbe):
         if self.options["predictive"] == "mc":
             samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
             return choose_temperature(samples, val.labels, temps)
-        idx = torch.arange(len(val))
-        nlls = {str(t): float(-probit_probs(mean / t, cov / t**2)[idx, val.labels]
+        idx, var = torch.arange(len(val)), cov.diagonal(dim1=1, dim2=2)
+        nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
                               .clamp_min(1e-12).log().mean()) for t in temps}
         return float(min(nlls, key=nlls.__getitem__)), nlls
 
@@ -196,7 +196,7 @@ class LaplaceHead(LinearProbe):
         t = self.temperature
         samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed) / t
         probs = (mc_probs(samples) if self.options["predictive"] == "mc"
-                 else probit_probs(mean / t, cov / t**2))
+                 else probit_probs(mean / t, cov.diagonal(dim1=1, dim2=2) / t**2))
         return Prediction(probs.float(), samples.float())
 
     def logit_posterior(
