@@ -61,6 +61,9 @@ def _tag_cfg(model_name: str, tag: str) -> dict:
 
 def cached_file(cfg: dict) -> str | None:
     """The local copy open_clip would load for a tag's ``cfg``, or None when not cached."""
+    local_file = cfg.get("file", "")  # a tag registered with a local file (open_clip loads it)
+    if local_file and os.path.isfile(local_file):
+        return str(local_file)
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
@@ -146,13 +149,14 @@ def check_weights(model_name: str, pretrained: str | None) -> str | None:
             f"open_clip:{model_name}:/path/to/weights.safetensors[?quick_gelu=0|1])")
     tags = model_tags(model_name)
     if pretrained not in tags:
-        hint = close_matches(pretrained, tags) or close_matches(pretrained, sorted(
-            {t for _, t in open_clip.list_pretrained()}))
+        others = sorted({t for _, t in open_clip.list_pretrained()} - {pretrained})
+        hint = close_matches(pretrained, tags) or close_matches(pretrained, others)
         listed = ", ".join(tags[:8]) + (f", ... ({len(tags)} tags)" if len(tags) > 8 else "")
         raise BackboneError(
             f"unknown open_clip tag {pretrained!r} for {model_name}{hint} "
             f"{'(its tags: ' + listed + ')' if tags else '(it has no pretrained tags)'}, "
-            "and no file of that name exists")
+            "and no file of that name exists; for weights on disk pass --backbone "
+            f"{local_file_spec(model_name, model_name.endswith('-quickgelu'))}")
     cfg = _tag_cfg(model_name, pretrained)
     cached = cached_file(cfg)
     if cached is not None:
