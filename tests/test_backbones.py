@@ -41,7 +41,7 @@ def test_zero_shot_weights_are_unit_norm_template_means(tiny_backbone):
 def test_unknown_backbone_lists_known_ones():
     with pytest.raises(BackboneError, match="conse"):
         create_backbone("clip-giant")
-    with pytest.raises(BackboneError, match="unknown open_clip model 'NotAModel'.*pyro-clip list "
+    with pytest.raises(BackboneError, match=r"unknown open_clip model 'NotAModel'.*pyro-clip list "
                        "backbones"):
         create_backbone("open_clip:NotAModel")
     assert "conse" in known_backbones() and "open_clip:ViT-B-32" in known_backbones()
