@@ -119,6 +119,6 @@ def test_maple_runs_end_to_end_and_reloads(tmp_path):
     assert 0.0 <= result.metrics["base_to_new"]["h"] <= 1.0
     again = load_trained_method(tmp_path / "run")
     new = result.evaluations["new"]
-    rows = new.features[:40]
-    torch.testing.assert_close(again.predict(rows, new.classnames).probs,
-                               new.prediction.probs[:40], atol=1e-6, rtol=1e-5)
+    # the same rows as the run predicted: the OVE-PG predictive's draws are seeded per call
+    torch.testing.assert_close(again.predict(new.features, new.classnames).probs,
+                               new.prediction.probs, atol=1e-6, rtol=1e-5)
