@@ -80,7 +80,7 @@ def test_tasks_prepare_each_data_set_once_before_its_runs(tmp_path):
 
 
 def test_prepare_encodes_only_the_runs_images(tmp_path, monkeypatch):
-    from pyro_clip.features.cache import cache as features
+    from pyro_clip.features import cache as features
     from pyro_clip.suite.tasks import execute_prepare
 
     suite = _suite(tmp_path, methods=["zero-shot"], seeds=[1, 2], protocols=["few-shot"],
