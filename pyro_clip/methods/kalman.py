@@ -64,10 +64,10 @@ from pyro_clip.inference.kalman_adapters import (
     principal_axes,
 )
 from pyro_clip.inference.posteriors import RowLinearMap
-from pyro_clip.inference.predictive import TEMPERATURE_GRID, choose_temperature, mc_probs
+from pyro_clip.inference.predictive import choose_temperature, mc_probs
 from pyro_clip.inference.sequential import batch_order, sequential_update
 from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
-from pyro_clip.methods.options import Option
+from pyro_clip.methods.options import Option, temperature_options
 from pyro_clip.utils.progress import track
 
 #: prior variance (x logit_scale^2) used when there is no validation data to choose it: the
@@ -108,11 +108,7 @@ class KalmanAdapter(Method):
         "prior_var_grid": Option([0.013, 0.044, 0.13, 0.44], "candidates for prior_var=auto, "
                                  "in units of prior_scale^2 (scale-aware)", list,
                                  low=0, low_open=True, item=float),
-        "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
-                              "on validation NLL from temperature_grid)", float, ("auto",),
-                              low=0, low_open=True),
-        "temperature_grid": Option(list(TEMPERATURE_GRID), "candidates for temperature=auto",
-                                   list, low=0, low_open=True, item=float),
+        **temperature_options(),
         "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
                              "classes)", int, ("auto",), low=1),
         "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),

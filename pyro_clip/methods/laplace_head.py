@@ -28,11 +28,11 @@ from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import safe_cholesky
 from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
-from pyro_clip.inference.predictive import TEMPERATURE_GRID, choose_temperature, mc_probs
+from pyro_clip.inference.predictive import choose_temperature, mc_probs
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
-from pyro_clip.methods.options import Option
+from pyro_clip.methods.options import Option, temperature_options
 from pyro_clip.training.selection import check_validation, log_grid
 
 STRUCTURES = ("kron", "diag", "full")
@@ -98,11 +98,7 @@ class LaplaceHead(LinearProbe):
                                   float, PRIOR_TUNING, low=0, low_open=True),
         "precision_grid": Option(log_grid(1e-2, 1e4, 13), "candidates for "
                                  "prior_precision=val", list, low=0, low_open=True, item=float),
-        "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
-                              "on validation NLL from temperature_grid)", float, ("auto",),
-                              low=0, low_open=True),
-        "temperature_grid": Option(list(TEMPERATURE_GRID), "candidates for temperature=auto",
-                                   list, low=0, low_open=True, item=float),
+        **temperature_options(),
         "predictive": Option("mc", "predictive: Monte Carlo over the GLM logits (the "
                              "posterior predictive) or the probit approximation",
                              choices=("mc", "probit")),

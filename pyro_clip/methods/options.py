@@ -178,6 +178,20 @@ def format_table(table: Mapping[str, Option], owner: str) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def temperature_options() -> dict[str, Option]:
+    """``temperature`` and its grid: the likelihood temperature ``T`` of a Bayesian head's
+    predictive, ``p(y|x) = E[softmax(f(x) / T)]``, chosen on validation NLL by default."""
+    from pyro_clip.inference.predictive import TEMPERATURE_GRID
+
+    return {
+        "temperature": Option("auto", "likelihood temperature of the predictive (auto: chosen "
+                              "on validation NLL from temperature_grid)", float, ("auto",),
+                              low=0, low_open=True),
+        "temperature_grid": Option(list(TEMPERATURE_GRID), "candidates for temperature=auto",
+                                   list, low=0, low_open=True, item=float),
+    }
+
+
 def augment_options(n_views: int) -> dict[str, Option]:
     """``augment`` and ``n_views``: the training-image views a method caches or draws."""
     from pyro_clip.data.augment import AUGMENTS
