@@ -14,12 +14,14 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from pyro_clip.errors import BackboneError
 from pyro_clip.runtime import CPU, Runtime
 
 #: class prompts per text-tower forward in :meth:`DualEncoder.zero_shot_weights`
@@ -60,6 +62,28 @@ class DualEncoder(nn.Module, ABC):
     embed_dim: int
     #: width of the text tower's token embeddings (size of a learnable context vector)
     ctx_dim: int
+
+    #: registry kind (:func:`~pyro_clip.backbones.registry.register_backbone`): the part of a
+    #: spec before the first ``:``, e.g. ``"conse"``, ``"open_clip"``
+    spec_prefix: ClassVar[str]
+    #: how a spec of this kind is written, for the unknown-backbone message
+    spec_usage: ClassVar[str] = ""
+    #: position in ``known_backbones`` and in error messages
+    spec_order: ClassVar[int] = 100
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs: Any) -> DualEncoder:
+        """Build from ``spec`` (its prefix is :attr:`spec_prefix`); by default the spec is the
+        bare prefix and ``kwargs`` go to the constructor."""
+        if spec != cls.spec_prefix:
+            raise BackboneError(f"backbone {spec!r}: {cls.spec_prefix} takes nothing after "
+                                f"':'; use {cls.spec_prefix!r}")
+        return cls(**kwargs)
+
+    @classmethod
+    def known_specs(cls) -> list[str]:
+        """The specs ``pyro-clip list backbones`` prints for this kind."""
+        return [cls.spec_prefix]
 
     @property
     @abstractmethod

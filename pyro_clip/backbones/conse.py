@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pyro_clip.backbones.base import DualEncoder, PromptTokens
+from pyro_clip.backbones.registry import register_backbone
 from pyro_clip.errors import BackboneError
 
 
@@ -42,6 +43,7 @@ def _load_parts():
     return image_model, tokenizer, text_model
 
 
+@register_backbone
 class ConSEBackbone(DualEncoder):
     """EfficientNet-Lite0 (ImageNet-1k) + all-MiniLM-L6-v2, ConSE-joined (embed_dim 384).
 
@@ -50,6 +52,10 @@ class ConSEBackbone(DualEncoder):
     15 minimises NLL on the embedded *train* split, never test).
     Image feature kinds: ``"joint"`` (384-d ConSE embedding) and ``"pooled"`` (1280-d CNN features).
     """
+
+    spec_prefix = "conse"
+    spec_usage = "'conse' (offline default)"
+    spec_order = 0
 
     def __init__(self, top_t: int = 10, image_size: int = 224, scale: float = 15.0) -> None:
         super().__init__()

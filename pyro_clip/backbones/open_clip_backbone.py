@@ -13,12 +13,15 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from pyro_clip.backbones.base import DualEncoder, PromptTokens
+from pyro_clip.backbones.open_clip_spec import parse_open_clip_spec, register_open_clip_configs
 from pyro_clip.backbones.open_clip_weights import check_weights, hub_offline_mode, local_file_spec
+from pyro_clip.backbones.registry import register_backbone
 from pyro_clip.errors import BackboneError
 
 QUICKGELU_SUFFIX = "-quickgelu"
@@ -120,13 +123,39 @@ def _load_open_clip(
     return model, preprocess
 
 
+@register_backbone
 class OpenClipBackbone(DualEncoder):
     """An open_clip model; ``pretrained=None`` builds it with random weights (tests only).
 
     ``quick_gelu``: the activation the weights were trained with, if the caller declares it
     (``None``: resolved from the model name and the pretrained tag; see
     :func:`resolve_quick_gelu`). ``architecture`` holds the resolved model name.
+    Spec: ``open_clip:<model>[:<tag or checkpoint>][?quick_gelu=0|1]``
+    (:mod:`pyro_clip.backbones.open_clip_spec`).
     """
+
+    spec_prefix = "open_clip"
+    spec_usage = ("'open_clip:<model>[:<pretrained tag or checkpoint path>][?quick_gelu=0|1]', "
+                  "e.g. open_clip:ViT-B-32:openai")
+    spec_order = 10
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs: Any) -> OpenClipBackbone:
+        """``open_clip:<model>[:<pretrained>][?quick_gelu=0|1]``; kwargs go to the constructor."""
+        if not spec.startswith("open_clip:"):
+            raise BackboneError(f"backbone {spec!r} names no model; use {cls.spec_usage}")
+        register_open_clip_configs()
+        model, pretrained, quick_gelu = parse_open_clip_spec(spec)
+        kwargs.setdefault("quick_gelu", quick_gelu)
+        return cls(model, pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def known_specs(cls) -> list[str]:
+        """``open_clip:<model>`` for every model open_clip knows (the package's configs too)."""
+        import open_clip
+
+        register_open_clip_configs()
+        return [f"open_clip:{m}" for m in open_clip.list_models()]
 
     def __init__(
         self,

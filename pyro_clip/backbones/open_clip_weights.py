@@ -12,28 +12,21 @@ connection attempt, bounded by :data:`PROBE_SECONDS`.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pyro_clip.errors import BackboneError
+from pyro_clip.utils.names import close_matches
 
 #: the reachability probe's bound: one TCP connection attempt, DNS included
 PROBE_SECONDS = 2.0
 #: file suffixes that make a pretrained value a local path rather than a tag
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"
-
-
-def close_matches(word: str, candidates: Sequence[str], n: int = 3) -> str:
-    """``"; did you mean a, b?"`` (difflib, case-insensitive) or ``""``."""
-    lowered = {c.lower(): c for c in candidates}
-    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
-    return f"; did you mean {', '.join(lowered[h] for h in hits)}?" if hits else ""
 
 
 def looks_like_path(pretrained: str) -> bool:

@@ -1,78 +1,108 @@
-"""Backbones by name, in the manner of open_clip's model registry.
+"""Backbones by spec, in the manner of open_clip's model registry (``factory.py``).
 
-Spec strings: ``"conse"`` (offline pre-trained default), ``"open_clip:<model>[:<pretrained>]"``
-where ``<pretrained>`` is an open_clip tag (``openai``, ``laion2b_s34b_b79k``), a local
-checkpoint file, or omitted/``random`` for random weights (tests).
-
-Activation: OpenAI's CLIP weights use QuickGELU. It is resolved from the pretrained tag's
-open_clip config (``open_clip:ViT-B-16:openai`` builds the QuickGELU ViT-B-16) or from a
-``-quickgelu`` model name. A local checkpoint of a model that has QuickGELU weights must say
-which it is, by the model name (``open_clip:ViT-B-16-quickgelu:/path/ViT-B-16.pt``) or by a
-``?quick_gelu=1`` / ``?quick_gelu=0`` suffix (``open_clip:ViT-B-16:/path/model.pt?quick_gelu=1``).
+A spec is ``<kind>[:<arguments>]``: ``"conse"`` (offline pre-trained default) or
+``"open_clip:<model>[:<pretrained>][?quick_gelu=0|1]"`` (see
+:mod:`pyro_clip.backbones.open_clip_backbone`). A kind is one :class:`DualEncoder` subclass
+that carries :func:`register_backbone` and says, as class members, its ``spec_prefix`` (the
+part before the first ``:``), how its specs are written (``spec_usage``), how it is built from
+a spec (``from_spec``) and which specs it lists (``known_specs``). Every module of this package
+is imported the first time a backbone is asked for, so nothing here names a kind; a kind
+defined elsewhere registers when its module is imported.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+import importlib
+import pkgutil
+from typing import Any, TypeVar
 
 from pyro_clip.backbones.base import DualEncoder
+from pyro_clip.backbones.open_clip_spec import parse_open_clip_spec
+from pyro_clip.backbones.open_clip_spec import (
+    register_open_clip_configs as _register_open_clip_configs,
+)
 from pyro_clip.errors import BackboneError
+from pyro_clip.utils.names import close_matches, did_you_mean, similar_names
 
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
+__all__ = [
+    "_register_open_clip_configs",
+    "backbone_kinds",
+    "create_backbone",
+    "known_backbones",
+    "parse_open_clip_spec",
+    "register_backbone",
+    "unregister_backbone",
+]
+
+_KINDS: dict[str, type[DualEncoder]] = {}
+_discovered = False
+
+B = TypeVar("B", bound=type[DualEncoder])
 
 
-@functools.cache
-def _register_open_clip_configs() -> None:
-    import open_clip
+def register_backbone(cls: B) -> B:
+    """Class decorator: make ``cls`` the backbone of specs ``<cls.spec_prefix>[:...]``."""
+    prefix = cls.__dict__.get("spec_prefix")
+    if not isinstance(prefix, str) or not prefix or ":" in prefix:
+        raise TypeError(f"{cls.__name__} needs a class attribute spec_prefix = '<name>' "
+                        "(no ':') to register")
+    other = _KINDS.get(prefix)
+    if other is not None and other.__qualname__ != cls.__qualname__:
+        raise TypeError(f"backbone {prefix!r} is registered twice ({other.__name__}, "
+                        f"{cls.__name__}); give one of them another spec_prefix")
+    _KINDS[prefix] = cls
+    return cls
 
-    open_clip.add_model_config(_CONFIG_DIR)
+
+def unregister_backbone(prefix: str) -> None:
+    """Forget the kind of specs ``<prefix>[:...]`` (a plug-in's tests clean up with it)."""
+    if _KINDS.pop(prefix, None) is None:
+        raise BackboneError(f"no backbone kind {prefix!r} is registered; registered: "
+                            f"{list(backbone_kinds())}")
 
 
-def parse_open_clip_spec(spec: str) -> tuple[str, str | None, bool | None]:
-    """``"open_clip:<model>[:<pretrained>][?quick_gelu=0|1]"`` -> (model, pretrained, quick_gelu).
+def _discover() -> None:
+    """Import every module of this package once, so each kind registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    package = importlib.import_module(__package__ or "pyro_clip.backbones")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    _discovered = True
 
-    ``pretrained`` is None for random weights; ``quick_gelu`` None when not declared.
-    """
-    body = spec.removeprefix("open_clip:")
-    quick_gelu: bool | None = None
-    if "?" in body:
-        body, query = body.rsplit("?", 1)
-        key, _, value = query.partition("=")
-        if key.strip() != "quick_gelu" or value.strip() not in ("0", "1", "true", "false"):
-            raise BackboneError(
-                f"backbone {spec!r}: the only option after '?' is quick_gelu=1 or quick_gelu=0 "
-                f"(the activation the checkpoint was trained with), got {query!r}"
-            )
-        quick_gelu = value.strip() in ("1", "true")
-    model, _, pretrained = body.partition(":")
-    return model, (None if pretrained in ("", "random", "none") else pretrained), quick_gelu
+
+def backbone_kinds() -> dict[str, type[DualEncoder]]:
+    """Every registered kind by spec prefix, in listing order (``DualEncoder.spec_order``)."""
+    _discover()
+    return dict(sorted(_KINDS.items(), key=lambda item: (item[1].spec_order, item[0])))
 
 
 def known_backbones() -> list[str]:
-    """Every accepted spec prefix: the offline default and each open_clip model name."""
-    import open_clip
-
-    _register_open_clip_configs()
-    return ["conse"] + [f"open_clip:{m}" for m in open_clip.list_models()]
+    """Every spec the kinds list: the offline default and each open_clip model name."""
+    return [spec for cls in backbone_kinds().values() for spec in cls.known_specs()]
 
 
-def create_backbone(spec: str, **kwargs) -> DualEncoder:
-    """Build the backbone named by ``spec`` (see module docstring); kwargs go to its class."""
-    if spec == "conse":
-        from pyro_clip.backbones.conse import ConSEBackbone
+def create_backbone(spec: str, **kwargs: Any) -> DualEncoder:
+    """Build the backbone named by ``spec`` (see the module docstring); kwargs go to its class.
 
-        return ConSEBackbone(**kwargs)
-    if spec.startswith("open_clip:"):
-        from pyro_clip.backbones.open_clip_backbone import OpenClipBackbone
+    An unknown kind fails with each kind's spec form and the close matches of ``spec``.
+    """
+    kinds = backbone_kinds()
+    prefix, colon, rest = spec.partition(":")
+    cls = kinds.get(prefix)
+    if cls is None:
+        raise BackboneError(
+            f"unknown backbone {spec!r}; use "
+            + " or ".join(k.spec_usage or repr(p) for p, k in kinds.items())
+            + f" (models: pyro-clip list backbones){_suggest(spec, prefix, colon + rest)}"
+        )
+    return cls.from_spec(spec, **kwargs)
 
-        _register_open_clip_configs()
-        model, pretrained, quick_gelu = parse_open_clip_spec(spec)
-        kwargs.setdefault("quick_gelu", quick_gelu)
-        return OpenClipBackbone(model, pretrained=pretrained, **kwargs)
-    raise BackboneError(
-        f"unknown backbone {spec!r}; use 'conse' (offline default) or "
-        "'open_clip:<model>[:<pretrained tag or checkpoint path>][?quick_gelu=0|1]', e.g. "
-        "open_clip:ViT-B-32:openai "
-        "(models: pyro-clip backbones)"
-    )
+
+def _suggest(spec: str, prefix: str, rest: str) -> str:
+    """Close matches of a mistyped kind (``open-clip:...``) or of a listed spec (``ViT-B-32``)."""
+    kinds = similar_names(prefix, backbone_kinds())
+    if kinds:
+        return did_you_mean(kind + rest for kind in kinds)
+    return close_matches(spec, known_backbones())
