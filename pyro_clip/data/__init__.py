@@ -1,5 +1,6 @@
 """Labelled image sources: the embedded Fashion-MNIST subset, its shifted copy, image folders,
-CoOp/Dassl benchmarks, and few-shot / base-to-new sampling."""
+CoOp/Dassl benchmarks, each a registered :class:`DataSource` (:mod:`pyro_clip.data.registry`),
+and few-shot / base-to-new sampling."""
 
 from pyro_clip.data.arrays import ArrayImages
 from pyro_clip.data.base import LabeledImages, SubsetImages
@@ -24,8 +25,11 @@ from pyro_clip.data.registry import (
     known_datasets,
     load_dataset,
     load_splits,
+    register_dataset,
+    unregister_dataset,
 )
 from pyro_clip.data.shifted import CORRUPTIONS, load_shifted
+from pyro_clip.data.sources.base import DataSource
 
 __all__ = [
     "CORRUPTIONS",
@@ -33,6 +37,7 @@ __all__ = [
     "FASHION_MNIST_CLASSNAMES",
     "ArrayImages",
     "DasslSplitImages",
+    "DataSource",
     "FewShotSplit",
     "FolderSplits",
     "ImageFolderImages",
@@ -52,7 +57,9 @@ __all__ = [
     "load_splits",
     "make_few_shot",
     "read_folder_splits",
+    "register_dataset",
     "sample_few_shot",
     "subsample_classes",
+    "unregister_dataset",
     "validate_dassl_layout",
 ]
