@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,6 @@ def _slug(text: str) -> str:
 
 
 def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, Any]:
-    dataset, protocol, shots = key
     rows, diag, ood = [], [], []
     for run in runs:
         s = run_summary(run.path)
@@ -216,44 +215,54 @@ def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, 
     keep = [j for j in range(len(SUMMARY_COLUMNS)) if any(r["cells"][j] for r in rows)]
     for r in rows:
         r["cells"] = [r["cells"][j] for j in keep]
-    return {"title": f"{dataset} · {protocol} · {shots} shots", "rows": rows,
+    return {"title": _group_title(key), "rows": rows,
             "columns": [SUMMARY_COLUMNS[j][1] for j in keep],
             "diag_rows": diag, "ood_rows": ood, "key": key}
+
+
+def _group_title(key: tuple[str, str, str]) -> str:
+    dataset, protocol, shots = key
+    return f"{dataset} · {protocol} · {shots} shots"
+
+
+def _group_figures(groups: dict, out: Path, curves_of: Callable[[RunInfo], Any | None],
+                   save: Callable[[dict[str, Any], str, Path], Path], stem: str, alt: str,
+                   heading: str, caption: str) -> list[dict[str, str]]:
+    """One figure per group whose runs give any curve: ``curves_of(run)`` (None: the run has
+    none) by run label, drawn by ``save(curves, heading, path)`` into ``out/<stem>_<group>.png``;
+    ``heading`` and ``caption`` are formatted with the group's ``title``."""
+    figures = []
+    for key, runs in groups.items():
+        curves = {run.label: c for run in runs if (c := curves_of(run)) is not None}
+        if not curves:
+            continue
+        title = _group_title(key)
+        name = f"{stem}_{_slug(title)}.png"
+        png = save(curves, heading.format(title=title), out / name)
+        figures.append(_figure(png, out, name, f"{alt}, {title}", caption.format(title=title)))
+    return figures
 
 
 def _risk_coverage_figures(groups: dict, out: Path) -> list[dict[str, str]]:
     """Risk-coverage of every run's in-distribution set, one figure per group."""
     from pyro_clip.diagnostics.selective import risk_coverage
 
-    figures = []
-    for (dataset, protocol, shots), runs in groups.items():
-        curves = {}
-        for run in runs:
-            found = _main_predictions(run.path)
-            if found is not None:
-                curves[run.label] = risk_coverage(found[1], found[2])
-        if not curves:
-            continue
-        title = f"{dataset} · {protocol} · {shots} shots"
-        name = f"compare_risk_coverage_{_slug(title)}.png"
-        png = save_risk_coverage(curves, f"risk-coverage: {title}", out / name)
-        figures.append(_figure(png, out, name, f"risk-coverage, {title}",
-                               f"{title}: selective risk on the in-distribution set"))
-    return figures
+    def curve(run: RunInfo) -> Any | None:
+        found = _main_predictions(run.path)
+        return None if found is None else risk_coverage(found[1], found[2])
+
+    return _group_figures(groups, out, curve, save_risk_coverage, "compare_risk_coverage",
+                          "risk-coverage", "risk-coverage: {title}",
+                          "{title}: selective risk on the in-distribution set")
 
 
 def _robustness_figures(groups: dict, out: Path) -> list[dict[str, str]]:
-    figures = []
-    for (dataset, protocol, shots), runs in groups.items():
-        curves = {run.label: pts for run in runs if len(pts := severity_points(run)) >= 2}
-        if not curves:
-            continue
-        title = f"{dataset} · {protocol} · {shots} shots"
-        name = f"robustness_{_slug(title)}.png"
-        png = save_robustness(curves, f"fashion-mnist-c severity: {title}", out / name)
-        figures.append(_figure(png, out, name, f"robustness, {title}",
-                               f"{title}: accuracy, ECE and OOD AUROC vs severity"))
-    return figures
+    """Accuracy, ECE and OOD AUROC against Fashion-MNIST-C severity, one figure per group
+    whose runs were evaluated at two or more severities."""
+    return _group_figures(
+        groups, out, lambda run: pts if len(pts := severity_points(run)) >= 2 else None,
+        save_robustness, "robustness", "robustness", "fashion-mnist-c severity: {title}",
+        "{title}: accuracy, ECE and OOD AUROC vs severity")
 
 
 def _environment() -> jinja2.Environment:
