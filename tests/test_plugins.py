@@ -5,6 +5,7 @@ gone."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -19,6 +20,7 @@ from pyro_clip.backbones.base import cosine_logits
 from pyro_clip.cli import main
 from pyro_clip.data import known_datasets, load_dataset, unregister_dataset
 from pyro_clip.errors import BackboneError, DataError
+from pyro_clip.suite import dry_run, parse_suite
 
 
 def _plug_in(module: str, unregister) -> Iterator[ModuleType]:
@@ -72,6 +74,18 @@ def test_registered_backbone_encodes_a_registered_data_set(toy_dataset, toy_back
     np.testing.assert_array_equal(predicted.numpy(), images.labels)
     with pytest.raises(BackboneError, match="toy-colour takes nothing after ':'"):
         create_backbone("toy-colour:large")
+
+
+def test_plug_ins_run_through_the_cli_and_pass_a_suite_dry_run(toy_dataset, toy_backbone,
+                                                                 tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["fit", "--dataset", "toy-colours", "--backbone", "toy-colour", "--method",
+                 "zero-shot", "--shots", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["accuracy"] == 1.0
+    suite = parse_suite({"name": "toy", "backbone": "toy-colour", "methods": ["zero-shot"],
+                         "datasets": ["toy-colours"], "shots": [1], "seeds": [1],
+                         "protocols": ["few-shot"], "out": str(tmp_path / "runs")})
+    assert dry_run(suite).problems == []
 
 
 def test_unregistered_plug_ins_are_unknown_again(toy_dataset, toy_backbone) -> None:

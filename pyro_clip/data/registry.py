@@ -24,7 +24,7 @@ from pyro_clip.errors import DataError
 from pyro_clip.utils.names import close_matches
 
 __all__ = ["SPLITS", "DataSource", "DatasetSplits", "RunDefaults", "default_augment",
-           "default_eval_datasets", "default_templates", "describe_datasets",
+           "default_eval_datasets", "default_templates", "describe_datasets", "find_dataset",
            "has_validation_split", "known_datasets", "load_dataset", "load_splits",
            "parse_dataset_spec", "register_dataset", "unregister_dataset"]
 
@@ -81,7 +81,7 @@ def _find(name: str) -> DataSource | None:
     return next((s for s in _sources() if s.resolve(name) is not None), None)
 
 
-def _lookup(name: str) -> tuple[DataSource, str]:
+def find_dataset(name: str) -> tuple[DataSource, str]:
     """The source of ``name`` and its canonical spelling; unknown names fail with the list of
     known ones and the close matches."""
     source = _find(name)
@@ -107,7 +107,7 @@ def parse_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _run_defaults(name: str) -> RunDefaults:
-    source, canonical = _lookup(parse_dataset_spec(name)[0])
+    source, canonical = find_dataset(parse_dataset_spec(name)[0])
     return source.run_defaults(canonical)
 
 
@@ -156,7 +156,7 @@ def _prepare(name: str, kw: dict[str, Any]) -> tuple[DataSource, str, bool, dict
     name, spec_kw = parse_dataset_spec(name)
     kw = {**spec_kw, **kw}
     skip = bool(kw.pop("skip_corrupt", False))
-    source = _lookup(name)[0]
+    source = find_dataset(name)[0]
     extra = sorted(set(kw) - set(source.keywords))
     if extra:
         raise DataError(f"data set {name!r} does not take {extra}; it accepts "

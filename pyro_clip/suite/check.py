@@ -11,11 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyro_clip.data.dassl import validate_dassl_layout
-from pyro_clip.data.dassl_specs import resolve_dassl
-from pyro_clip.data.imagenet_variants import resolve_variant, validate_variant_layout
-from pyro_clip.data.registry import has_validation_split, known_datasets
-from pyro_clip.errors import ConfigError, PyroClipError
+from pyro_clip.data.registry import find_dataset, has_validation_split
+from pyro_clip.errors import ConfigError, DataError, PyroClipError
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 from pyro_clip.suite.estimate import (
     RunEstimate,
@@ -25,7 +22,6 @@ from pyro_clip.suite.estimate import (
     too_large,
 )
 
-EMBEDDED = ("fashion-mnist", "fashion-mnist-c")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -86,6 +82,10 @@ def check_backbone_spec(spec: str) -> tuple[list[str], list[str]]:
     if spec == "conse":
         return [], ["conse loads EfficientNet-Lite0 + MiniLM weights from installed packages"]
     if not spec.startswith("open_clip:"):
+        from pyro_clip.backbones.registry import backbone_kinds
+
+        if spec.partition(":")[0] in backbone_kinds():  # a plug-in kind: built when runs start
+            return [], []
         raise ConfigError(
             f"unknown backbone {spec!r}; use 'conse' or 'open_clip:<model>[:<tag or checkpoint>]'"
         )
@@ -132,22 +132,19 @@ def check_backbone_spec(spec: str) -> tuple[list[str], list[str]]:
 
 def _dataset_problems(name: str, root: str | None, role: str, source: str) -> list[str]:
     """Check a data set name (ConfigError if unknown) and its files (problems)."""
-    if name in EMBEDDED:
+    try:
+        data, canonical = find_dataset(name)
+    except DataError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    advice = data.evaluation_only(canonical) if role == "train" else None
+    if advice is not None:
+        raise ConfigError(f"{source}: {name} is evaluation-only; {advice}")
+    if not data.reads_files:
         return []
-    variant = resolve_variant(name)
-    if variant is not None and role == "train":
-        raise ConfigError(f"{source}: {name} is evaluation-only; train on imagenet and list "
-                          f"{name} under eval_datasets")
-    if variant is None and resolve_dassl(name) is None and name != "folder":
-        raise ConfigError(f"{source}: unknown data set {name!r}; known: {known_datasets()}")
     if root is None:
         raise ConfigError(f"{source}: data set {name!r} reads images from disk; set data_root "
                           "in the suite file or pass --data-root")
-    if name == "folder":
-        return [] if Path(root).is_dir() else [f"image folder {root} does not exist"]
-    if variant is not None:
-        return validate_variant_layout(root, name)
-    return validate_dassl_layout(root, name)
+    return data.layout_problems(canonical, root)
 
 
 def dry_run(suite: SuiteConfig) -> Plan:

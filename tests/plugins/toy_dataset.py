@@ -26,6 +26,7 @@ class ToyColours(DataSource):
     name = "toy-colours"
     description = "test plug-in: noisy red / green / blue squares (per_class)"
     keywords = ("per_class",)
+    reads_files = False  # made in memory: no --data-root
 
     def load(self, name: str, split: str, root: str | Path | None, skip_corrupt: bool,
              per_class: int = 4, **kw: Any) -> ArrayImages:

@@ -71,9 +71,21 @@ class DataSource(ABC):
         """Templates, companions and augmentation of canonical ``name``."""
         return self.defaults
 
+    #: False for data sets that need no ``root`` (the embedded ones)
+    reads_files: ClassVar[bool] = True
+
     def has_validation(self, name: str) -> bool:
         """False when the protocol has no validation split (runs then hold shots out of train)."""
         return True
+
+    def evaluation_only(self, name: str) -> str | None:
+        """None when runs may train on ``name``; else the advice for a run that tries."""
+        return None
+
+    def layout_problems(self, name: str, root: str | Path) -> list[str]:
+        """What is missing under ``root`` for ``name``, read without decoding images (a dry
+        run lists it; empty: ready). By default: whether ``root`` is a folder."""
+        return [] if Path(root).expanduser().is_dir() else [f"data root {root} does not exist"]
 
     @abstractmethod
     def load(self, name: str, split: str, root: str | Path | None, skip_corrupt: bool,

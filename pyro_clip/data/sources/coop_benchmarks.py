@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_clip.data.base import LabeledImages
-from pyro_clip.data.dassl import DasslSplitImages
+from pyro_clip.data.dassl import DasslSplitImages, validate_dassl_layout
 from pyro_clip.data.dassl_specs import dassl_names, get_dassl_spec, resolve_dassl
 from pyro_clip.data.registry import register_dataset
 from pyro_clip.data.sources.base import DataSource, RunDefaults, require_root
@@ -36,6 +36,9 @@ class CoopBenchmarks(DataSource):
     def has_validation(self, name: str) -> bool:
         """CoOp's ImageNet protocol has no validation split."""
         return get_dassl_spec(name).name != "imagenet"
+
+    def layout_problems(self, name: str, root: str | Path) -> list[str]:
+        return validate_dassl_layout(root, name)
 
     def load(self, name: str, split: str, root: str | Path | None, skip_corrupt: bool,
              **kw: Any) -> LabeledImages:

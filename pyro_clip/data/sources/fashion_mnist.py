@@ -19,6 +19,7 @@ class FashionMnist(DataSource):
     description = "embedded, offline: class-balanced Fashion-MNIST subset (train/val/test)"
     order = 0
     keywords = ("invert",)
+    reads_files = False
     #: Fashion-MNIST is 28 x 28 px with the object filling the frame: a random resized crop
     #: (scale 0.08-1, the papers' choice for >= 224 px natural images) keeps as little as
     #: 8 x 8 px of it and costs every method that trains with it; flips alone are within noise

@@ -19,6 +19,7 @@ class FashionMnistC(DataSource):
     description = "embedded, offline: its shifted copy (evaluation; corruption, severity)"
     order = 1
     keywords = ("corruption", "severity", "invert")
+    reads_files = False
     defaults = RunDefaults(augment="none")  # as fashion-mnist (see its source)
 
     def load(self, name: str, split: str, root: str | Path | None, skip_corrupt: bool,

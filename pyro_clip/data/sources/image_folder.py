@@ -39,6 +39,9 @@ class ImageFolder(DataSource):
              **kw: Any) -> LabeledImages:
         return self._splits(name, root, skip_corrupt, **kw).images(split)
 
+    def layout_problems(self, name: str, root: str | Path) -> list[str]:
+        return [] if Path(root).expanduser().is_dir() else [f"image folder {root} does not exist"]
+
     def load_splits(self, name: str, root: str | Path | None, skip_corrupt: bool,
                     **kw: Any) -> DatasetSplits:
         """All three from one split of the folder, with its record and summary line."""

@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from pyro_clip.data.base import LabeledImages
-from pyro_clip.data.imagenet_variants import ImageNetVariantImages, resolve_variant, variant_names
+from pyro_clip.data.imagenet_variants import (
+    ImageNetVariantImages,
+    resolve_variant,
+    validate_variant_layout,
+    variant_names,
+)
 from pyro_clip.data.registry import register_dataset
 from pyro_clip.data.sources.base import DataSource, require_root
 
@@ -25,6 +30,12 @@ class ImageNetShifts(DataSource):
     def resolve(self, name: str) -> str | None:
         spec = resolve_variant(name)
         return None if spec is None else spec.name
+
+    def evaluation_only(self, name: str) -> str | None:
+        return f"train on imagenet and list {name} under eval_datasets"
+
+    def layout_problems(self, name: str, root: str | Path) -> list[str]:
+        return validate_variant_layout(root, name)
 
     def load(self, name: str, split: str, root: str | Path | None, skip_corrupt: bool,
              **kw: Any) -> LabeledImages:
