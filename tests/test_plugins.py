@@ -83,9 +83,10 @@ def test_plug_ins_run_through_the_cli_and_pass_a_suite_dry_run(toy_dataset, toy_
                  "zero-shot", "--shots", "2", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["accuracy"] == 1.0
     suite = parse_suite({"name": "toy", "backbone": "toy-colour", "methods": ["zero-shot"],
-                         "datasets": ["toy-colours"], "shots": [1], "seeds": [1],
-                         "protocols": ["few-shot"], "out": str(tmp_path / "runs")})
-    assert dry_run(suite).problems == []
+                         "datasets": ["toy-colours", "fashion-mnist"], "shots": [1],
+                         "seeds": [1], "protocols": ["few-shot"], "out": str(tmp_path / "runs")})
+    plan = dry_run(suite)
+    assert plan.problems == [] and any("toy-colour: sizes unknown" in n for n in plan.notes)
 
 
 def test_unregistered_plug_ins_are_unknown_again(toy_dataset, toy_backbone) -> None:

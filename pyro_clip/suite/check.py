@@ -16,6 +16,7 @@ from pyro_clip.errors import ConfigError, DataError, PyroClipError
 from pyro_clip.suite.config import SuiteConfig, SuiteRun, expand
 from pyro_clip.suite.estimate import (
     RunEstimate,
+    backbone_size,
     default_memory_gib,
     estimate_run,
     format_estimates,
@@ -187,6 +188,12 @@ def _estimate(plan: Plan) -> None:
     """Fill ``plan.estimates``: one per (data set, protocol, method, shots), seeds counted."""
     suite = plan.suite
     plan.memory_gib = float(suite.device_memory_gib or default_memory_gib(suite.device))
+    try:
+        backbone_size(suite.backbone)
+    except ConfigError:  # a registered plug-in kind the estimator has no sizes for
+        plan.notes.append(f"backbone {suite.backbone}: sizes unknown to the estimator (it knows "
+                          "conse and open_clip models), memory not estimated")
+        return
     groups = Counter(r.group for r in plan.runs if not r.done)
     unknown = set()
     for (dataset, protocol, method, shots), runs in groups.items():
