@@ -17,6 +17,8 @@ import pkgutil
 from typing import Any, TypeVar
 
 from pyro_clip.backbones.base import DualEncoder
+
+# re-exported where callers (suite dry runs and estimates) have always found them
 from pyro_clip.backbones.open_clip_spec import parse_open_clip_spec
 from pyro_clip.backbones.open_clip_spec import (
     register_open_clip_configs as _register_open_clip_configs,
