@@ -3,7 +3,9 @@
 1. runs the speed benchmarks in ``SPEED_SCRIPTS`` (each writes ``benchmarks/results/<name>.json``;
    the longer studies run on their own, see ``SPEED_SCRIPTS``);
 2. runs the suite ``configs/bench/offline.yaml`` (resumable; ``--workers``);
-3. writes ``benchmarks/results/RESULTS.md``: the suite's mean ± std tables and every speed
+3. writes ``benchmarks/results/calibration_targets.md`` (:mod:`benchmarks.calibration_targets`:
+   the Bayesian heads' calibration targets against linear-probe, and their PPC p-values);
+4. writes ``benchmarks/results/RESULTS.md``: the suite's mean ± std tables and every speed
    ratio found in the benchmark JSON files (keys containing ``ratio`` or ``speedup``, next to
    their ``target_*`` value), and ``benchmarks/results/bench_run.json`` with the timings.
 
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import calibration_targets
 from benchmarks.common import RESULTS_DIR, machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +56,7 @@ SPEED_SCRIPTS: dict[str, list[str]] = {
 SCRIPT_TIMEOUTS: dict[str, float] = {"bench_active": 3600.0}
 
 #: markdown sections benchmark scripts write next to their JSON; RESULTS.md includes them
-SECTION_FILES = ("active.md",)
+SECTION_FILES = ("calibration_targets.md", "active.md")
 
 
 def result_sections(results_dir: Path = RESULTS_DIR) -> str:
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     scripts = [] if args.skip_speed else run_speed_benchmarks(args.script_timeout)
     speed_s = time.perf_counter() - started
     md_path, info = run_offline_suite(args.suite, args.workers)
+    calibration_targets.write(args.suite, out_dir=args.out_dir)
     total = time.perf_counter() - started
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
