@@ -35,7 +35,7 @@ class EvaluationLike(Protocol):
     """What the hook reads of ``runner.Evaluation``."""
 
     name: str
-    prediction: Any  # methods.Prediction: probs (N, C), logit_samples (S, N, C) | None
+    prediction: Any  # methods.Prediction: probs (N, C), logit_samples (S, N, C) | None, ...
     labels: torch.Tensor
     classnames: list[str]
     features: torch.Tensor | None
@@ -70,7 +70,9 @@ class RunLike(Protocol):
 def evaluation_scores(method: MethodLike, ev: EvaluationLike) -> dict[str, torch.Tensor]:
     """Built-in scores from the prediction (``msp``, ``entropy``, ``mutual_information``) plus
     the method's own ``ood_scores``, if any, always named ``<method>:<score>``."""
-    scores = prediction_scores(ev.prediction.probs, ev.prediction.logit_samples)
+    pred = ev.prediction
+    scores = prediction_scores(pred.probs, pred.logit_samples,
+                               getattr(pred, "mutual_information", None))
     if ev.features is not None:
         for name, value in method.ood_scores(ev.features, ev.classnames).items():
             value = torch.as_tensor(value).double().flatten()
@@ -94,8 +96,9 @@ def split_sets(result: RunLike) -> tuple[str | None, list[str]]:
 def _draws(ev: EvaluationLike, draws: int, seed: int) -> Any:
     from pyro_clip.diagnostics.predictive import predictive_draws
 
-    return predictive_draws(ev.prediction.probs, ev.labels, ev.classnames,
-                            ev.prediction.logit_samples, draws, seed=seed)
+    pred = ev.prediction
+    return predictive_draws(pred.probs, ev.labels, ev.classnames, pred.logit_samples, draws,
+                            seed=seed, replicates=getattr(pred, "replicates", None))
 
 
 def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -> Any:
@@ -206,7 +209,7 @@ def diagnose_run(
         plots.save_png(fig, pdir / f"ood_{arviz_io.var_key(n)}.png")
     # posterior predictive where the plotted sets' draws come from logit samples (also in
     # `pyro-clip evaluate`, which has no training set); plug-in draws from probs otherwise
-    bayes = any(d.logits is not None for d in sets.values())
+    bayes = any(d.posterior for d in sets.values())
     plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
                                     f"{title}: held-out posterior predictive checks of p(y|x)"
                                     if bayes else
