@@ -132,9 +132,11 @@ def to_inference_data(
         groups["posterior"] = {"train_margin": _chains(
             train_margin(fit.logits, fit.labels, n_classes), chains)}
         groups["log_likelihood"] = {"y": _chains(fit.log_likelihood, chains)}
-    if fit is not None and prior is not None and prior.logits is not None:
-        groups["prior"] = {"train_margin": _chains(
-            train_margin(prior.logits, prior.labels, n_classes), chains)}
+    if fit is not None and prior is not None and (prior.logits is not None
+                                                  or prior.margins is not None):
+        margins = (prior.margins if prior.margins is not None
+                   else train_margin(prior.logits, prior.labels, n_classes))
+        groups["prior"] = {"train_margin": _chains(margins, chains)}
         groups["prior_predictive"] = {"y": _chains(prior.predictive, chains)}
     attrs = {
         "evaluation_sets": json.dumps(names),

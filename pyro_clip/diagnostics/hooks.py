@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from pyro_clip.diagnostics.calibration import calibration_metrics
@@ -102,8 +103,11 @@ def _draws(ev: EvaluationLike, draws: int, seed: int) -> Any:
 
 
 def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -> Any:
-    """Prior logit draws on ``ev``'s inputs from ``method.logit_prior``, or None without one."""
-    from pyro_clip.diagnostics.predictive import predictive_draws
+    """Prior draws on ``ev``'s inputs from ``method.logit_prior``, or None without one: per
+    logit draw ``f_s`` (N, C), drawn one at a time so that only one is held, the replicated
+    labels ``y*_s ~ Cat(softmax f_s)`` and the per-class training margins (ArviZ ``prior``)."""
+    from pyro_clip.diagnostics.arviz_io import train_margin
+    from pyro_clip.diagnostics.predictive import PredictiveDraws
 
     if ev.features is None:
         return None
@@ -111,11 +115,18 @@ def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -
         prior = method.logit_prior(ev.features, ev.classnames)
     if prior is None:
         return None
+    labels = ev.labels.cpu().numpy().astype(np.int64)
+    gen = torch.Generator().manual_seed(seed)
+    reps, margins = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        f = prior.sample((draws,)).detach().cpu().double()
-    return predictive_draws(f.softmax(-1).mean(0), ev.labels.cpu(), ev.classnames, f,
-                            seed=seed)
+        for _ in range(draws):
+            f = prior.sample().detach().cpu().double()
+            reps.append(torch.multinomial(f.softmax(-1), 1, generator=gen)[:, 0])
+            margins.append(train_margin(f.float().numpy()[None], labels,
+                                        len(ev.classnames))[0])
+    return PredictiveDraws(labels, list(ev.classnames), torch.stack(reps).numpy(), None,
+                           posterior=True, margins=np.stack(margins))
 
 
 @dataclass

@@ -30,6 +30,8 @@ class PredictiveDraws:
     logits: np.ndarray | None = None  # (S', N, C) posterior samples, when the method has them
     #: whether the draws come from a posterior (False: plug-in draws of a point estimate)
     posterior: bool = False
+    #: (S, C) per-class training margins computed draw by draw (instead of ``logits``)
+    margins: np.ndarray | None = None
 
 
 def predictive_draws(
