@@ -82,6 +82,7 @@ def test_row_chunk_keeps_a_chunk_within_the_budget():
     assert predictive.CHUNK_COPIES * 8 * 1000 * 100 * rows <= 2**28
     assert predictive.CHUNK_COPIES * 8 * 1000 * 100 * (rows + 1) > 2**28
     assert row_chunk(1000, 10**6, budget=2**20) == 1  # at least one row
+    assert row_chunk(1000, 100, budget=2**20, floor=2**28) == rows
 
 
 def test_choose_temperature_in_chunks_equals_the_whole_nll():
@@ -123,8 +124,9 @@ def test_kalman_predict_in_chunks_equals_the_whole_draws(
     w[:, :len(NAMES)] = thetas.reshape(s, adapter.n_classes, adapter.n_in)
     f = torch.einsum("np,scp->snc", adapter.inputs(x), w) / m.temperature
     p, mi = _reference(f)
-    monkeypatch.setattr(predictive, "PREDICTIVE_BYTES", 4 * 8 * s * len(names) * 5)
-    assert m._chunk(len(names)) == 5  # 37 rows in 8 chunks
+    monkeypatch.setattr(predictive, "PREDICTIVE_BYTES", 1)
+    # the chunk is as large as the draws' weights (S, C, D + 1): (D + 1) / 4 rows
+    assert m._chunk(len(names)) == adapter.n_in // 4 < 37
     parts = m._mc(x, names)
     for out in (whole, parts):
         np.testing.assert_allclose(out.probs.numpy(), p, rtol=1e-10, atol=1e-14)

@@ -39,10 +39,11 @@ RowSampler = Callable[[slice], torch.Tensor]
 
 
 def row_chunk(n_draws: int, n_classes: int, row_bytes: int = 0,
-              budget: int | None = None) -> int:
-    """Rows per chunk: ``budget / (CHUNK_COPIES * 8 S C + row_bytes)`` (at least one);
-    ``row_bytes`` is any further per-row memory of the method (e.g. a (C, C) covariance)."""
-    budget = PREDICTIVE_BYTES if budget is None else budget
+              budget: int | None = None, floor: int = 0) -> int:
+    """Rows per chunk: ``max(budget, floor) / (CHUNK_COPIES * 8 S C + row_bytes)`` (at least
+    one); ``row_bytes`` is any further per-row memory of the method (e.g. a (C, C)
+    covariance), ``floor`` a chunk size worth its overhead (e.g. the weights each chunk reads)."""
+    budget = max(PREDICTIVE_BYTES if budget is None else budget, floor)
     per_row = CHUNK_COPIES * 8 * max(n_draws, 1) * max(n_classes, 1) + row_bytes
     return max(1, budget // per_row)
 

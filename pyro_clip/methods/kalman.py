@@ -474,8 +474,12 @@ class KalmanAdapter(Method):
         return self._draws, torch.Generator().manual_seed(self.ctx.seed + 2)
 
     def _chunk(self, n_classes: int) -> int:
-        """Rows per chunk of the Monte Carlo predictive (:func:`row_chunk`)."""
-        return row_chunk(int(self.options["mc_samples"]), n_classes)
+        """Rows per chunk of the Monte Carlo predictive (:func:`row_chunk`); a linear head's
+        chunk may be as large as its draws' weights (S, C, D + 1), which every chunk's product
+        reads, so that it reads them once per (D + 1) / 4 rows or more."""
+        s, adapter = int(self.options["mc_samples"]), self.adapter
+        weights = 8 * s * n_classes * adapter.n_in if isinstance(adapter, LinearHead) else 0
+        return row_chunk(s, n_classes, floor=weights)
 
     def _row_sampler(self, x: torch.Tensor, classnames: Sequence[str],
                      temperature: float) -> RowSampler:

@@ -137,9 +137,10 @@ def _layer_activation_bytes(tokens: int, batch: int, width: int, heads: int,
 
 
 def predictive_bytes(draws: int, classes: int, n_test: int, n_train: int,
-                     row_bytes: int = 0) -> float:
+                     row_bytes: int = 0, floor: int = 0) -> float:
     """Peak bytes of a chunked Monte Carlo predictive with ``draws`` draws: one chunk
-    (:func:`~pyro_clip.inference.predictive.row_chunk`, at least one row); the test set's
+    (:func:`~pyro_clip.inference.predictive.row_chunk`, at least one row and at least
+    ``floor`` bytes, as the method sizes it); the test set's
     float64 and float32 probabilities and (S, N) uniforms; the kept float32 draws of the test
     and training sets, plus twice the larger in float64 while the diagnostics take their
     log-softmax; the (S, N) replicates of both sets three times (prediction, NumPy copy,
@@ -148,8 +149,8 @@ def predictive_bytes(draws: int, classes: int, n_test: int, n_train: int,
     from pyro_clip.diagnostics.hooks import DEFAULT_DRAWS
     from pyro_clip.inference.predictive import KEPT_SAMPLES_BYTES, PREDICTIVE_BYTES, row_chunk
 
-    rows = min(row_chunk(draws, classes, row_bytes), max(n_test, 1))
-    chunk = max(PREDICTIVE_BYTES, rows * (4 * 8 * draws * classes + row_bytes))
+    rows = min(row_chunk(draws, classes, row_bytes, floor=floor), max(n_test, 1))
+    chunk = max(PREDICTIVE_BYTES, floor, rows * (4 * 8 * draws * classes + row_bytes))
     test = 12 * n_test * classes + 8 * draws * n_test
     kept = [min(KEPT_SAMPLES_BYTES, 4 * draws * n * classes) for n in (n_test, n_train)]
     samples = sum(kept) + 4 * max(kept)
@@ -206,7 +207,10 @@ def method_bytes(method: str, options: dict[str, Any], classes: int, shots: int,
     fp32 = precision == "fp32"
     if method == "kalman":
         peak, detail, refusal = _kalman_bytes(options, classes, d)
-        mc = predictive_bytes(int(options["mc_samples"]), classes, n_test, n_train)
+        s = int(options["mc_samples"])
+        linear = options.get("adapter", "linear") == "linear"  # chunks as large as (S, C, D+1)
+        mc = predictive_bytes(s, classes, n_test, n_train,
+                              floor=8 * s * classes * (d + 1) if linear else 0)
         return features + peak + mc, f"{detail}, predictive {_size(mc)}", refusal
     if method == "laplace":
         peak, detail = _laplace_bytes(options, classes, d)
