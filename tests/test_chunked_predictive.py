@@ -170,7 +170,7 @@ import pyro_clip.inference.predictive as P
 from pyro_clip.suite.estimate import predictive_bytes
 torch.set_num_threads(1)
 P.PREDICTIVE_BYTES, P.KEPT_SAMPLES_BYTES = 2**25, 2**22
-s, n, c, d = 100, 20_000, 50, 16
+s, n, c, d = 100, 40_000, 50, 16
 gen = torch.Generator().manual_seed(0)
 x = torch.randn(n, d, generator=gen, dtype=torch.float64)
 w = torch.randn(s, c, d, generator=gen, dtype=torch.float64)
@@ -183,7 +183,7 @@ print(peak, predictive_bytes(s, c, n, 0), 8 * s * n * c)
 
 
 def test_chunked_peak_memory_is_far_below_the_whole_draws_and_within_the_estimate():
-    """Peak RSS growth of a 100-draw, 20,000-row, 50-class reduction (whole draws: 800 MB in
+    """Peak RSS growth of a 100-draw, 40,000-row, 50-class reduction (whole draws: 1.6 GB in
     float64) with a 32 MiB chunk budget, measured in a fresh process: within twice the dry
     run's :func:`predictive_bytes` for it (allocator retention is not modelled) and below a
     quarter of the whole draws."""
