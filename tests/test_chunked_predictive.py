@@ -162,6 +162,11 @@ def test_laplace_predict_in_chunks_never_holds_a_whole_set(
         np.testing.assert_allclose(out.mutual_information.numpy(), mi, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(out.logit_samples, f.float())
     torch.testing.assert_close(parts.replicates, whole.replicates, rtol=0, atol=0)
+    # in float64, before predict()'s float32 probabilities
+    f64 = mc_predictive(m._row_sampler(x, names, m.temperature), 29, 48, len(names), seed=0,
+                        chunk=4)
+    np.testing.assert_allclose(f64.probs.numpy(), p, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(f64.mutual_information.numpy(), mi, rtol=1e-8, atol=1e-12)
 
 
 _PEAK_SCRIPT = """
