@@ -32,9 +32,16 @@ def test_base_to_new_fits_the_base_half():
     assert est.classes == math.ceil(397 / 2) and est.runs == 3
 
 
-def test_laplace_test_covariances_are_counted():
-    est = estimate_run("imagenet", "few-shot", "laplace", 16, 1, {}, "conse", None, 64, "fp32")
-    assert est.peak_bytes >= 8 * 50000 * 1000 * 1000
+def test_monte_carlo_predictives_are_counted_per_chunk():
+    """The chunked predictive: no (N, C, C) covariances nor (S, N, C) draws of a whole set,
+    but at least the (S, N) replicates of the test set and one chunk of draws."""
+    from pyro_clip.inference.predictive import PREDICTIVE_BYTES
+
+    n, c, s = 50000, 1000, 1000
+    for method in ("laplace", "kalman"):
+        est = estimate_run("imagenet", "few-shot", method, 16, 1, {}, "conse", None, 64, "fp32")
+        assert 8 * s * n + PREDICTIVE_BYTES <= est.peak_bytes < 8 * n * c * c
+        assert "predictive" in est.detail
 
 
 def _suite(tmp_path, **changes):

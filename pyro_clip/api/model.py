@@ -104,8 +104,10 @@ class FittedModel:
     def predictive(self, data: FeatureSet | torch.Tensor,
                    classnames: Sequence[str] | None = None) -> Prediction:
         """``Prediction``: ``probs`` (N, C) and, for Bayesian methods, ``logit_samples``
-        (S, N, C). Classes: ``classnames``, else those of ``data`` (Features), else the
-        training classes; classes never trained on get the zero-shot prior."""
+        (S, N, C) (the first draws only, on sets too large to keep all), the
+        ``mutual_information`` (N,) and the PPC ``replicates`` (S, N). Classes:
+        ``classnames``, else those of ``data`` (Features), else the training classes; classes
+        never trained on get the zero-shot prior."""
         x, names = self._inputs(data, classnames)
         with torch.no_grad():
             return self.method.predict(x, names)

@@ -16,7 +16,8 @@ One ``InferenceData`` per run, groups with their standard ArviZ meaning (Kumar e
   evaluation set, ``predictions_constant_data.labels_<set>`` its observed labels.
 
 Methods without a posterior (point estimates) get no ``posterior`` / ``log_likelihood`` groups
-(their replicated labels are plug-in draws from ``probs``) and ``attrs["posterior"] = "none"``;
+(their replicated labels are plug-in draws from ``probs``) and ``attrs["posterior"] = "none"``
+(``"draws-not-kept"`` for a Bayesian run whose training-set logits exceeded the kept budget);
 :func:`loo` and :func:`compare` then raise :class:`NoPosteriorError` instead of returning a
 number that would treat a point estimate as a posterior. Posterior draws are independent
 (exact or approximate posteriors sampled directly, not MCMC); the S draws are stored as
@@ -47,6 +48,9 @@ with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.x refactor on impo
 
 InferenceData = az.InferenceData
 NO_POSTERIOR = "none"
+#: ``attrs["posterior"]`` of a Bayesian run whose training-set logit draws were too large to
+#: keep (:data:`pyro_clip.inference.predictive.KEPT_SAMPLES_BYTES`): no log-likelihood
+DRAWS_NOT_KEPT = "draws-not-kept"
 
 
 class NoPosteriorError(PyroClipError, ValueError):
@@ -103,7 +107,7 @@ def to_inference_data(
             f"every evaluation set needs the same number of draws, got {n_draws}; have the "
             "method return the same number of logit samples for every set"
         )
-    bayesian = fit is not None and fit.logits is not None
+    bayesian = fit is not None and fit.logits is not None and fit.log_likelihood is not None
     coords: dict[str, Any] = {}
     dims: dict[str, list[str]] = {"y": ["train_obs"], "train_margin": ["class"]}
     if fit is not None:
@@ -128,18 +132,24 @@ def to_inference_data(
         groups["posterior"] = {"train_margin": _chains(
             train_margin(fit.logits, fit.labels, n_classes), chains)}
         groups["log_likelihood"] = {"y": _chains(fit.log_likelihood, chains)}
-    if fit is not None and prior is not None and prior.logits is not None:
-        groups["prior"] = {"train_margin": _chains(
-            train_margin(prior.logits, prior.labels, n_classes), chains)}
+    if fit is not None and prior is not None and (prior.logits is not None
+                                                  or prior.margins is not None):
+        margins = (prior.margins if prior.margins is not None
+                   else train_margin(prior.logits, prior.labels, n_classes))
+        groups["prior"] = {"train_margin": _chains(margins, chains)}
         groups["prior_predictive"] = {"y": _chains(prior.predictive, chains)}
     attrs = {
         "evaluation_sets": json.dumps(names),
         "creator": "pyro_clip.diagnostics",
         "method": method,
-        "posterior": "samples" if bayesian else NO_POSTERIOR,
+        "posterior": ("samples" if bayesian else DRAWS_NOT_KEPT
+                      if fit is not None and fit.posterior else NO_POSTERIOR),
         "posterior_note": (
             "independent posterior draws of the logits split into chains; log_likelihood "
             "is the training data's; predictions hold held-out sets" if bayesian else
+            "posterior draws too large to keep: posterior_predictive and predictions hold "
+            "replicates of all draws, but there is no log_likelihood group (LOO undefined)"
+            if fit is not None and fit.posterior else
             "point estimate: no posterior, so no log_likelihood group; LOO/WAIC are undefined "
             "and posterior_predictive holds plug-in draws from the predicted probabilities"
         ),
@@ -155,6 +165,12 @@ def has_posterior(idata: az.InferenceData) -> bool:
 def _require_posterior(idata: az.InferenceData, what: str, label: str = "") -> None:
     if not has_posterior(idata):
         method = idata.attrs.get("method") or label or "this run"
+        if idata.attrs.get("posterior") == DRAWS_NOT_KEPT:
+            raise NoPosteriorError(
+                f"{what} needs the training set's logit draws, but {method}'s were too large "
+                "to keep (pyro_clip.inference.predictive.KEPT_SAMPLES_BYTES); raise that "
+                "budget, or compare by test NLL in metrics.json"
+            )
         raise NoPosteriorError(
             f"{what} needs posterior draws, but {method} is a point estimate (no posterior, "
             "no log_likelihood group); compare point estimates by test NLL in metrics.json, "

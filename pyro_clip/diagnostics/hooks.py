@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from pyro_clip.diagnostics.calibration import calibration_metrics
@@ -35,7 +36,7 @@ class EvaluationLike(Protocol):
     """What the hook reads of ``runner.Evaluation``."""
 
     name: str
-    prediction: Any  # methods.Prediction: probs (N, C), logit_samples (S, N, C) | None
+    prediction: Any  # methods.Prediction: probs (N, C), logit_samples (S, N, C) | None, ...
     labels: torch.Tensor
     classnames: list[str]
     features: torch.Tensor | None
@@ -70,7 +71,9 @@ class RunLike(Protocol):
 def evaluation_scores(method: MethodLike, ev: EvaluationLike) -> dict[str, torch.Tensor]:
     """Built-in scores from the prediction (``msp``, ``entropy``, ``mutual_information``) plus
     the method's own ``ood_scores``, if any, always named ``<method>:<score>``."""
-    scores = prediction_scores(ev.prediction.probs, ev.prediction.logit_samples)
+    pred = ev.prediction
+    scores = prediction_scores(pred.probs, pred.logit_samples,
+                               getattr(pred, "mutual_information", None))
     if ev.features is not None:
         for name, value in method.ood_scores(ev.features, ev.classnames).items():
             value = torch.as_tensor(value).double().flatten()
@@ -94,13 +97,17 @@ def split_sets(result: RunLike) -> tuple[str | None, list[str]]:
 def _draws(ev: EvaluationLike, draws: int, seed: int) -> Any:
     from pyro_clip.diagnostics.predictive import predictive_draws
 
-    return predictive_draws(ev.prediction.probs, ev.labels, ev.classnames,
-                            ev.prediction.logit_samples, draws, seed=seed)
+    pred = ev.prediction
+    return predictive_draws(pred.probs, ev.labels, ev.classnames, pred.logit_samples, draws,
+                            seed=seed, replicates=getattr(pred, "replicates", None))
 
 
 def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -> Any:
-    """Prior logit draws on ``ev``'s inputs from ``method.logit_prior``, or None without one."""
-    from pyro_clip.diagnostics.predictive import predictive_draws
+    """Prior draws on ``ev``'s inputs from ``method.logit_prior``, or None without one: per
+    logit draw ``f_s`` (N, C), drawn one at a time so that only one is held, the replicated
+    labels ``y*_s ~ Cat(softmax f_s)`` and the per-class training margins (ArviZ ``prior``)."""
+    from pyro_clip.diagnostics.arviz_io import train_margin
+    from pyro_clip.diagnostics.predictive import PredictiveDraws
 
     if ev.features is None:
         return None
@@ -108,11 +115,18 @@ def prior_draws(method: MethodLike, ev: EvaluationLike, draws: int, seed: int) -
         prior = method.logit_prior(ev.features, ev.classnames)
     if prior is None:
         return None
+    labels = ev.labels.cpu().numpy().astype(np.int64)
+    gen = torch.Generator().manual_seed(seed)
+    reps, margins = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        f = prior.sample((draws,)).detach().cpu().double()
-    return predictive_draws(f.softmax(-1).mean(0), ev.labels.cpu(), ev.classnames, f,
-                            seed=seed)
+        for _ in range(draws):
+            f = prior.sample().detach().cpu().double()
+            reps.append(torch.multinomial(f.softmax(-1), 1, generator=gen)[:, 0])
+            margins.append(train_margin(f.float().numpy()[None], labels,
+                                        len(ev.classnames))[0])
+    return PredictiveDraws(labels, list(ev.classnames), torch.stack(reps).numpy(), None,
+                           posterior=True, margins=np.stack(margins))
 
 
 @dataclass
@@ -206,7 +220,7 @@ def diagnose_run(
         plots.save_png(fig, pdir / f"ood_{arviz_io.var_key(n)}.png")
     # posterior predictive where the plotted sets' draws come from logit samples (also in
     # `pyro-clip evaluate`, which has no training set); plug-in draws from probs otherwise
-    bayes = any(d.logits is not None for d in sets.values())
+    bayes = any(d.posterior for d in sets.values())
     plots.save_png(plots.ppc_figure({n: (evs[n].prediction.probs, d) for n, d in sets.items()},
                                     f"{title}: held-out posterior predictive checks of p(y|x)"
                                     if bayes else

@@ -40,13 +40,17 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def prediction_scores(
-    probs: torch.Tensor, logit_samples: torch.Tensor | None = None
+    probs: torch.Tensor, logit_samples: torch.Tensor | None = None,
+    mutual_information: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """OOD scores every method has: ``msp`` = -max_c p_c, ``entropy`` = H(p); with posterior
-    samples also ``mutual_information`` = H(E_s p_s) - E_s H(p_s) (epistemic part, Houlsby 2011).
+    samples also ``mutual_information`` = H(E_s p_s) - E_s H(p_s) (epistemic part, Houlsby 2011),
+    as given (computed from all draws by the method) or from ``logit_samples``.
     """
     scores = {"msp": -probs.double().max(-1).values, "entropy": entropy(probs)}
-    if logit_samples is not None:
+    if mutual_information is not None:
+        scores["mutual_information"] = mutual_information.double()
+    elif logit_samples is not None:
         p_s = logit_samples.double().softmax(-1)
         scores["mutual_information"] = entropy(p_s.mean(0)) - entropy(p_s).mean(0)
     return scores

@@ -89,6 +89,8 @@ def acquisition_scores(method: KalmanAdapter, x: torch.Tensor, score: str) -> to
     if score == "entropy":
         return predictive_entropy(pred.probs)
     if score == "bald":
+        if pred.mutual_information is not None:  # from all draws, reduced in chunks
+            return pred.mutual_information.to(DTYPE).clamp_min(0)
         assert pred.logit_samples is not None
         return mutual_information(pred.logit_samples)
     return variance_reduction(method, x, pred.probs)

@@ -67,10 +67,15 @@ class MethodContext:
 
 @dataclass
 class Prediction:
-    """``probs`` (N, C) predictive probabilities; ``logit_samples`` (S, N, C) when Bayesian."""
+    """``probs`` (N, C) predictive probabilities; when Bayesian, ``logit_samples`` (S, N, C)
+    (methods that reduce their draws in chunks keep only the first draws that fit
+    :data:`~pyro_clip.inference.predictive.KEPT_SAMPLES_BYTES`, possibly none) and, from all
+    draws, ``mutual_information`` (N,) and the PPC ``replicates`` (S, N)."""
 
     probs: torch.Tensor
     logit_samples: torch.Tensor | None = None
+    mutual_information: torch.Tensor | None = None
+    replicates: torch.Tensor | None = None
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
@@ -81,8 +86,8 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
         return dataclasses.replace(obj, features=to_device(obj.features, device),
                                    labels=obj.labels.to(device))
     if isinstance(obj, Prediction):
-        return dataclasses.replace(obj, probs=obj.probs.to(device),
-                                   logit_samples=to_device(obj.logit_samples, device))
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj)})
     if isinstance(obj, dict):
         return type(obj)((k, to_device(v, device)) for k, v in obj.items())
     if isinstance(obj, list | tuple):

@@ -64,7 +64,14 @@ from pyro_clip.inference.kalman_adapters import (
     principal_axes,
 )
 from pyro_clip.inference.posteriors import RowLinearMap
-from pyro_clip.inference.predictive import choose_temperature, mc_probs
+from pyro_clip.inference.predictive import (
+    MCPredictive,
+    RowSampler,
+    choose_temperature,
+    entropy,
+    mc_predictive,
+    row_chunk,
+)
 from pyro_clip.inference.sequential import batch_order, sequential_update
 from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
 from pyro_clip.methods.options import Option, temperature_options
@@ -410,8 +417,8 @@ class KalmanAdapter(Method):
         x = val.features[self.feature_kind]
         self._check(x, "validation")
         if self.options["predictive"] == "mc":
-            return choose_temperature(self._raw_logit_samples(x, val.classnames), val.labels,
-                                      temps)
+            return choose_temperature(self._row_sampler(x, val.classnames, 1.0), val.labels,
+                                      temps, chunk=self._chunk(len(val.classnames)))
         mean, var = self._logit_moments(x, val.classnames)
         idx = torch.arange(len(val))
         nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
@@ -466,27 +473,48 @@ class KalmanAdapter(Method):
             self._draws = state.mean + state.cov.sample(self.options["mc_samples"], gen)
         return self._draws, torch.Generator().manual_seed(self.ctx.seed + 2)
 
-    def _logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
-        """Posterior predictive logit draws ``f_s(x) / T`` (S, N, C) (module docstring)."""
-        return self._raw_logit_samples(x, classnames) / self.temperature
+    def _chunk(self, n_classes: int) -> int:
+        """Rows per chunk of the Monte Carlo predictive (:func:`row_chunk`); a linear head's
+        chunk may be as large as its draws' weights (S, C, D + 1), which every chunk's product
+        reads, so that it reads them once per (D + 1) / 4 rows or more."""
+        s, adapter = int(self.options["mc_samples"]), self.adapter
+        weights = 8 * s * n_classes * adapter.n_in if isinstance(adapter, LinearHead) else 0
+        return row_chunk(s, n_classes, floor=weights)
 
-    def _raw_logit_samples(self, x: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
-        """Monte Carlo logits (S, N, C) from weights drawn from the posterior (prior if unseen)."""
+    def _row_sampler(self, x: torch.Tensor, classnames: Sequence[str],
+                     temperature: float) -> RowSampler:
+        """Logit draws ``f_s(x_rows) / T`` (S, rows, C) from the posterior weight draws (the
+        prior for unseen classes); the draws' weights are built once, the logits per slice."""
         _, adapter = self._fitted()
         thetas, gen = self._weight_draws()
         s = len(thetas)
         text = self.ctx.text_classifier(list(classnames))
         if isinstance(adapter, ResidualAdapter):
-            return torch.stack([adapter.logits(t, x, text) for t in thetas])
+            return lambda rows: torch.stack(
+                [adapter.logits(t, x[rows], text) for t in thetas]) / temperature
         assert isinstance(adapter, LinearHead)
         seen = self._class_map(classnames)
         prior = adapter.class_prior_mean(text)
-        noise = torch.randn(s, *prior.shape, generator=gen, dtype=DTYPE,
-                            device=gen.device).to(prior.device) * self.prior_var**0.5
-        w = (prior + noise).clone()
         trained = thetas.reshape(s, adapter.n_classes, adapter.n_in)
-        w[:, seen >= 0] = trained[:, seen[seen >= 0]]
-        return torch.einsum("np,scp->snc", adapter.inputs(x), w)
+        if bool((seen >= 0).all()):  # no prior rows: the draws' own weights
+            same = len(seen) == adapter.n_classes and bool(
+                (seen == torch.arange(len(seen), device=seen.device)).all())
+            w = trained if same else trained[:, seen]
+        else:  # w ~ N(prior, prior_var I) for the unseen rows, built in place
+            w = torch.randn(s, *prior.shape, generator=gen, dtype=DTYPE,
+                            device=gen.device).to(prior.device)
+            w.mul_(self.prior_var**0.5).add_(prior)
+            w[:, seen >= 0] = trained[:, seen[seen >= 0]]
+        inputs = adapter.inputs(x)
+        return lambda rows: torch.einsum("np,scp->snc", inputs[rows], w) / temperature
+
+    def _mc(self, x: torch.Tensor, classnames: Sequence[str],
+            replicates: bool = True) -> MCPredictive:
+        """The Monte Carlo predictive of ``x`` reduced chunk by chunk (:func:`mc_predictive`)."""
+        s, c = int(self.options["mc_samples"]), len(classnames)
+        return mc_predictive(self._row_sampler(x, classnames, self.temperature), len(x), s, c,
+                             seed=self.ctx.seed + 3, chains=int(self.options["chains"]),
+                             replicates=replicates, chunk=self._chunk(c))
 
     @torch.no_grad()
     def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
@@ -516,34 +544,28 @@ class KalmanAdapter(Method):
 
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
         self._check(features, "predict")
-        samples = self._logit_samples(features, classnames)
+        mc = self._mc(features, classnames)
         if self.options["predictive"] == "mc":
-            probs = mc_probs(samples)
+            probs = mc.probs
         else:
             mean, var = self._logit_moments(features, classnames)
             t = self.temperature
             probs = probit_probs(mean / t, var / t**2)
-        return Prediction(probs.float(), samples.float())
+        return Prediction(probs.float(), mc.logit_samples, mc.mutual_information.float(),
+                          mc.replicates)
 
     def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]) -> dict[str, Any]:
         """Higher = more out-of-distribution: predictive entropy, mutual information (MC), and
         the Mahalanobis rule ``min_c (1 - mu_c/s)^2 / (var_c/s^2 + R)`` on the cosine innovation.
         """
         self._check(features, "ood_scores")
-        samples = self._logit_samples(features, classnames).double()
+        mc = self._mc(features, classnames, replicates=False)
         mean, var = self._logit_moments(features, classnames)
-        probs = mc_probs(samples)
-
-        def entropy(p: torch.Tensor) -> torch.Tensor:
-            return -(p * p.clamp_min(1e-12).log()).sum(-1)
-
-        total = entropy(probs)
-        aleatoric = entropy(samples.softmax(-1)).mean(0)
         scale = self.logit_scale
         d2 = (1.0 - mean / scale) ** 2 / (var / scale**2 + self.obs_var)
         return {
-            "entropy": total.float(),
-            "mutual_information": (total - aleatoric).clamp_min(0).float(),
+            "entropy": entropy(mc.probs).float(),
+            "mutual_information": mc.mutual_information.clamp_min(0).float(),
             "mahalanobis": d2.min(-1).values.float(),
         }
 

@@ -8,7 +8,9 @@ the validation NLL of the predictive (laplace-torch's recommended grid search on
 data; ``prior_precision=marglik`` keeps the marginal likelihood, eq. 5). Prediction is the GLM
 predictive ``f ~ N(W_MAP x, J Sigma J^T)`` by Monte Carlo: ``n_samples`` draws ``f_s / T``
 are ``logit_samples`` and ``p = 1/S sum_s softmax(f_s / T)`` (one predictive for
-probabilities, PPCs, LOO and OOD scores; :mod:`pyro_clip.inference.predictive`);
+probabilities, PPCs, LOO and OOD scores; :mod:`pyro_clip.inference.predictive`), computed a
+chunk of rows at a time (each row's draws from its own seeded stream, so chunking leaves
+them unchanged; no (N, C, C) covariance of a whole set is held);
 ``predictive=probit`` is the approximation ``softmax(mu / sqrt(1 + pi/8 diag var))`` (eq. 9).
 A class never trained on has no likelihood term, so its row's posterior *is* its prior:
 ``f_c ~ N(s cos(x, t_c), 1/P)``, independent of the trained rows (exact, not a fallback).
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import pyro.distributions
 import torch
 from torch import nn
@@ -28,7 +31,13 @@ from pyro_clip.features.cache import FeatureSet
 from pyro_clip.inference.covariance import safe_cholesky
 from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
-from pyro_clip.inference.predictive import choose_temperature, mc_probs
+from pyro_clip.inference.predictive import (
+    RowSampler,
+    choose_temperature,
+    chunks,
+    mc_predictive,
+    row_chunk,
+)
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
@@ -56,13 +65,22 @@ def _head(weight: torch.Tensor) -> nn.Sequential:
     return nn.Sequential(nn.Identity(), lin)
 
 
-def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)``; jitter (with a warning) if not PD."""
+def row_noise(seed: int, row: int, n: int, n_classes: int) -> torch.Tensor:
+    """Standard normals (n, C) of row ``row``: a Philox stream keyed by ``(seed, row)``, so a
+    row's draws are the same whichever rows are drawn with it (and on every device)."""
+    gen = np.random.Generator(np.random.Philox(key=((seed % 2**64) << 64) | row))
+    return torch.from_numpy(gen.standard_normal((n, n_classes)))
+
+
+def sample_logits(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int,
+                  first_row: int = 0) -> torch.Tensor:
+    """``n`` draws (n, N, C) of ``N(mean_i, cov_i)`` for rows ``first_row + i`` of a set,
+    ``f = mean_i + L_i eps`` with ``L_i L_i^T = cov_i`` and ``eps`` from :func:`row_noise`;
+    jitter (with a warning) if not PD."""
     chol = safe_cholesky(cov, "laplace logit covariance")
-    gen = torch.Generator().manual_seed(seed)  # CPU draws: the same samples on every device
-    eps = torch.randn((n, *mean.shape), generator=gen, dtype=mean.dtype,
-                      device=gen.device).to(mean.device)
-    return mean + torch.einsum("nij,snj->sni", chol, eps)
+    c = mean.shape[-1]
+    eps = torch.stack([row_noise(seed, first_row + i, n, c) for i in range(len(mean))], 1)
+    return mean + torch.einsum("nij,snj->sni", chol, eps.to(mean.device, mean.dtype))
 
 
 def _make_laplace(weight: torch.Tensor, structure: str, **kwargs: Any):
@@ -154,11 +172,11 @@ class LaplaceHead(LinearProbe):
     def _val_temperature(self, xv: torch.Tensor, val: FeatureSet,
                          temps: list[float]) -> tuple[float, dict[str, float]]:
         """Temperature with the smallest validation NLL of the configured predictive."""
-        mean, cov = self.predictive(xv, val.classnames)
         if self.options["predictive"] == "mc":
-            samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed)
-            return choose_temperature(samples, val.labels, temps)
-        idx, var = torch.arange(len(val)), cov.diagonal(dim1=1, dim2=2)
+            return choose_temperature(self._row_sampler(xv, val.classnames, 1.0), val.labels,
+                                      temps, chunk=self._chunk(len(val.classnames)))
+        mean, var = self._moments(xv, val.classnames)
+        idx = torch.arange(len(val))
         nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
                               .clamp_min(1e-12).log().mean()) for t in temps}
         return float(min(nlls, key=nlls.__getitem__)), nlls
@@ -187,13 +205,43 @@ class LaplaceHead(LinearProbe):
             cov[rows, seen.unsqueeze(1), seen] = f_var[:, mapping[seen]][:, :, mapping[seen]]
         return mean, cov
 
+    def _chunk(self, n_classes: int) -> int:
+        """Rows per chunk: S draws and a (C, C) covariance per row (:func:`row_chunk`)."""
+        return row_chunk(int(self.options["n_samples"]), n_classes, 8 * 3 * n_classes**2)
+
+    def _row_sampler(self, x: torch.Tensor, classnames: Sequence[str], temperature: float,
+                     moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> RowSampler:
+        """Draws ``f_s(x_rows) / T`` (S, rows, C) of the GLM predictive, one slice of rows at
+        a time; with ``moments`` = (mean, var) (N, C), each slice's mean and logit variances
+        are written there too."""
+        n = int(self.options["n_samples"])
+
+        def rows(r: slice) -> torch.Tensor:
+            mean, cov = self.predictive(x[r], classnames)
+            if moments is not None:
+                moments[0][r], moments[1][r] = mean, cov.diagonal(dim1=1, dim2=2)
+            return sample_logits(mean, cov, n, self.ctx.seed, r.start) / temperature
+        return rows
+
+    def _moments(self, x: torch.Tensor, classnames: Sequence[str]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GLM predictive mean and variance of the logits (N, C), a chunk of rows at a time."""
+        parts = [self.predictive(x[r], classnames)
+                 for r in chunks(len(x), self._chunk(len(classnames)))]
+        return (torch.cat([m for m, _ in parts]),
+                torch.cat([c.diagonal(dim1=1, dim2=2) for _, c in parts]))
+
     def predict(self, features: torch.Tensor, classnames: Sequence[str]) -> Prediction:
-        mean, cov = self.predictive(features, classnames)
-        t = self.temperature
-        samples = sample_logits(mean, cov, int(self.options["n_samples"]), self.ctx.seed) / t
-        probs = (mc_probs(samples) if self.options["predictive"] == "mc"
-                 else probit_probs(mean / t, cov.diagonal(dim1=1, dim2=2) / t**2))
-        return Prediction(probs.float(), samples.float())
+        t, c = self.temperature, len(classnames)
+        mean = features.new_empty(len(features), c, dtype=torch.float64)
+        moments = (mean, torch.empty_like(mean))
+        mc = mc_predictive(self._row_sampler(features, classnames, t, moments), len(features),
+                           int(self.options["n_samples"]), c, seed=self.ctx.seed + 3,
+                           chains=int(self.options["chains"]), chunk=self._chunk(c))
+        probs = (mc.probs if self.options["predictive"] == "mc"
+                 else probit_probs(mean / t, moments[1] / t**2))
+        return Prediction(probs.float(), mc.logit_samples, mc.mutual_information.float(),
+                          mc.replicates)
 
     def logit_posterior(
         self, features: torch.Tensor, classnames: Sequence[str]

@@ -6,9 +6,15 @@ the feature width ``D``, the shots and the options:
 
 * Kalman: the covariance state from :func:`pyro_clip.inference.covariance.registry.
   estimate_bytes` (times 3 for the dense structures' update temporaries), refused above
-  ``max_state_gib`` as the method itself does;
+  ``max_state_gib`` as the method itself does, and its S weight draws (S, C (D + 1));
 * Laplace: the Hessian factors and the GLM predictive's last-layer Jacobians
   ``(chunk, C, C D)`` in float64;
+* the Monte Carlo predictive of both (:func:`predictive_bytes`): one chunk of draws
+  (:data:`~pyro_clip.inference.predictive.PREDICTIVE_BYTES`), the probabilities, the (S, N)
+  uniforms and replicates of the test and training sets, their kept logit draws
+  (:data:`~pyro_clip.inference.predictive.KEPT_SAMPLES_BYTES`), the diagnostics' copies and
+  the prior's draws for ArviZ (extra evaluation sets, e.g. the ImageNet variants, add their
+  own probabilities and replicates, not counted);
 * prompt learners: the backbone weights plus the activations the text (and for MaPLe the image)
   transformer keeps for the backward pass, ``s b (34 h + 5 a s)`` bytes per layer in 16-bit
   (Korthikanti et al. 2022, "Reducing Activation Recomputation", eq. 2), doubled in fp32; ``b``
@@ -130,8 +136,33 @@ def _layer_activation_bytes(tokens: int, batch: int, width: int, heads: int,
     return tokens * batch * (34 * width + 5 * heads * tokens) * (2 if fp32 else 1)
 
 
+def predictive_bytes(draws: int, classes: int, n_test: int, n_train: int,
+                     row_bytes: int = 0, floor: int = 0) -> float:
+    """Peak bytes of a chunked Monte Carlo predictive with ``draws`` draws: one chunk
+    (:func:`~pyro_clip.inference.predictive.row_chunk`, at least one row and at least
+    ``floor`` bytes, as the method sizes it); the test set's
+    float64 and float32 probabilities and (S, N) uniforms; the kept float32 draws of the test
+    and training sets, plus twice the larger in float64 while the diagnostics take their
+    log-softmax; the (S, N) replicates of both sets three times (prediction, NumPy copy,
+    ArviZ) plus three (S, N) temporaries of the checks; and the prior's draws for ArviZ, one
+    (N, C) draw at a time (four copies) with ``DEFAULT_DRAWS`` replicates per training row."""
+    from pyro_clip.diagnostics.hooks import DEFAULT_DRAWS
+    from pyro_clip.inference.predictive import KEPT_SAMPLES_BYTES, PREDICTIVE_BYTES, row_chunk
+
+    rows = min(row_chunk(draws, classes, row_bytes, floor=floor), max(n_test, 1))
+    chunk = max(PREDICTIVE_BYTES, floor, rows * (4 * 8 * draws * classes + row_bytes))
+    test = 12 * n_test * classes + 8 * draws * n_test
+    kept = [min(KEPT_SAMPLES_BYTES, 4 * draws * n * classes) for n in (n_test, n_train)]
+    samples = sum(kept) + 4 * max(kept)
+    replicates = 8 * draws * (3 * (n_test + n_train) + 3 * n_test)
+    prior = 4 * 8 * n_train * classes + 2 * 8 * DEFAULT_DRAWS * n_train
+    return chunk + test + samples + replicates + prior
+
+
 def _kalman_bytes(options: dict[str, Any], classes: int, dim: int) -> tuple[float, str, str]:
-    """``(peak bytes, detail, refusal)`` of the Kalman adapter's covariance state."""
+    """``(peak bytes, detail, refusal)`` of the Kalman adapter's covariance state, and its
+    cached weight draws (S, n) with their sampling temporary and the (S, C, D + 1) weights
+    built for unseen classes (base-to-new)."""
     from pyro_clip.inference.covariance.registry import choose_structure, estimate_bytes
 
     if options.get("adapter", "linear") == "residual":
@@ -147,39 +178,45 @@ def _kalman_bytes(options: dict[str, Any], classes: int, dim: int) -> tuple[floa
     refusal = (f"kalman refuses covariance={kind}: its state is {_size(state)} > max_state_gib="
                f"{limit / GIB:g}" if state > limit else "")
     temporaries = 3 if kind in ("full", "block") else 2
-    return temporaries * state, f"covariance={kind} state {_size(state)}", refusal
+    weights = 3 * 8 * int(options.get("mc_samples", 0)) * n
+    return (temporaries * state + weights,
+            f"covariance={kind} state {_size(state)}, weight draws {_size(weights / 3)}", refusal)
 
 
-def _laplace_bytes(options: dict[str, Any], classes: int, dim: int,
-                   n_test: int) -> tuple[float, str]:
-    """Hessian, one predictive call's Jacobians and the test set's logit covariances."""
+def _laplace_bytes(options: dict[str, Any], classes: int, dim: int) -> tuple[float, str]:
+    """Hessian and one predictive call's Jacobians (the chunk's (rows, C, C) logit
+    covariances are in :func:`predictive_bytes`' chunk)."""
     from pyro_clip.methods.laplace_head import predictive_chunk
 
     n, chunk = classes * dim, predictive_chunk(classes, dim)
     structure = options.get("hessian_structure", "kron")
     hessian = {"kron": dim * dim + classes * classes, "diag": n, "full": n * n}[structure]
     jacobians = chunk * classes * n  # (chunk, C, C D) last-layer Jacobians of the predictive
-    covariances = n_test * classes * classes  # (N, C, C) logit covariances of the test set
-    peak = 8 * (2 * hessian + jacobians + covariances)
-    return peak, (f"{structure} Hessian, predictive Jacobians {_size(8 * jacobians)}, test "
-                  f"logit covariances {_size(8 * covariances)}")
+    peak = 8 * (2 * hessian + jacobians)
+    return peak, f"{structure} Hessian, predictive Jacobians {_size(8 * jacobians)}"
 
 
 def method_bytes(method: str, options: dict[str, Any], classes: int, shots: int,
                  size: BackboneSize, precision: str, n_test: int) -> tuple[float, str, str]:
     """``(peak bytes, detail, refusal)`` of ``method``'s own state and its test predictions
-    (probabilities and logit draws, float32); the backbone is not included."""
+    (probabilities, and for the Monte Carlo heads :func:`predictive_bytes`); the backbone is
+    not included."""
     d, n_train = size.dim, classes * shots
     views = int(options.get("n_views", 1)) if options.get("augment", "none") != "none" else 1
-    draws = int(options.get("mc_samples", options.get("n_samples", 0)))
-    features = 4 * d * (n_train * views + n_test) + 4 * n_test * classes * (1 + draws)
+    features = 4 * d * (n_train * views + n_test) + 4 * n_test * classes
     fp32 = precision == "fp32"
     if method == "kalman":
         peak, detail, refusal = _kalman_bytes(options, classes, d)
-        return features + peak, detail, refusal
+        s = int(options["mc_samples"])
+        linear = options.get("adapter", "linear") == "linear"  # chunks as large as (S, C, D+1)
+        mc = predictive_bytes(s, classes, n_test, n_train,
+                              floor=8 * s * classes * (d + 1) if linear else 0)
+        return features + peak + mc, f"{detail}, predictive {_size(mc)}", refusal
     if method == "laplace":
-        peak, detail = _laplace_bytes(options, classes, d, n_test)
-        return features + peak, detail, ""
+        peak, detail = _laplace_bytes(options, classes, d)
+        mc = predictive_bytes(int(options["n_samples"]), classes, n_test, n_train,
+                              8 * 3 * classes * classes)
+        return features + peak + mc, f"{detail}, predictive {_size(mc)}", ""
     if method == "linear-probe":  # L-BFGS: 20 pairs of (C, D) float64 history
         return features + 8 * 42 * classes * d, "L-BFGS history", ""
     if method.startswith("tip-adapter"):
