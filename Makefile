@@ -1,6 +1,10 @@
 # The README's commands. `make demo`: set up and run the offline demo. `make test`: set up and test.
 .PHONY: setup demo test lint bench
 
+# pytest-xdist workers for `make test` (one torch thread each; `make test TEST_WORKERS=0` runs
+# the suite in one process)
+TEST_WORKERS ?= 2
+
 setup:
 	@bash scripts/setup.sh
 
@@ -10,7 +14,7 @@ demo: setup
 test: setup
 	.venv/bin/ruff check pyro_clip tests benchmarks scripts
 	.venv/bin/lint-imports
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: setup
 	.venv/bin/ruff check pyro_clip tests benchmarks scripts

@@ -1,5 +1,10 @@
 """The notebooks execute top to bottom on the embedded data (nbclient, the venv's kernel), use
-only the public API, and every figure is read by text the notebook computes."""
+only the public API, and every figure is read by text the notebook computes.
+
+The kernels read their ConSE features from the shared feature cache (``~/.cache/pyro_clip``,
+file-locked), as ``test_logit_scale`` does: the features of an image are fixed by the backbone's
+fingerprint, and encoding the embedded images again in the session's cache costs minutes of CPU.
+"""
 
 import ast
 import sys
@@ -12,6 +17,7 @@ from nbclient import NotebookClient
 import pyro_clip as pc
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+SHARED_CACHE = Path.home() / ".cache" / "pyro_clip"
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -62,6 +68,7 @@ def _has(cell, mime):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_CLIP_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("PYRO_CLIP_CACHE", str(SHARED_CACHE))
     # the kernel must be this interpreter's (the venv's), whatever python3 is on PATH
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent), prepend=":")
     nb = nbformat.read(path, as_version=4)
