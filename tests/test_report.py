@@ -221,3 +221,36 @@ def test_bootstrap_intervals_match_metrics_of_each_resample():
         lo, hi = np.percentile(reps, [2.5, 97.5])
         # torchmetrics computes the equal-width ECE in float32
         assert got[name] == pytest.approx((fn(probs, labels), lo, hi), rel=1e-6, abs=1e-9)
+
+
+def test_ppc_section_marks_each_check_pass_or_fail(tmp_path):
+    """The held-out PPC table: a calibrated run passes, a mis-specified one fails, side by side;
+    accuracy and log score fail on either side, the discrepancies only below 0.01."""
+    from pyro_clip.reporting.gather import ppc_row, read_runs
+
+    ppcs = {"default": {"p_accuracy": 0.62, "p_log_score": 0.40, "p_class_frequency": 1.0,
+                        "p_calibration": 0.995, "p_recall_min_two_sided": 0.2},
+            "mis-specified": {"p_accuracy": 1.0, "p_log_score": 0.004,
+                              "p_class_frequency": 0.0, "p_calibration": 0.005,
+                              "p_recall_min_two_sided": 0.001}}
+    paths = []
+    for name, ppc in ppcs.items():
+        run = tmp_path / name
+        run.mkdir()
+        options = {} if name == "default" else {"prior_var": 10000.0}
+        (run / "config.json").write_text(json.dumps(
+            {"method": "kalman", "dataset": "fashion-mnist", "protocol": "few-shot",
+             "shots": 16, "seed": 1, "options": options, "resolved_options": options}))
+        (run / "metrics.json").write_text(json.dumps(
+            {"test": {"accuracy": 0.6, "ppc": {"data": "held-out", **ppc}}}))
+        paths.append(run)
+    rows = {r.path.name: ppc_row(r) for r in read_runs(paths)}
+    verdicts = {k: [c["verdict"] for c in v["cells"]] for k, v in rows.items()}
+    assert verdicts["default"] == ["pass"] * 5
+    assert verdicts["mis-specified"] == ["fail"] * 5
+    assert rows["default"]["set"] == "test" and rows["default"]["data"] == "held-out"
+    text = write_report(paths, tmp_path / "out").read_text()
+    section = text[text.index('id="ppc"'):text.index('id="ood"')]
+    assert section.count('<td class="pass">') == 5 and section.count('<td class="fail">') == 5
+    assert "prior_var=10000" in section and "0.004" in section
+    assert 'href="#ppc"' in text

@@ -19,6 +19,16 @@ from pyro_clip.utils.io import read_json
 #: OOD metric keys of ``metrics.json`` -> column titles (all shown in %)
 OOD_METRICS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"),
                ("fpr95", "FPR@95TPR"))
+#: held-out PPC p-values of ``metrics.json`` (``<set>.ppc``) -> column titles
+PPC_COLUMNS = (("p_accuracy", "accuracy"), ("p_log_score", "log score"),
+               ("p_class_frequency", "class frequency"), ("p_calibration", "calibration"),
+               ("p_recall_min_two_sided", "worst class recall"))
+#: a check passes when its p-value lies in [PPC_PASS[0], PPC_PASS[1]]: a replicate from the
+#: model's own predictive is neither almost never nor almost always as extreme as the data
+PPC_PASS = (0.01, 0.99)
+#: discrepancies (larger = worse fit, or a two-sided p already): only a small p is a misfit; a
+#: p near 1 says the data fit better than the replicates (e.g. an exactly balanced test set)
+PPC_ONE_SIDED = frozenset({"p_calibration", "p_class_frequency", "p_recall_min_two_sided"})
 #: ``metrics.json`` OOD blocks -> the kind of OOD they measure
 OOD_KINDS = (("ood", "covariate shift"), ("semantic_ood", "semantic (new classes)"))
 
@@ -145,6 +155,25 @@ def ood_rows(run: RunInfo) -> list[dict[str, Any]]:
                              "ood_set": ood_set, "score": score_name(score),
                              **{k: values.get(k) for k, _ in OOD_METRICS}})
     return rows
+
+
+def ppc_row(run: RunInfo) -> dict[str, Any] | None:
+    """The held-out PPC p-values of the run's in-distribution set, each with its verdict
+    (``pass`` inside :data:`PPC_PASS`, else ``fail``); None for a run without checks."""
+    block = run.metrics.get(run.main_set, {}) if run.main_set else {}
+    ppc = block.get("ppc") if isinstance(block, dict) else None
+    if not isinstance(ppc, dict):
+        return None
+    cells = []
+    for key, _ in PPC_COLUMNS:
+        p = ppc.get(key)
+        if not isinstance(p, (int, float)) or p != p:  # missing or NaN
+            cells.append({"text": "", "verdict": ""})
+            continue
+        low, high = PPC_PASS
+        ok = p >= low if key in PPC_ONE_SIDED else low <= p <= high
+        cells.append({"text": f"{p:.3f}", "verdict": "pass" if ok else "fail"})
+    return {"set": run.main_set, "data": ppc.get("data", ""), "cells": cells}
 
 
 #: the corrupted data set whose severities make the robustness curve

@@ -28,7 +28,10 @@ from pyro_clip.reporting.gather import (
     OOD_METRICS,
     RunInfo,
     group_runs,
+    PPC_COLUMNS,
+    PPC_PASS,
     ood_rows,
+    ppc_row,
     read_runs,
     severity_points,
 )
@@ -199,7 +202,7 @@ def _slug(text: str) -> str:
 
 
 def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, Any]:
-    rows, diag, ood = [], [], []
+    rows, diag, ood, ppc = [], [], [], []
     for run in runs:
         s = run_summary(run.path)
         rows.append({"label": run.label, "anchor": run.anchor, "backbone": run.backbone,
@@ -208,6 +211,9 @@ def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, 
         block = run.metrics.get(run.main_set, {}) if run.main_set else {}
         diag.append({"label": run.label, "set": run.main_set or "",
                      "cells": [_fmt(block.get(k), k in PERCENT) for k, _ in DIAG_COLUMNS]})
+        checks = ppc_row(run)
+        if checks is not None:
+            ppc.append({**checks, "label": run.label, "options": run.options_diff})
         for j, r in enumerate(ood_rows(run)):  # the run named once, on its first row
             ood.append({**r, "label": run.label if j == 0 else "",
                         "cells": [_fmt(r[k], True) for k, _ in OOD_METRICS]})
@@ -217,7 +223,7 @@ def _group_context(key: tuple[str, str, str], runs: list[RunInfo]) -> dict[str, 
         r["cells"] = [r["cells"][j] for j in keep]
     return {"title": _group_title(key), "rows": rows,
             "columns": [SUMMARY_COLUMNS[j][1] for j in keep],
-            "diag_rows": diag, "ood_rows": ood, "key": key}
+            "diag_rows": diag, "ood_rows": ood, "ppc_rows": ppc, "key": key}
 
 
 def _group_title(key: tuple[str, str, str]) -> str:
@@ -313,6 +319,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
         groups=[_group_context(k, v) for k, v in groups.items()],
         caveats=caveats,
         diag_columns=DIAG_COLUMNS, ood_columns=OOD_METRICS,
+        ppc_columns=PPC_COLUMNS, ppc_pass=PPC_PASS,
         robustness=_robustness_figures(groups, out),
         comparisons=comparisons(infos),
         comparison_figures=_risk_coverage_figures(groups, out),
