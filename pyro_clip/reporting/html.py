@@ -26,10 +26,10 @@ from pyro_clip.reporting.compare import comparisons
 from pyro_clip.reporting.figures import save_risk_coverage, save_robustness
 from pyro_clip.reporting.gather import (
     OOD_METRICS,
-    RunInfo,
-    group_runs,
     PPC_COLUMNS,
     PPC_PASS,
+    RunInfo,
+    group_runs,
     ood_rows,
     ppc_row,
     read_runs,
