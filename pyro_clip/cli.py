@@ -155,10 +155,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pyro_clip.pipeline.demo import run_demo
+    from pyro_clip.suite.demo import run_demo
 
     run_demo(Path(args.out), methods=args.methods, shots=args.shots, seed=args.seed,
-             cache_dir=args.cache_dir)
+             cache_dir=args.cache_dir, workers=args.workers)
     return 0
 
 
@@ -239,6 +239,9 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample and fits")
     demo.add_argument("--cache-dir", dest="cache_dir", help="feature cache folder (default: "
                       "$PYRO_CLIP_CACHE, else ~/.cache/pyro_clip)")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="runs in parallel, one process and one torch thread each "
+                      "(default: the CPU count, at most 2)")
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser(
