@@ -55,6 +55,13 @@ def test_few_shot_runs_are_queued_first_after_the_features(tmp_path):
                for t in tasks[1:])
 
 
+def test_kalman_brings_its_mis_specified_contrast_run(tmp_path):
+    configs = demo_configs(tmp_path, ["kalman"], 16, 1, None, TINY, progress=False)
+    assert [(c.protocol, c.options.get("prior_var")) for c in configs] == [
+        ("few-shot", None), ("base-to-new", None), ("few-shot", 1e4)]
+    assert configs[-1].out == str(tmp_path / "kalman_prior-var-1e4")
+
+
 def test_bad_workers_and_failed_runs_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="--workers must be >= 1"):
         run_demo(tmp_path / "d", ["zero-shot"], backbone=TINY, workers=0)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pyro_clip.reporting.gather import options_diff
 from pyro_clip.utils.io import read_json
 
 COLUMNS = (
@@ -30,9 +31,11 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     cfg = read_json(run_dir / "config.json")
     m = read_json(run_dir / "metrics.json")
     main = m.get("test") or m.get("base") or {}
+    diff = options_diff(cfg["method"], dict(cfg.get("options") or {}))
     row: dict[str, Any] = {
         "run": str(run_dir),
-        "method": cfg["method"],
+        # the options a user set that differ from the method's defaults tell runs apart
+        "method": f"{cfg['method']} [{diff}]" if diff else cfg["method"],
         "protocol": cfg["protocol"],
         "acc": main.get("accuracy"),
         "ece": main.get("ece"),
