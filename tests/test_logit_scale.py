@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,10 @@ from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.methods import MethodContext, create_method
 
 SCALES = (15.0, 100.0)
-SHARED_CACHE = Path.home() / ".cache" / "pyro_clip"
+#: the user's feature cache as the session found it (read at import, before the
+#: per-test isolated cache of conftest replaces PYRO_CLIP_CACHE)
+SHARED_CACHE = Path(os.environ.get("PYRO_CLIP_CACHE",
+                                   Path.home() / ".cache" / "pyro_clip"))
 
 
 def _with_scale(backbone: DualEncoder, scale: float) -> DualEncoder:

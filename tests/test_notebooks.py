@@ -7,6 +7,7 @@ fingerprint, and encoding the embedded images again in the session's cache costs
 """
 
 import ast
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from nbclient import NotebookClient
 import pyro_clip as pc
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-SHARED_CACHE = Path.home() / ".cache" / "pyro_clip"
+#: the user's feature cache as the session found it (read at import, before the
+#: per-test isolated cache of conftest replaces PYRO_CLIP_CACHE)
+SHARED_CACHE = Path(os.environ.get("PYRO_CLIP_CACHE",
+                                   Path.home() / ".cache" / "pyro_clip"))
 
 
 def test_notebooks_are_stored_without_outputs():
