@@ -12,8 +12,6 @@ defined elsewhere registers when its module is imported.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, TypeVar
 
 from pyro_clip.backbones.base import DualEncoder
@@ -25,6 +23,7 @@ from pyro_clip.backbones.open_clip_spec import (
 )
 from pyro_clip.errors import BackboneError
 from pyro_clip.utils.names import close_matches, did_you_mean, similar_names
+from pyro_clip.utils.plugins import import_plugins
 
 __all__ = [
     "_register_open_clip_configs",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 _KINDS: dict[str, type[DualEncoder]] = {}
-_discovered = False
 
 B = TypeVar("B", bound=type[DualEncoder])
 
@@ -63,20 +61,9 @@ def unregister_backbone(prefix: str) -> None:
                             f"{list(backbone_kinds())}")
 
 
-def _discover() -> None:
-    """Import every module of this package once, so each kind registers itself."""
-    global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module(__package__ or "pyro_clip.backbones")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
-    _discovered = True
-
-
 def backbone_kinds() -> dict[str, type[DualEncoder]]:
     """Every registered kind by spec prefix, in listing order (``DualEncoder.spec_order``)."""
-    _discover()
+    import_plugins("pyro_clip.backbones")
     return dict(sorted(_KINDS.items(), key=lambda item: (item[1].spec_order, item[0])))
 
 

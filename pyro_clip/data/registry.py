@@ -11,8 +11,6 @@ CoOp/Dassl benchmarks and the ImageNet variants (``root`` = the folder holding t
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +20,7 @@ from pyro_clip.data.base import LabeledImages
 from pyro_clip.data.sources.base import DatasetSplits, DataSource, RunDefaults
 from pyro_clip.errors import DataError
 from pyro_clip.utils.names import close_matches
+from pyro_clip.utils.plugins import import_plugins
 
 __all__ = ["SPLITS", "DataSource", "DatasetSplits", "RunDefaults", "default_augment",
            "default_eval_datasets", "default_templates", "describe_datasets", "find_dataset",
@@ -31,7 +30,6 @@ __all__ = ["SPLITS", "DataSource", "DatasetSplits", "RunDefaults", "default_augm
 SPLITS = ("train", "val", "test")
 
 _SOURCES: list[DataSource] = []
-_discovered = False
 
 S = TypeVar("S", bound=type[DataSource])
 
@@ -61,19 +59,8 @@ def unregister_dataset(name: str) -> None:
     _SOURCES.remove(source)
 
 
-def _discover() -> None:
-    """Import every module of :mod:`pyro_clip.data.sources` once, so each source registers."""
-    global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module("pyro_clip.data.sources")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
-    _discovered = True
-
-
 def _sources() -> list[DataSource]:
-    _discover()
+    import_plugins("pyro_clip.data.sources")
     return sorted(_SOURCES, key=lambda s: s.order)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureSet
 from pyro_clip.methods.options import Option, check_options
 from pyro_clip.runtime import CPU, Runtime
+from pyro_clip.utils.plugins import import_plugins
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -263,20 +262,13 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _discover() -> None:
-    """Import every module of ``pyro_clip.methods`` so that each registers its methods."""
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if not info.name.startswith("_") and info.name != "base":
-            importlib.import_module(f"{__package__}.{info.name}")
-
-
 def known_methods() -> list[str]:
-    _discover()
+    import_plugins("pyro_clip.methods")
     return sorted(_REGISTRY)
 
 
 def get_method_class(name: str) -> type[Method]:
-    _discover()
+    import_plugins("pyro_clip.methods")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(known_methods())}")
     return _REGISTRY[name]

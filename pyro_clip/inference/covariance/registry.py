@@ -7,14 +7,13 @@ registry is asked for a structure, so nothing here names a structure.
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pyro_clip.errors import ConfigError
 from pyro_clip.inference.covariance.base import Covariance
+from pyro_clip.utils.plugins import import_plugins
 
 #: state larger than this is refused before allocating (``max_state_gib`` overrides it)
 MAX_STATE_GIB = 8.0
@@ -24,7 +23,6 @@ MAX_STATE_GIB = 8.0
 AUTO_STATE_GIB = 0.5
 
 _STRUCTURES: dict[str, type[Covariance]] = {}
-_discovered = False
 
 C = TypeVar("C", bound=type[Covariance])
 
@@ -42,20 +40,9 @@ def register_covariance(cls: C) -> C:
     return cls
 
 
-def _discover() -> None:
-    """Import every module of this package once, so each structure registers itself."""
-    global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module(__package__ or "pyro_clip.inference.covariance")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
-    _discovered = True
-
-
 def structures() -> dict[str, type[Covariance]]:
     """Every registered structure by name, in listing order (``Covariance.order``)."""
-    _discover()
+    import_plugins("pyro_clip.inference.covariance")
     return dict(sorted(_STRUCTURES.items(), key=lambda item: (item[1].order, item[0])))
 
 
