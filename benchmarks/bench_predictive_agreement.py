@@ -29,7 +29,7 @@ import torch
 from benchmarks.bench_predictive import feature_sets
 from benchmarks.common import RESULTS_DIR, machine, write_result
 from pyro_clip.diagnostics.metrics import classification_metrics
-from pyro_clip.diagnostics.ppc import ppc_checks, ppc_summary
+from pyro_clip.diagnostics.ppc import PASS_RANGE, ppc_checks, ppc_summary
 from pyro_clip.diagnostics.predictive import predictive_draws
 from pyro_clip.inference.predictive import mc_probs
 from pyro_clip.methods import Method, MethodContext, create_method
@@ -103,7 +103,7 @@ def ppc_row(m: Method, test: Any, seed: int) -> dict[str, Any]:
     out = {**scores(pred.probs.double(), y),
            "mean_confidence": 100 * float(pred.probs.double().max(-1).values.mean()),
            **ppc_summary(checks)}
-    out["passes_accuracy_and_log_score"] = all(0.01 <= out[f"p_{k}"] <= 0.99
+    out["passes_accuracy_and_log_score"] = all(PASS_RANGE[0] <= out[f"p_{k}"] <= PASS_RANGE[1]
                                                for k in ("accuracy", "log_score"))
     return out
 

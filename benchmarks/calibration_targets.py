@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, write_result
+from pyro_clip.diagnostics.ppc import PASS_RANGE
 from pyro_clip.suite.config import expand, load_suite
 from pyro_clip.utils.io import atomic_write, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE, BAYES = "linear-probe", ("kalman", "laplace")
 ACC_MARGIN = 0.5  # points of accuracy kalman may trail the reference by
-PPC_LOW, PPC_HIGH = 0.01, 0.99
+PPC_LOW, PPC_HIGH = PASS_RANGE
 PPC_CHECKS = ("accuracy", "log_score")
 SHOTS = (4, 8, 16)
 

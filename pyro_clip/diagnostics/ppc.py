@@ -33,6 +33,9 @@ import torch
 from pyro_clip.diagnostics.predictive import PredictiveDraws
 
 EPS = 1e-12
+#: a two-sided check passes when ``PASS_RANGE[0] <= p <= PASS_RANGE[1]``: the observed
+#: statistic is neither almost never nor almost always reached by the model's replicates
+PASS_RANGE: tuple[float, float] = (0.01, 0.99)
 
 
 @dataclass

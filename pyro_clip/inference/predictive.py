@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_clip.inference.kalman import probit_probs
+
 #: temperatures tried by default (log-spaced, 1 included)
 TEMPERATURE_GRID: tuple[float, ...] = (0.1, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
 #: bytes one chunk of float64 draws (S, rows, C) may take, its temporaries included
@@ -158,3 +160,16 @@ def choose_temperature(
     nlls = {k: v / max(len(labels), 1) for k, v in totals.items()}
     best = min(nlls, key=lambda k: (nlls[k], abs(math.log(float(k)))))
     return float(best), nlls
+
+
+def choose_probit_temperature(
+    mean: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, grid: Sequence[float],
+) -> tuple[float, dict[str, float]]:
+    """The grid temperature minimising the validation NLL of the probit predictive: logits
+    ``f ~ N(mean, var)`` scaled to ``f / T`` give ``probit_probs(mean / T, var / T^2)``
+    (:func:`~pyro_clip.inference.kalman.probit_probs`); returns it and every grid NLL."""
+    idx = torch.arange(len(labels))
+    nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, labels]
+                          .clamp_min(1e-12).log().mean()) for t in grid}
+    return float(min(nlls, key=nlls.__getitem__)), nlls
+

@@ -67,6 +67,7 @@ from pyro_clip.inference.posteriors import RowLinearMap
 from pyro_clip.inference.predictive import (
     MCPredictive,
     RowSampler,
+    choose_probit_temperature,
     choose_temperature,
     entropy,
     mc_predictive,
@@ -74,7 +75,7 @@ from pyro_clip.inference.predictive import (
 )
 from pyro_clip.inference.sequential import batch_order, sequential_update
 from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
-from pyro_clip.methods.options import Option, temperature_options
+from pyro_clip.methods.options import Option, temperature_candidates, temperature_options
 from pyro_clip.utils.progress import track
 
 #: prior variance (x logit_scale^2) used when there is no validation data to choose it: the
@@ -246,7 +247,7 @@ class KalmanAdapter(Method):
         self.rotation = principal_axes(x, self.center) if self._rotated() else None
         self.adapter = self._make_adapter(text)
         grid = self._prior_var_grid()
-        temps = self._temperature_grid()
+        temps = temperature_candidates(self.options)
         search = len(grid) > 1 or len(temps) > 1
         if search and len(val) == 0:  # nothing to choose on: fixed choices, said once
             if len(grid) > 1:
@@ -406,11 +407,6 @@ class KalmanAdapter(Method):
         s2 = self.logit_scale ** 2
         return [float(v) * s2 for v in o["prior_var_grid"]]
 
-    def _temperature_grid(self) -> list[float]:
-        o = self.options
-        return ([float(o["temperature"])] if o["temperature"] != "auto"
-                else [float(t) for t in o["temperature_grid"]])
-
     def _val_temperature(self, val: FeatureSet, temps: list[float]) -> tuple[float, dict]:
         """The temperature with the smallest validation NLL of the configured predictive for
         the current state, and the NLL of every candidate."""
@@ -420,10 +416,7 @@ class KalmanAdapter(Method):
             return choose_temperature(self._row_sampler(x, val.classnames, 1.0), val.labels,
                                       temps, chunk=self._chunk(len(val.classnames)))
         mean, var = self._logit_moments(x, val.classnames)
-        idx = torch.arange(len(val))
-        nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
-                              .clamp_min(1e-12).log().mean()) for t in temps}
-        return float(min(nlls, key=nlls.__getitem__)), nlls
+        return choose_probit_temperature(mean, var, val.labels, temps)
 
     # ----- prediction --------------------------------------------------------------------
     def _fitted(self) -> tuple[KalmanState, FilteredHead]:

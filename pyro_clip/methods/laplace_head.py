@@ -33,6 +33,7 @@ from pyro_clip.inference.kalman import probit_probs
 from pyro_clip.inference.posteriors import MatrixNormal, reshape_event
 from pyro_clip.inference.predictive import (
     RowSampler,
+    choose_probit_temperature,
     choose_temperature,
     chunks,
     mc_predictive,
@@ -41,7 +42,7 @@ from pyro_clip.inference.predictive import (
 from pyro_clip.methods._linear_head import class_mapping, normalize
 from pyro_clip.methods.base import Prediction, register_method
 from pyro_clip.methods.linear_probe import LinearProbe
-from pyro_clip.methods.options import Option, temperature_options
+from pyro_clip.methods.options import Option, temperature_candidates, temperature_options
 from pyro_clip.training.selection import check_validation, log_grid
 
 STRUCTURES = ("kron", "diag", "full")
@@ -138,7 +139,7 @@ class LaplaceHead(LinearProbe):
         self.la.fit(DataLoader(TensorDataset(x, y), batch_size=CHUNK))
         map_selected = dict(self.selected)
         self.temperature = 1.0
-        temps = self._temperatures()
+        temps = temperature_candidates(self.options)
         table: dict[str, dict[str, float]] = {}
         if tuning == "marglik":
             self.la.optimize_prior_precision(pred_type="glm", method="marglik",
@@ -164,11 +165,6 @@ class LaplaceHead(LinearProbe):
                          "val_nll_by_precision_and_temperature": table,
                          "log_marglik": float(self.la.log_marginal_likelihood().detach())}
 
-    def _temperatures(self) -> list[float]:
-        o = self.options
-        return ([float(t) for t in o["temperature_grid"]] if o["temperature"] == "auto"
-                else [float(o["temperature"])])
-
     def _val_temperature(self, xv: torch.Tensor, val: FeatureSet,
                          temps: list[float]) -> tuple[float, dict[str, float]]:
         """Temperature with the smallest validation NLL of the configured predictive."""
@@ -176,10 +172,7 @@ class LaplaceHead(LinearProbe):
             return choose_temperature(self._row_sampler(xv, val.classnames, 1.0), val.labels,
                                       temps, chunk=self._chunk(len(val.classnames)))
         mean, var = self._moments(xv, val.classnames)
-        idx = torch.arange(len(val))
-        nlls = {str(t): float(-probit_probs(mean / t, var / t**2)[idx, val.labels]
-                              .clamp_min(1e-12).log().mean()) for t in temps}
-        return float(min(nlls, key=nlls.__getitem__)), nlls
+        return choose_probit_temperature(mean, var, val.labels, temps)
 
     @property
     def precision(self) -> float:

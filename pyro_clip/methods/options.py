@@ -192,6 +192,13 @@ def temperature_options() -> dict[str, Option]:
     }
 
 
+def temperature_candidates(options: Mapping[str, Any]) -> list[float]:
+    """The temperatures a Bayesian head chooses from: ``[temperature]`` when it is fixed,
+    ``temperature_grid`` when it is ``auto``."""
+    return ([float(t) for t in options["temperature_grid"]] if options["temperature"] == "auto"
+            else [float(options["temperature"])])
+
+
 def augment_options(n_views: int) -> dict[str, Option]:
     """``augment`` and ``n_views``: the training-image views a method caches or draws."""
     from pyro_clip.data.augment import AUGMENTS

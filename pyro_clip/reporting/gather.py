@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_clip.diagnostics.ood import score_name
+from pyro_clip.diagnostics.ppc import PASS_RANGE
 from pyro_clip.utils.io import read_json
 
 #: OOD metric keys of ``metrics.json`` -> column titles (all shown in %)
@@ -23,9 +24,9 @@ OOD_METRICS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-ou
 PPC_COLUMNS = (("p_accuracy", "accuracy"), ("p_log_score", "log score"),
                ("p_class_frequency", "class frequency"), ("p_calibration", "calibration"),
                ("p_recall_min_two_sided", "worst class recall"))
-#: a check passes when its p-value lies in [PPC_PASS[0], PPC_PASS[1]]: a replicate from the
-#: model's own predictive is neither almost never nor almost always as extreme as the data
-PPC_PASS = (0.01, 0.99)
+#: a check passes when its p-value lies in [PPC_PASS[0], PPC_PASS[1]] (one-sided ones: above
+#: PPC_PASS[0])
+PPC_PASS = PASS_RANGE
 #: discrepancies (larger = worse fit, or a two-sided p already): only a small p is a misfit; a
 #: p near 1 says the data fit better than the replicates (e.g. an exactly balanced test set)
 PPC_ONE_SIDED = frozenset({"p_calibration", "p_class_frequency", "p_recall_min_two_sided"})
