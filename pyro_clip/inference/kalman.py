@@ -110,16 +110,23 @@ class KalmanState:
     # ----- categorical observations (EKF = online natural gradient) ------------------------
     def update_categorical(
         self, logit_jacobian: Jacobian, logits: torch.Tensor, labels: torch.Tensor,
-        weight: float = 1.0,
+        weight: float = 1.0, shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """EKF step on labels ``(B,)`` given logits ``(B, C)`` at the mean and their Jacobian.
+        """EKF step on labels ``(B,)`` given logits ``(B, C)`` and their Jacobian ``J``.
 
         Observation: one-hot ``y`` with mean ``p = softmax(z)`` and covariance
         ``diag(p) - p p^T``; whitened Jacobian ``L^T J`` adds the Fisher, gradient
         ``J^T (y - p)``. ``weight`` tempers the likelihood to ``p(y | w)^weight`` (Fisher and
         gradient times ``weight``; the progressive Bayes update of Hanebeck et al. 2003), so
         ``E`` passes at weight ``1/E`` count each example once while relinearising ``E``
-        times. Returns the innovation ``y - p`` (B, C).
+        times. Returns the innovation (B, C).
+
+        By default the logits and ``J`` are taken at the current mean. Iterated posterior
+        linearisation passes them at a fixed point ``theta0`` instead and
+        ``shift = J (mean - theta0)`` (B, C): the log-likelihood is then its second-order
+        expansion at ``theta0``, whose gradient at the mean is ``J^T (y - p - Lambda shift)``
+        with ``Lambda = diag p - p p^T`` (the softmax Hessian), so a pass over all examples is
+        one Gauss-Newton step from ``theta0`` on the log posterior (Bell 1994, Sec. 3).
         """
         if not 0 < weight <= 1:
             raise ValueError(f"likelihood weight must be in (0, 1], got {weight}")
@@ -127,6 +134,9 @@ class KalmanState:
             logit_jacobian = _scaled(logit_jacobian, weight**0.5)
         probs = torch.softmax(logits.double(), dim=-1)
         resid = F.one_hot(labels, probs.shape[-1]).to(DTYPE) - probs
+        if shift is not None:
+            shift = shift.to(DTYPE)
+            resid = resid - (probs * shift - probs * (probs * shift).sum(-1, keepdim=True))
         g = logit_jacobian.tmm(resid.reshape(-1, 1))[:, 0] * weight**0.5
         hw = logit_jacobian.whiten_categorical(probs)
         self.mean += self.cov.update(hw, g)

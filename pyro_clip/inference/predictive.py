@@ -127,6 +127,29 @@ def mc_predictive(
     return MCPredictive(probs, mi, reps, kept)
 
 
+def rearrange_exchangeable(probs: torch.Tensor, keys: torch.Tensor,
+                           columns: torch.Tensor) -> torch.Tensor:
+    """Reorder each row's probabilities of ``columns`` to follow ``keys`` (N, len(columns)).
+
+    Classes whose logits are independent with equal variance and differ only in their means
+    (e.g. classes never trained on, which keep their prior ``N(s t_c, v I)`` weights) have
+    exchangeable noise, and the exact predictive ranks them as their mean logits: swapping
+    the noise of ``i`` and ``j`` pairs every draw with one of equal density, and with
+    ``A = e^{m_i} >= B = e^{m_j}``, noise factors ``u, v`` and the rest ``R >= 0``,
+    ``(Au - Bv)/Z + (Av - Bu)/Z' = [2uv(A^2 - B^2) + R(u + v)(A - B)] / (Z Z') >= 0``. A Monte
+    Carlo estimate can break that order by sampling noise; sorting the estimates into the
+    known order (rearrangement, Chernozhukov, Fernandez-Val & Galichon 2009, Prop. 1: never
+    farther from an ordered target in any l_p norm) keeps each row's sum, entropy and values.
+    Returns a new (N, C) tensor; ``probs`` is not changed."""
+    out = probs.clone()
+    if len(columns) < 2:
+        return out
+    block = probs[:, columns]
+    order = keys.to(block.device).argsort(dim=-1, stable=True)  # ascending mean logits
+    out[:, columns] = block.scatter(1, order, block.sort(-1).values)
+    return out
+
+
 def mc_log_predictive(logit_samples: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log 1/S sum_s softmax(f_s)_{y_i}`` per example (N,), by log-sum-exp."""
     logp = logit_samples.double().log_softmax(-1)

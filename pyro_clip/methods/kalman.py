@@ -69,8 +69,10 @@ from pyro_clip.inference.predictive import (
     RowSampler,
     choose_probit_temperature,
     choose_temperature,
+    chunks,
     entropy,
     mc_predictive,
+    rearrange_exchangeable,
     row_chunk,
 )
 from pyro_clip.inference.sequential import batch_order, sequential_update
@@ -120,6 +122,9 @@ class KalmanAdapter(Method):
         "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
                              "classes)", int, ("auto",), low=1),
         "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),
+        "iterations": Option(1, "iterated posterior linearisation: refilter from the prior "
+                             "with every example linearised at the previous pass's mean "
+                             "(Gauss-Newton on the MAP; 1 = one EKF pass)", int, low=1),
         "tempered_passes": Option("auto", "passes with the likelihood tempered to "
                                   "p(y|w)^(1/passes) (auto: the structure's default)", int,
                                   ("auto",), low=1),
@@ -187,6 +192,9 @@ class KalmanAdapter(Method):
             structure(o["covariance"]).check_options(o)
         if o["tempered_passes"] not in ("auto", 1) and o["observation"] != "categorical":
             raise ConfigError("kalman: tempered_passes > 1 needs observation=categorical")
+        if o["iterations"] > 1 and o["observation"] != "categorical":
+            raise ConfigError("kalman: iterations > 1 needs observation=categorical (the "
+                              "cosine observation is linear-Gaussian in the logits already)")
 
     def _check(self, x: torch.Tensor, where: str) -> None:
         if x.ndim != 2:
@@ -283,6 +291,7 @@ class KalmanAdapter(Method):
             "val_nll_by_prior_var_and_temperature": nlls,
             "batch_size": self._batch_size(),
             "tempered_passes": self._passes(),
+            "iterations": int(self.options["iterations"]),
             "final_obs_noise": self.obs_var,
             "gated_examples": gated,
             "n_params": self.adapter.n_params,
@@ -347,15 +356,24 @@ class KalmanAdapter(Method):
         state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
         obs_var, gated = self._assimilate(state, x, y, text, float(self.options["obs_noise"]),
                                           self.ctx.seed, f"pv={prior_var:g}")
+        for k in range(1, int(self.options["iterations"])):
+            # iterated posterior linearisation: refilter from the prior, every example's
+            # likelihood expanded at the previous pass's mean (one Gauss-Newton step each)
+            anchor = state.mean
+            state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
+            self._assimilate(state, x, y, text, obs_var, self.ctx.seed,
+                             f"pv={prior_var:g} it={k + 1}", anchor=anchor)
         return state, obs_var, gated
 
     def _assimilate(
         self, state: KalmanState, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor,
-        obs_var: float, seed: int, tag: str,
+        obs_var: float, seed: int, tag: str, anchor: torch.Tensor | None = None,
     ) -> tuple[float, int]:
         """Filter ``(x, y)`` into ``state`` in place, minibatches in
         :func:`~pyro_clip.inference.sequential.batch_order` (seeded ``seed``); returns the
-        final observation noise and the number of gated examples."""
+        final observation noise and the number of gated examples. ``anchor``: linearise every
+        categorical observation at these parameters instead of the running mean
+        (:meth:`KalmanState.update_categorical`'s ``shift``)."""
         o, adapter = self.options, self.adapter
         assert adapter is not None
         gated = 0
@@ -368,10 +386,13 @@ class KalmanAdapter(Method):
             if o["forgetting"] < 1 or o["process_noise"] > 0:
                 state.predict(o["forgetting"], o["process_noise"])
             xb, yb = x[idx], y[idx]
-            logits = adapter.logits(state.mean, xb, text)
-            jac = adapter.jacobian(state.mean, xb, text)
+            at = state.mean if anchor is None else anchor
+            logits = adapter.logits(at, xb, text)
+            jac = adapter.jacobian(at, xb, text)
             if o["observation"] == "categorical":
-                state.update_categorical(jac, logits, yb, weight=1.0 / passes)
+                shift = (None if anchor is None else
+                         jac.mm((state.mean - anchor)[:, None]).reshape(logits.shape))
+                state.update_categorical(jac, logits, yb, weight=1.0 / passes, shift=shift)
                 continue
             obs_var, n_gated = self._cosine_step(state, jac, logits, xb, yb, text, obs_var,
                                                  threshold)
@@ -505,9 +526,28 @@ class KalmanAdapter(Method):
             replicates: bool = True) -> MCPredictive:
         """The Monte Carlo predictive of ``x`` reduced chunk by chunk (:func:`mc_predictive`)."""
         s, c = int(self.options["mc_samples"]), len(classnames)
-        return mc_predictive(self._row_sampler(x, classnames, self.temperature), len(x), s, c,
-                             seed=self.ctx.seed + 3, chains=int(self.options["chains"]),
-                             replicates=replicates, chunk=self._chunk(c))
+        mc = mc_predictive(self._row_sampler(x, classnames, self.temperature), len(x), s, c,
+                           seed=self.ctx.seed + 3, chains=int(self.options["chains"]),
+                           replicates=replicates, chunk=self._chunk(c))
+        return self._order_unseen(mc, x, classnames)
+
+    def _order_unseen(self, mc: MCPredictive, x: torch.Tensor,
+                      classnames: Sequence[str]) -> MCPredictive:
+        """Classes never trained on keep i.i.d. prior rows ``N(s t_c, v I)``: their logits are
+        exchangeable up to the means, so the exact predictive ranks them as the zero-shot
+        logits; the Monte Carlo probabilities are rearranged into that order
+        (:func:`~pyro_clip.inference.predictive.rearrange_exchangeable`)."""
+        adapter = self.adapter
+        unseen = (self._class_map(classnames) < 0).nonzero()[:, 0]
+        if not isinstance(adapter, LinearHead) or len(unseen) < 2:
+            return mc
+        prior = adapter.class_prior_mean(self.ctx.text_classifier(list(classnames)))[unseen]
+        probs = mc.probs.clone()
+        for rows in chunks(len(x), max(1, 2**24 // len(unseen))):
+            keys = adapter.inputs(x[rows]) @ prior.T
+            probs[rows] = rearrange_exchangeable(mc.probs[rows], keys, unseen.to(probs.device))
+        mc.probs = probs
+        return mc
 
     @torch.no_grad()
     def logit_posterior(self, features: torch.Tensor, classnames: Sequence[str]):
