@@ -127,6 +127,23 @@ def test_new_classes_predict_from_their_text():
         model.predict(test.x, classnames=["ship"])
 
 
+def test_ood_scores_are_the_reports_scores_of_one_prediction():
+    x, y, text = _tensors()
+    model = pc.fit("kalman", pc.Features(x, y, NAMES, text=text), covariance="block",
+                   prior_var=1.0, mc_samples=64)
+    test = pc.Features(*_tensors(3, seed=4)[:2], NAMES, text=text)
+    scores = model.ood_scores(test)
+    assert set(scores) == {"msp", "entropy", "mutual_information", "kalman:mahalanobis"}
+    pred = model.predictive(test)
+    p = pred.probs.double()  # H(p) and -max p of the same predictive, written out
+    torch.testing.assert_close(scores["entropy"], -torch.special.xlogy(p, p).sum(1))
+    torch.testing.assert_close(scores["msp"], -p.max(1).values)
+    torch.testing.assert_close(scores["mutual_information"],
+                               pred.mutual_information.double())
+    assert set(pc.fit("linear-probe", pc.Features(x, y, NAMES, text=text), lam=1.0)
+               .ood_scores(test)) == {"msp", "entropy"}
+
+
 def test_option_and_backbone_errors():
     x, y, text = _tensors()
     feats = pc.Features(x, y, NAMES, text=text)

@@ -13,6 +13,7 @@ from pyro_clip.api.text_encoder import CLIP_LOGIT_SCALE, ClassTextEncoder
 from pyro_clip.backbones.base import DualEncoder
 from pyro_clip.data.pixels import PixelRows
 from pyro_clip.data.registry import default_templates
+from pyro_clip.diagnostics.ood import prediction_scores
 from pyro_clip.errors import ConfigError, DataError
 from pyro_clip.features.cache import FeatureCache
 from pyro_clip.features.views import encode_views
@@ -138,13 +139,18 @@ class FittedModel:
 
     def ood_scores(self, data: FeatureSet | torch.Tensor,
                    classnames: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """The method's own out-of-distribution scores (higher = more OOD), e.g. kalman's
-        entropy, mutual information and Mahalanobis distance; ``{}`` if it has none."""
-        fn = getattr(self.method, "ood_scores", None)
-        if not callable(fn):
-            return {}
+        """Out-of-distribution scores, one (N,) tensor each, higher = more OOD, named as in a
+        run's report: the prediction's ``msp``, ``entropy`` and (with posterior draws)
+        ``mutual_information``, plus the method's own as ``<method>:<name>`` (e.g.
+        ``kalman:mahalanobis``)."""
+        pred = self.predictive(data, classnames)
         x, names = self._inputs(data, classnames)
-        return fn(x, names)
+        scores = prediction_scores(pred.probs, pred.logit_samples,
+                                   getattr(pred, "mutual_information", None))
+        fn = getattr(self.method, "ood_scores", None)
+        if callable(fn):
+            scores.update({f"{self.name}:{k}": v for k, v in fn(x, names).items()})
+        return scores
 
     # ----- the method's extra capabilities (explicit delegation) -------------------------
     def _capability(self, name: str):

@@ -70,7 +70,6 @@ from pyro_clip.inference.predictive import (
     choose_probit_temperature,
     choose_temperature,
     chunks,
-    entropy,
     mc_predictive,
     rearrange_exchangeable,
     row_chunk,
@@ -122,9 +121,13 @@ class KalmanAdapter(Method):
         "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
                              "classes)", int, ("auto",), low=1),
         "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),
-        "iterations": Option(1, "iterated posterior linearisation: refilter from the prior "
-                             "with every example linearised at the previous pass's mean "
-                             "(Gauss-Newton on the MAP; 1 = one EKF pass)", int, low=1),
+        "iterations": Option("auto", "iterated posterior linearisation: at most this many "
+                             "filter passes from the prior, each example linearised at the "
+                             "previous pass's mean (Gauss-Newton on the MAP; 1 = one EKF "
+                             "pass); stops once no training logit moves by iteration_tol "
+                             "(auto: the structure's default)", int, ("auto",), low=1),
+        "iteration_tol": Option(0.01, "iterations: stop when the largest change of a "
+                                "training logit between passes is below this", float, low=0),
         "tempered_passes": Option("auto", "passes with the likelihood tempered to "
                                   "p(y|w)^(1/passes) (auto: the structure's default)", int,
                                   ("auto",), low=1),
@@ -179,6 +182,8 @@ class KalmanAdapter(Method):
         #: logit scale of the head's zero-shot prior mean (option ``prior_scale``)
         self.head_scale: float | None = None
         self._draws: torch.Tensor | None = None  # (S, n) weight draws of the fitted state
+        #: filter passes run per prior variance (option ``iterations``), for the record
+        self._iterations_run: dict[str, int] = {}
 
     # ----- options and inputs ------------------------------------------------------------
     def _validate(self) -> None:
@@ -192,7 +197,7 @@ class KalmanAdapter(Method):
             structure(o["covariance"]).check_options(o)
         if o["tempered_passes"] not in ("auto", 1) and o["observation"] != "categorical":
             raise ConfigError("kalman: tempered_passes > 1 needs observation=categorical")
-        if o["iterations"] > 1 and o["observation"] != "categorical":
+        if o["iterations"] not in ("auto", 1) and o["observation"] != "categorical":
             raise ConfigError("kalman: iterations > 1 needs observation=categorical (the "
                               "cosine observation is linear-Gaussian in the logits already)")
 
@@ -268,6 +273,7 @@ class KalmanAdapter(Method):
                 "or a data set with a 'val' split to choose them, or fix prior_var= and "
                 "temperature=", UserWarning, stacklevel=2)
         nlls: dict[str, dict[str, float]] = {}
+        self._iterations_run = {}
         best: tuple | None = None  # only the best state is kept alive (full can be GiBs)
         for pv in grid:
             self.prior_var = pv
@@ -291,7 +297,7 @@ class KalmanAdapter(Method):
             "val_nll_by_prior_var_and_temperature": nlls,
             "batch_size": self._batch_size(),
             "tempered_passes": self._passes(),
-            "iterations": int(self.options["iterations"]),
+            "iterations_run": dict(self._iterations_run),
             "final_obs_noise": self.obs_var,
             "gated_examples": gated,
             "n_params": self.adapter.n_params,
@@ -334,6 +340,14 @@ class KalmanAdapter(Method):
                     if o["observation"] == "categorical" else 1)
         return int(tp)
 
+    def _iterations(self) -> int:
+        """``auto``: the structure's ``iterations``; cosine observations always 1."""
+        it, o = self.options["iterations"], self.options
+        if it == "auto":
+            return (structure(o["covariance"]).iterations
+                    if o["observation"] == "categorical" else 1)
+        return int(it)
+
     def _rotated(self) -> bool:
         """``auto``: the structure's ``rotate_inputs``, for a linear head."""
         r, o = self.options["rotate_inputs"], self.options
@@ -353,27 +367,39 @@ class KalmanAdapter(Method):
     ) -> tuple[KalmanState, float, int]:
         adapter = self.adapter
         assert adapter is not None
+        iterations = self._iterations()
         state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
         obs_var, gated = self._assimilate(state, x, y, text, float(self.options["obs_noise"]),
-                                          self.ctx.seed, f"pv={prior_var:g}")
-        for k in range(1, int(self.options["iterations"])):
-            # iterated posterior linearisation: refilter from the prior, every example's
-            # likelihood expanded at the previous pass's mean (one Gauss-Newton step each)
-            anchor = state.mean
+                                          self.ctx.seed, f"pv={prior_var:g}",
+                                          repair=iterations == 1)
+        self._iterations_run[str(prior_var)] = 1
+        for k in range(1, iterations):
+            # iterated posterior linearisation (Bell 1994): refilter from the prior, every
+            # example's likelihood expanded at the previous pass's mean, so each pass is one
+            # Gauss-Newton step on the log posterior; its fixed point is the MAP
+            anchor, last = state.mean, k == iterations - 1
             state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
             self._assimilate(state, x, y, text, obs_var, self.ctx.seed,
-                             f"pv={prior_var:g} it={k + 1}", anchor=anchor)
+                             f"pv={prior_var:g} it={k + 1}", anchor=anchor, repair=False)
+            self._iterations_run[str(prior_var)] = k + 1
+            moved = float((adapter.logits(state.mean, x, text)
+                           - adapter.logits(anchor, x, text)).abs().max())
+            if last or moved < float(self.options["iteration_tol"]):
+                state.cov.repair()
+                break
         return state, obs_var, gated
 
     def _assimilate(
         self, state: KalmanState, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor,
         obs_var: float, seed: int, tag: str, anchor: torch.Tensor | None = None,
+        repair: bool = True,
     ) -> tuple[float, int]:
         """Filter ``(x, y)`` into ``state`` in place, minibatches in
         :func:`~pyro_clip.inference.sequential.batch_order` (seeded ``seed``); returns the
         final observation noise and the number of gated examples. ``anchor``: linearise every
         categorical observation at these parameters instead of the running mean
-        (:meth:`KalmanState.update_categorical`'s ``shift``)."""
+        (:meth:`KalmanState.update_categorical`'s ``shift``); ``repair=False`` skips the
+        final positive-definiteness check (a pass whose covariance is thrown away)."""
         o, adapter = self.options, self.adapter
         assert adapter is not None
         gated = 0
@@ -397,7 +423,8 @@ class KalmanAdapter(Method):
             obs_var, n_gated = self._cosine_step(state, jac, logits, xb, yb, text, obs_var,
                                                  threshold)
             gated += n_gated
-        state.cov.repair()
+        if repair:
+            state.cov.repair()
         return obs_var, gated
 
     def _cosine_step(self, state, jac, logits, xb, yb, text, obs_var, threshold):
@@ -588,19 +615,15 @@ class KalmanAdapter(Method):
                           mc.replicates)
 
     def ood_scores(self, features: torch.Tensor, classnames: Sequence[str]) -> dict[str, Any]:
-        """Higher = more out-of-distribution: predictive entropy, mutual information (MC), and
-        the Mahalanobis rule ``min_c (1 - mu_c/s)^2 / (var_c/s^2 + R)`` on the cosine innovation.
-        """
+        """The paper's Mahalanobis rule ``min_c (1 - mu_c/s)^2 / (var_c/s^2 + R)`` on the cosine
+        innovation (higher = more out-of-distribution). The predictive's entropy and mutual
+        information are not repeated here: every run scores them from :meth:`predict`'s
+        :class:`Prediction` (the built-in ``entropy`` and ``mutual_information``)."""
         self._check(features, "ood_scores")
-        mc = self._mc(features, classnames, replicates=False)
         mean, var = self._logit_moments(features, classnames)
         scale = self.logit_scale
         d2 = (1.0 - mean / scale) ** 2 / (var / scale**2 + self.obs_var)
-        return {
-            "entropy": entropy(mc.probs).float(),
-            "mutual_information": mc.mutual_information.clamp_min(0).float(),
-            "mahalanobis": d2.min(-1).values.float(),
-        }
+        return {"mahalanobis": d2.min(-1).values.float()}
 
     def posterior(self, basis: str = "original") -> torch.distributions.Distribution:
         """The filtered posterior over the adapter weights as a Pyro distribution.

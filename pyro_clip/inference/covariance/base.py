@@ -83,7 +83,8 @@ class Covariance(ABC):
     Policy (class attributes, read by the Kalman method when an option is ``auto``):
     ``center_inputs`` / ``rotate_inputs`` say whether a linear head should run on centred /
     principal-axis rotated inputs for this structure, ``tempered_passes`` how many tempered
-    passes a categorical observation takes, :meth:`auto_batch_size` the minibatch size;
+    passes a categorical observation takes, ``iterations`` how many posterior linearisation
+    passes it may take, :meth:`auto_batch_size` the minibatch size;
     :meth:`estimate_bytes` sizes the state before it is allocated and :meth:`from_options`
     builds it.
     """
@@ -98,6 +99,9 @@ class Covariance(ABC):
     rotate_inputs: ClassVar[bool] = False
     #: ``tempered_passes=auto`` with a categorical observation
     tempered_passes: ClassVar[int] = 1
+    #: ``iterations=auto`` with a categorical observation: at most this many posterior
+    #: linearisation passes (each a Gauss-Newton step through the structure's update)
+    iterations: ClassVar[int] = 5
     #: ``covariance=auto`` takes the lowest-ranked structure whose state fits the budget
     #: (``None``: never chosen automatically)
     auto_rank: ClassVar[int | None] = None
