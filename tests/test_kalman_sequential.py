@@ -83,7 +83,7 @@ def test_categorical_update_is_the_next_ekf_steps(ctx):
     """Categorical EKF (order-dependent): fit(A) + update(B) equals the dense EKF run over A
     in the fit's order, then over B in the update's order (seed + 1)."""
     a, b = _synthetic(NAMES, 3, seed=0), _synthetic(NAMES, 2, seed=1)
-    m = _method(ctx, covariance="full", batch_size=1, prior_var=2.0)
+    m = _method(ctx, covariance="full", batch_size=1, prior_var=2.0, iterations=1)
     m.fit(a, a)
     m.update(b)
     text = F.normalize(ctx.text_classifier(NAMES).double(), dim=-1)
@@ -165,7 +165,7 @@ def test_new_class_categorical_update_matches_dense_reference(ctx):
     ctx._text_cache[tuple(NAMES)] = ctx.text_classifier(NAMES)
     ctx._text_cache[tuple(NAMES[:2])] = ctx.text_classifier(NAMES)[:2]
     a, b = _synthetic(NAMES[:2], 3, seed=0), _synthetic(NAMES[2:], 2, seed=1)
-    m = _method(ctx, covariance="full", batch_size=1, prior_var=2.0)
+    m = _method(ctx, covariance="full", batch_size=1, prior_var=2.0, iterations=1)
     m.fit(a, a)
     m.update(b)
     s = m.head_scale  # the prior's scale (prior_scale=auto, kept by update)

@@ -378,6 +378,7 @@ class KalmanAdapter(Method):
             # example's likelihood expanded at the previous pass's mean, so each pass is one
             # Gauss-Newton step on the log posterior; its fixed point is the MAP
             anchor, last = state.mean, k == iterations - 1
+            del state  # only its mean is needed: one covariance alive at a time
             state = KalmanState(adapter.prior_mean(), self._make_cov(prior_var))
             self._assimilate(state, x, y, text, obs_var, self.ctx.seed,
                              f"pv={prior_var:g} it={k + 1}", anchor=anchor, repair=False)
