@@ -34,11 +34,13 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 METRICS = ("accuracy", "ece", "nll")
 
 
-def one_split(shots: int, seed: int) -> dict[str, Any]:
+def one_split(shots: int, seed: int, covariance: str) -> dict[str, Any]:
     cfg, backbone, fs = feature_sets(shots, seed)
     test = fs["test"]
     fits = {}
     for label, method, options in VARIANTS:
+        if method == "kalman":
+            options = {**options, "covariance": covariance}
         m, fit_s = fitted(method, options, fs, backbone, cfg, seed)
         with torch.no_grad():
             probs = m.predict(test.features[m.feature_kind], test.classnames).probs.double()
@@ -59,10 +61,12 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Kalman: iterated posterior linearisation vs one EKF pass", "",
         "Demo data (embedded Fashion-MNIST, ConSE backbone, the suite's few-shot splits, 1,000 "
-        "test images); kalman with default options except `iterations` (prior variance and "
-        "temperature chosen on validation NLL), next to linear-probe. Accuracy in %. "
+        f"test images); kalman (`covariance={a['covariance']}`) with default options except "
+        "`iterations` (prior variance and temperature chosen on validation NLL), next to "
+        "linear-probe. Accuracy in %. "
         f"Command: `python -m benchmarks.bench_kalman_iterations --shots "
-        f"{' '.join(map(str, a['shots']))} --seeds {' '.join(map(str, a['seeds']))}`.", "",
+        f"{' '.join(map(str, a['shots']))} --seeds {' '.join(map(str, a['seeds']))} "
+        f"--covariance {a['covariance']}`.", "",
         "Mean over seeds (acc / ECE / NLL):", "",
         "| shots | " + " | ".join(labels) + " |", "|---:|" + "---|" * len(labels),
     ]
@@ -91,9 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shots", nargs="+", type=int, default=[4, 8, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    ap.add_argument("--name", default="kalman_iterations")
+    ap.add_argument("--covariance", default="auto",
+                    help="kalman's covariance structure (auto = full at 10 classes)")
+    ap.add_argument("--name", default=None, help="result name (default: kalman_iterations, "
+                    "with _<covariance> unless auto)")
     args = ap.parse_args(argv)
-    splits = [one_split(k, s) for k in args.shots for s in args.seeds]
+    if args.name is None:
+        args.name = "kalman_iterations" + ("" if args.covariance == "auto"
+                                           else f"_{args.covariance}")
+    splits = [one_split(k, s, args.covariance) for k in args.shots for s in args.seeds]
     means = {str(k): {v[0]: {m: statistics.fmean(r["fits"][v[0]][m] for r in splits
                                                  if r["shots"] == k) for m in METRICS}
                       for v in VARIANTS} for k in args.shots}
