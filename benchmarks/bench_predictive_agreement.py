@@ -31,7 +31,6 @@ from benchmarks.common import RESULTS_DIR, machine, write_result
 from pyro_clip.diagnostics.metrics import classification_metrics
 from pyro_clip.diagnostics.ppc import PASS_RANGE, ppc_checks, ppc_summary
 from pyro_clip.diagnostics.predictive import predictive_draws
-from pyro_clip.inference.predictive import mc_probs
 from pyro_clip.methods import Method, MethodContext, create_method
 from pyro_clip.runtime import Runtime
 from pyro_clip.utils.io import atomic_write
@@ -70,12 +69,13 @@ def with_predictive(m: Method, kind: str, x: torch.Tensor, classnames: list[str]
 
 def reference_probs(m: Any, x: torch.Tensor, classnames: list[str], draws: int) -> torch.Tensor:
     """Kalman's MC predictive with ``draws`` fresh weight draws of the same posterior and
-    temperature (chunked over examples); the method's own draws are restored afterwards."""
+    temperature (the method's chunked Monte Carlo predictive); its own draws are restored
+    afterwards."""
     old_draws, old_s = m._draws, m.options["mc_samples"]
     m._draws, m.options["mc_samples"] = None, draws
     try:
         with torch.no_grad():
-            return torch.cat([mc_probs(m._logit_samples(xb, classnames)) for xb in x.split(CHUNK)])
+            return m._mc(x, classnames, replicates=False).probs
     finally:
         m._draws, m.options["mc_samples"] = old_draws, old_s
 
