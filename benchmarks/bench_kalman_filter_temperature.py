@@ -22,8 +22,7 @@ import torch
 
 from benchmarks.bench_predictive import feature_sets
 from benchmarks.bench_predictive_agreement import fitted, scores
-from benchmarks.common import RESULTS_DIR, machine, write_result
-from pyro_clip.utils.io import atomic_write
+from benchmarks.common import write_study
 
 
 def val_nll(m: Any) -> float:
@@ -100,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         means[str(k)] = {which: {m: statistics.fmean(r[which][m] for r in rows)
                                  for m in ("accuracy", "ece", "nll")}
                          for which in ("default", "selected")}
-    res = {"args": vars(args), "splits": splits, "means": means, "machine": machine()}
-    write_result(args.name, res)
-    text = markdown(res)
-    atomic_write(RESULTS_DIR / f"{args.name}.md", lambda path: path.write_text(text))
+    write_study(args.name, args, splits, means, markdown)
 
 
 if __name__ == "__main__":

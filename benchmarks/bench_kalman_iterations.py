@@ -22,8 +22,7 @@ import torch
 from benchmarks.bench_kalman_filter_temperature import val_nll
 from benchmarks.bench_predictive import feature_sets
 from benchmarks.bench_predictive_agreement import fitted, scores
-from benchmarks.common import RESULTS_DIR, machine, write_result
-from pyro_clip.utils.io import atomic_write
+from benchmarks.common import write_study
 
 #: the fits compared: (label, method, options)
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     means = {str(k): {v[0]: {m: statistics.fmean(r["fits"][v[0]][m] for r in splits
                                                  if r["shots"] == k) for m in METRICS}
                       for v in VARIANTS} for k in args.shots}
-    res = {"args": vars(args), "splits": splits, "means": means, "machine": machine()}
-    write_result(args.name, res)
-    text = markdown(res)
-    atomic_write(RESULTS_DIR / f"{args.name}.md", lambda path: path.write_text(text))
+    write_study(args.name, args, splits, means, markdown)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ import torch
 
 from benchmarks.bench_predictive import feature_sets
 from benchmarks.bench_predictive_agreement import fitted, scores
-from benchmarks.common import RESULTS_DIR, machine, write_result
+from benchmarks.common import write_study
 from pyro_clip.inference.predictive import choose_temperature
-from pyro_clip.utils.io import atomic_write
 
 TAUS = (1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01)
 
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     means = {str(k): {w: {m: statistics.fmean(r[w][m] for r in splits if r["shots"] == k)
                           for m in ("accuracy", "ece", "nll")}
                       for w in ("default", "selected")} for k in args.shots}
-    res = {"args": vars(args), "splits": splits, "means": means, "machine": machine()}
-    write_result(args.name, res)
-    text = markdown(res)
-    atomic_write(RESULTS_DIR / f"{args.name}.md", lambda path: path.write_text(text))
+    write_study(args.name, args, splits, means, markdown)
 
 
 if __name__ == "__main__":

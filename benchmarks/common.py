@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pyro_clip.utils.io import write_json
+from pyro_clip.utils.io import atomic_write, write_json
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -46,3 +46,14 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None
     write_json(path, {"benchmark": name, "machine": machine(), **payload})
     print(f"wrote {path}")
     return path
+
+
+def write_study(name: str, args: Any, splits: list[dict[str, Any]],
+                means: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """A per-split study's ``<name>.json`` (its arguments, splits, means and the machine) and
+    the ``<name>.md`` that ``markdown`` renders from the same record."""
+    res = {"args": vars(args), "splits": splits, "means": means, "machine": machine()}
+    write_result(name, res)
+    text = markdown(res)
+    atomic_write(RESULTS_DIR / f"{name}.md", lambda path: path.write_text(text))
+
