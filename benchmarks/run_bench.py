@@ -124,7 +124,8 @@ def speed_rows(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
                    if k.rsplit(".", 1)[-1].startswith("target_")}
         for key, value in flat.items():
             leaf = key.rsplit(".", 1)[-1]
-            if leaf.startswith("target_") or not any(w in leaf for w in SPEED_WORDS):
+            # whole words only: "p_calibration" holds "ratio" but is not a speed ratio
+            if leaf.startswith("target_") or not set(leaf.split("_")) & set(SPEED_WORDS):
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
