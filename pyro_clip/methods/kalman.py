@@ -70,6 +70,7 @@ from pyro_clip.inference.predictive import (
     choose_probit_temperature,
     choose_temperature,
     chunks,
+    mc_log_predictive,
     mc_predictive,
     rearrange_exchangeable,
     row_chunk,
@@ -77,6 +78,7 @@ from pyro_clip.inference.predictive import (
 from pyro_clip.inference.sequential import batch_order, sequential_update
 from pyro_clip.methods.base import Method, Prediction, _on_device, register_method
 from pyro_clip.methods.options import Option, temperature_candidates, temperature_options
+from pyro_clip.training.selection import stratified_folds
 from pyro_clip.utils.progress import track
 
 #: prior variance (x logit_scale^2) used when there is no validation data to choose it: the
@@ -118,6 +120,11 @@ class KalmanAdapter(Method):
                                  "in units of prior_scale^2 (scale-aware)", list,
                                  low=0, low_open=True, item=float),
         **temperature_options(),
+        "selection": Option("val", "how prior_var=auto and temperature=auto are chosen: "
+                            "validation NLL (val), or k-fold cross-validation NLL over train + "
+                            "validation (cv: cv_folds fits per prior variance)",
+                            choices=("val", "cv")),
+        "cv_folds": Option(5, "selection=cv: stratified folds", int, low=2),
         "batch_size": Option("auto", "examples per Kalman update (auto: by structure and "
                              "classes)", int, ("auto",), low=1),
         "epochs": Option(1, "passes over the shots (each a full update)", int, low=1),
@@ -262,7 +269,11 @@ class KalmanAdapter(Method):
         grid = self._prior_var_grid()
         temps = temperature_candidates(self.options)
         search = len(grid) > 1 or len(temps) > 1
-        if search and len(val) == 0:  # nothing to choose on: fixed choices, said once
+        cv_record: dict[str, Any] = {}
+        if search and self.options["selection"] == "cv":  # choose here, then one fit below
+            (pv, t), cv_record = self._cv_choice(train, val, text, grid, temps)
+            grid, temps, search = [pv], [t], False
+        elif search and len(val) == 0:  # nothing to choose on: fixed choices, said once
             if len(grid) > 1:
                 grid = [NO_VALIDATION_PRIOR_VAR * self.logit_scale**2]
             temps, search = temps[:1] if len(temps) == 1 else [1.0], False
@@ -298,10 +309,47 @@ class KalmanAdapter(Method):
             "batch_size": self._batch_size(),
             "tempered_passes": self._passes(),
             "iterations_run": dict(self._iterations_run),
+            "selection": self.options["selection"],
+            **cv_record,
             "final_obs_noise": self.obs_var,
             "gated_examples": gated,
             "n_params": self.adapter.n_params,
         }
+
+    def _cv_choice(
+        self, train: FeatureSet, val: FeatureSet, text: torch.Tensor, grid: list[float],
+        temps: list[float],
+    ) -> tuple[tuple[float, float], dict[str, Any]]:
+        """``selection=cv``: the ``(prior_var, T)`` minimising the pooled held-out NLL
+        ``-1/N sum_i log p(y_i | x_i, D_{-fold(i)})`` of stratified k-fold cross-validation
+        over train + validation (each fold's predictive from its own fit, every temperature
+        scored on the same draws); the final fit then uses the training split only."""
+        kind = self.feature_kind
+        x = torch.cat([train.features[kind], val.features[kind]]) if len(val) else \
+            train.features[kind]
+        y = torch.cat([train.labels, val.labels.to(train.labels)]) if len(val) else train.labels
+        folds = stratified_folds(y, int(self.options["cv_folds"]), self.ctx.seed)
+        names, c = self.train_classnames, len(self.train_classnames)
+        totals = {(pv, t): 0.0 for pv in grid for t in temps}
+        for pv in grid:
+            self.prior_var = pv
+            for held in folds:
+                keep = torch.ones(len(y), dtype=torch.bool)
+                keep[held] = False
+                self.state, _, _ = self._filter(x[keep], y[keep], text, pv)
+                self._draws = None
+                sampler = self._row_sampler(x[held], names, 1.0)
+                for rows in chunks(len(held), self._chunk(c)):
+                    f = sampler(rows)
+                    for t in temps:
+                        totals[(pv, t)] -= float(
+                            mc_log_predictive(f / t, y[held][rows]).sum())
+        self.state = self._draws = None
+        table = {f"{pv:g}": {f"{t:g}": v / len(y) for (p, t), v in totals.items() if p == pv}
+                 for pv in grid}
+        best = min(totals, key=lambda k: (totals[k], abs(math.log(k[1]))))
+        return best, {"cv_nll_by_prior_var_and_temperature": table,
+                      "cv_examples": len(y)}
 
     # ----- the structure's policy for the auto options ---------------------------------
     def _choose_covariance(self, adapter: FilteredHead) -> None:

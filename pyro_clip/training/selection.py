@@ -89,3 +89,22 @@ def grid_search(
     if best is None:
         raise ConfigError("the hyper-parameter grid is empty; give at least one candidate")
     return SearchResult(best, best_score, table)  # type: ignore[arg-type]
+
+
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """``k`` disjoint index sets covering ``0..N-1``: each class's examples shuffled with
+    ``seed`` and dealt round-robin, so every fold holds ``floor`` or ``ceil(n_c / k)`` of class
+    ``c``. Raises :class:`ConfigError` when ``k`` < 2 or exceeds the examples."""
+    if k < 2 or k > len(labels):
+        raise ConfigError(f"cross-validation needs 2 <= folds <= {len(labels)} examples, got "
+                          f"{k}; pass cv_folds= within that range")
+    gen = torch.Generator().manual_seed(seed)
+    out: list[list[int]] = [[] for _ in range(k)]
+    start = 0
+    for c in labels.unique():
+        idx = (labels == c).nonzero()[:, 0]
+        for j, i in enumerate(idx[torch.randperm(len(idx), generator=gen)].tolist()):
+            out[(start + j) % k].append(i)
+        start += len(idx)  # the next class starts where this one stopped: folds stay even
+    return [torch.tensor(sorted(f), dtype=torch.long) for f in out]
+
