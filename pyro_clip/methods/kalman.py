@@ -70,7 +70,6 @@ from pyro_clip.inference.predictive import (
     choose_probit_temperature,
     choose_temperature,
     chunks,
-    mc_log_predictive,
     mc_predictive,
     rearrange_exchangeable,
     row_chunk,
@@ -338,12 +337,11 @@ class KalmanAdapter(Method):
                 keep[held] = False
                 self.state, _, _ = self._filter(x[keep], y[keep], text, pv)
                 self._draws = None
-                sampler = self._row_sampler(x[held], names, 1.0)
-                for rows in chunks(len(held), self._chunk(c)):
-                    f = sampler(rows)
-                    for t in temps:
-                        totals[(pv, t)] -= float(
-                            mc_log_predictive(f / t, y[held][rows]).sum())
+                # the fold's mean held-out NLL of every temperature, on one set of draws
+                _, nlls = choose_temperature(self._row_sampler(x[held], names, 1.0), y[held],
+                                             temps, chunk=self._chunk(c))
+                for t in temps:
+                    totals[(pv, t)] += nlls[str(float(t))] * len(held)
         self.state = self._draws = None
         table = {f"{pv:g}": {f"{t:g}": v / len(y) for (p, t), v in totals.items() if p == pv}
                  for pv in grid}
@@ -380,21 +378,22 @@ class KalmanAdapter(Method):
                     and structure(o["covariance"]).center_inputs)
         return bool(c)
 
-    def _passes(self) -> int:
-        """``auto``: the structure's ``tempered_passes``; cosine observations always 1."""
-        tp, o = self.options["tempered_passes"], self.options
-        if tp == "auto":
-            return (structure(o["covariance"]).tempered_passes
+    def _categorical_passes(self, name: str) -> int:
+        """Option ``name`` (``tempered_passes`` or ``iterations``); ``auto``: the structure's
+        class attribute of that name; cosine observations always 1."""
+        value, o = self.options[name], self.options
+        if value == "auto":
+            return (getattr(structure(o["covariance"]), name)
                     if o["observation"] == "categorical" else 1)
-        return int(tp)
+        return int(value)
+
+    def _passes(self) -> int:
+        """Tempered passes (option ``tempered_passes``)."""
+        return self._categorical_passes("tempered_passes")
 
     def _iterations(self) -> int:
-        """``auto``: the structure's ``iterations``; cosine observations always 1."""
-        it, o = self.options["iterations"], self.options
-        if it == "auto":
-            return (structure(o["covariance"]).iterations
-                    if o["observation"] == "categorical" else 1)
-        return int(it)
+        """Posterior linearisation passes (option ``iterations``)."""
+        return self._categorical_passes("iterations")
 
     def _rotated(self) -> bool:
         """``auto``: the structure's ``rotate_inputs``, for a linear head."""
@@ -421,6 +420,7 @@ class KalmanAdapter(Method):
                                           self.ctx.seed, f"pv={prior_var:g}",
                                           repair=iterations == 1)
         self._iterations_run[str(prior_var)] = 1
+        logits = adapter.logits(state.mean, x, text) if iterations > 1 else None
         for k in range(1, iterations):
             # iterated posterior linearisation (Bell 1994): refilter from the prior, every
             # example's likelihood expanded at the previous pass's mean, so each pass is one
@@ -431,8 +431,8 @@ class KalmanAdapter(Method):
             self._assimilate(state, x, y, text, obs_var, self.ctx.seed,
                              f"pv={prior_var:g} it={k + 1}", anchor=anchor, repair=False)
             self._iterations_run[str(prior_var)] = k + 1
-            moved = float((adapter.logits(state.mean, x, text)
-                           - adapter.logits(anchor, x, text)).abs().max())
+            before, logits = logits, adapter.logits(state.mean, x, text)
+            moved = float((logits - before).abs().max())
             if last or moved < float(self.options["iteration_tol"]):
                 state.cov.repair()
                 break
